@@ -1,0 +1,5 @@
+"""``python -m mpiland``: the same as the ``mpiland`` command."""
+
+from .cli import main
+
+main()

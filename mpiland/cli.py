@@ -1,0 +1,157 @@
+"""The ``mpiland`` command line: parses options and calls the library, nothing more.
+
+User errors print one line, ``error: <message>``, and exit with status 2 (no
+traceback unless ``--debug``). Under MPI, an error that not every rank shares, or
+any unexpected exception, aborts the whole job so that no rank is left waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from typing import Any, Callable
+
+import click
+
+from . import __version__
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, MpilandError
+
+log = logging.getLogger("mpiland")
+
+
+def _setup_logging(rank: int, size: int, verbose: bool, debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO if (rank == 0 or verbose) else logging.WARNING
+    prefix = f"[mpiland r{rank}]" if size > 1 else "[mpiland]"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prefix} %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def _fail(exc: BaseException, debug: bool, comm: Any = None) -> None:
+    """Report an error and end the process (or the whole MPI job) with the right status."""
+    size = comm.Get_size() if comm is not None else 1
+    rank = comm.Get_rank() if comm is not None else 0
+    user = isinstance(exc, MpilandError)
+    agreed = getattr(exc, "agreed", False)
+    if debug or not user:
+        traceback.print_exception(exc, file=sys.stderr)
+    if user and (size == 1 or agreed):
+        if rank == 0:
+            click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    if user:
+        click.echo(f"error (rank {rank}): {exc}", err=True)
+    else:
+        click.echo(f"error (rank {rank}): {exc.__class__.__name__}: {exc}; aborting all ranks", err=True)
+    sys.stderr.flush()
+    if size > 1:
+        comm.Abort(EXIT_USAGE if user else 1)
+    sys.exit(EXIT_USAGE if user else 1)
+
+
+def _guard(fn: Callable[[], Any], debug: bool) -> Any:
+    try:
+        return fn()
+    except MpilandError as exc:
+        _fail(exc, debug)
+
+
+debug_option = click.option("--debug", is_flag=True, help="Show tracebacks for user errors.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mpiland")
+def cli() -> None:
+    """Distributed loss-landscape evaluation for PyTorch models."""
+
+
+@cli.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Surface file path (output.path).")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace a surface file made by another job (output.overwrite).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a job key, e.g. --set grid.x=[-1,1,11]. Repeatable.")
+@click.option("--device", help="auto, cpu, cuda or cuda:N (run.device).")
+@click.option("--chunk-size", type=int, help="Points per chunk; 0 = automatic (run.chunk_size).")
+@click.option("--writer", type=click.Choice(["auto", "gather", "mpio"]), help="Surface writer (run.writer).")
+@click.option("--threads", type=int, help="Torch threads per rank; 0 = the cores given to the rank (run.threads).")
+@click.option("--progress", type=click.Choice(["auto", "bar", "lines", "none"]), help="Progress display (run.progress).")
+@click.option("--verbose", "-v", is_flag=True, help="Let every rank log, not only rank 0.")
+@debug_option
+def run(job_file: str, output: str | None, overwrite: bool | None, overrides: tuple[str, ...], device: str | None,
+        chunk_size: int | None, writer: str | None, threads: int | None, progress: str | None,
+        verbose: bool, debug: bool) -> None:
+    """Evaluate the landscape JOB_FILE describes (single process, mpiexec or srun alike)."""
+    from .environment import world
+    from .job import load_job
+
+    flags = {"output.path": output, "run.device": device, "run.chunk_size": chunk_size,
+             "run.writer": writer, "run.threads": threads, "output.overwrite": overwrite}
+    values = {key: value for key, value in flags.items() if value is not None}
+    _setup_logging(0, 1, verbose, debug)
+    comm = world()
+    _setup_logging(comm.Get_rank(), comm.Get_size(), verbose, debug)
+    try:
+        from .run import run_job
+
+        job = load_job(job_file, list(overrides), values)
+        summary = run_job(job, comm=comm, progress=progress)
+    except BaseException as exc:  # noqa: BLE001 - every failure must end all ranks
+        if isinstance(exc, SystemExit):
+            raise
+        if isinstance(exc, KeyboardInterrupt) and comm.Get_size() == 1:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        _fail(exc, debug, comm)
+        return
+    if summary.interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+
+
+@cli.command()
+@click.argument("surface_file", type=click.Path(dir_okay=False))
+@click.option("--kind", type=click.Choice(["auto", "curve", "contour", "contourf", "heatmap", "surface3d", "all"]),
+              default="auto", show_default=True, help="Plot kind (auto: curve for 1D, contour for 2D).")
+@click.option("--metric", help="Dataset to plot, e.g. test_loss or train_acc (default: the first loss).")
+@click.option("--out", type=click.Path(), help="Output file or directory (default: beside the surface file).")
+@click.option("--format", "formats", multiple=True, type=click.Choice(["png", "pdf"]), help="Image format(s); repeatable.")
+@click.option("--log", "log_scale", is_flag=True, help="Logarithmic loss scale / levels.")
+@click.option("--levels", type=int, help="Number of contour levels.")
+@click.option("--vmin", type=float, help="Lower colour/level limit.")
+@click.option("--vmax", type=float, help="Upper colour/level limit.")
+@debug_option
+def plot(surface_file: str, kind: str, metric: str | None, out: str | None, formats: tuple[str, ...],
+         log_scale: bool, levels: int | None, vmin: float | None, vmax: float | None, debug: bool) -> None:
+    """Draw curves, contours, heatmaps or 3D surfaces from SURFACE_FILE."""
+    from .plots import plot_surface
+
+    paths = _guard(lambda: plot_surface(surface_file, kind=kind, metric=metric, out=out, formats=formats or ("png",),
+                                        log=log_scale, levels=levels, vmin=vmin, vmax=vmax), debug)
+    for p in paths:
+        click.echo(str(p))
+
+
+@cli.command()
+@click.argument("surface_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@debug_option
+def info(surface_file: str, as_json: bool, debug: bool) -> None:
+    """Schema, job, progress and per-metric minima of SURFACE_FILE."""
+    import json
+
+    from .report import format_summary, summarize
+
+    summary = _guard(lambda: summarize(surface_file), debug)
+    click.echo(json.dumps(summary, indent=2, default=str) if as_json else format_summary(summary))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="mpiland")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The α–β grid: coordinates, flat point indices and the chunks handed to ranks.
+
+Points are numbered in row-major order over ``(nx, ny)``: point ``k`` is at
+``(x[k // ny], y[k % ny])``, the layout of the surface file's datasets. A chunk is
+a run of consecutive *pending* points, so a resumed run only hands out work that
+is missing, and every rank can turn a chunk number into the same point indices.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .job import GridSpec
+
+MIN_CHUNKS_PER_RANK = 4
+MAX_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Coordinates of a 1D or 2D grid."""
+
+    x: np.ndarray
+    y: np.ndarray | None = None
+
+    @classmethod
+    def from_spec(cls, spec: GridSpec) -> "Grid":
+        y = None if spec.y is None else np.asarray(spec.y.values(), dtype=np.float64)
+        return cls(np.asarray(spec.x.values(), dtype=np.float64), y)
+
+    @property
+    def dims(self) -> int:
+        return 1 if self.y is None else 2
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.x),) if self.y is None else (len(self.x), len(self.y))
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def coords(self, points: np.ndarray) -> np.ndarray:
+        """Coordinates (k × dims) of flat point indices."""
+        points = np.asarray(points, dtype=np.int64)
+        if self.y is None:
+            return self.x[points][:, None]
+        ny = len(self.y)
+        return np.stack([self.x[points // ny], self.y[points % ny]], axis=1)
+
+
+def auto_chunk_size(n_pending: int, n_ranks: int) -> int:
+    """Points per chunk: small enough for every rank to get several chunks (load balance), at most MAX_CHUNK."""
+    if n_pending <= 0:
+        return 1
+    return max(1, min(MAX_CHUNK, math.ceil(n_pending / (n_ranks * MIN_CHUNKS_PER_RANK))))
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """Pending points split into consecutive chunks of ``size`` points."""
+
+    pending: np.ndarray
+    size: int
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.pending) / self.size) if len(self.pending) else 0
+
+    def points(self, chunk: int) -> np.ndarray:
+        """Flat point indices of chunk number ``chunk``."""
+        if not 0 <= chunk < len(self):
+            raise IndexError(f"chunk {chunk} out of range 0..{len(self) - 1}")
+        return self.pending[chunk * self.size: (chunk + 1) * self.size]
+
+
+def make_chunks(done: np.ndarray, n_ranks: int, chunk_size: int = 0) -> Chunks:
+    """Chunks over the points not yet done (``done`` is the grid-shaped mask)."""
+    pending = np.flatnonzero(np.asarray(done).reshape(-1) == 0).astype(np.int64)
+    size = chunk_size if chunk_size > 0 else auto_chunk_size(len(pending), n_ranks)
+    return Chunks(pending, size)
+
+
+def row_runs(points: np.ndarray, shape: tuple[int, ...]) -> list[tuple[int, int, int, int, int]]:
+    """Split sorted flat indices into runs within one row: ``(row, col_start, col_stop, pos_start, pos_stop)``.
+
+    For a 1D grid ``row`` is 0 and columns are the x indices. Writes then become a
+    few slice assignments instead of one per point.
+    """
+    ny = shape[1] if len(shape) == 2 else shape[0]
+    runs: list[tuple[int, int, int, int, int]] = []
+    start = 0
+    for i in range(1, len(points) + 1):
+        if i == len(points) or points[i] != points[i - 1] + 1 or points[i] // ny != points[start] // ny:
+            row, col = divmod(int(points[start]), ny)
+            runs.append((row, col, col + (i - start), start, i))
+            start = i
+    return runs

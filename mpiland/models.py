@@ -1,0 +1,87 @@
+"""Build the model from its factory and load a checkpoint with strict key and shape checks."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError, ModelError
+from .job import ModelSpec
+from .loader import resolve_callable
+
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights")
+
+
+def build_model(spec: ModelSpec) -> torch.nn.Module:
+    """Call the factory (seeded, so checkpoint-free runs are reproducible) and check it returns a module."""
+    fn = resolve_callable(spec.factory, "model.factory", ModelError)
+    torch.manual_seed(spec.seed)
+    try:
+        model = fn(**spec.kwargs)
+    except Exception as exc:
+        raise ModelError(f"model.factory {spec.factory!r} raised {exc.__class__.__name__}: {exc}") from exc
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(f"model.factory {spec.factory!r} returned {type(model).__name__}, expected a torch.nn.Module")
+    if next(model.parameters(), None) is None:
+        raise ModelError(f"model.factory {spec.factory!r} returned a module without parameters")
+    return model
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (part of the surface fingerprint)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def extract_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
+    """Find the state_dict in a checkpoint: the object itself or a dict under a usual key."""
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state = obj
+    elif isinstance(obj, dict):
+        for key in STATE_DICT_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                state = inner
+                break
+        else:
+            raise CheckpointError(
+                f"{where}: no state_dict found (looked at the top level and under {', '.join(STATE_DICT_KEYS)}); "
+                "save model.state_dict() or a dict holding it under 'state_dict'")
+    else:
+        raise CheckpointError(f"{where}: holds a {type(obj).__name__}, expected a state_dict; save model.state_dict()")
+    prefix = "module."
+    if all(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
+    """Load ``path`` into ``model`` strictly; the error lists missing, unexpected and mismatched keys."""
+    where = f"model.checkpoint {str(path)!r}"
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{where}: file not found; check the path or add a [train] section to create it")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{where}: cannot be read as a torch checkpoint ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
+    state = extract_state_dict(obj, where)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                        for k in set(own) & set(state) if state[k].shape != own[k].shape)
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)):
+            if items:
+                shown = ", ".join(items[:8]) + (f", … ({len(items)} in all)" if len(items) > 8 else "")
+                parts.append(f"{label}: {shown}")
+        raise CheckpointError(f"{where} does not fit the model ({'; '.join(parts)}); check model.factory and model.kwargs")
+    model.load_state_dict(state, strict=True)

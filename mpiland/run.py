@@ -1,0 +1,267 @@
+"""Run a landscape job on any number of ranks: prepare once per rank, then hand out chunks.
+
+:func:`run_job` is the whole ``mpiland run``: launch checks, device binding,
+optional training of a missing checkpoint, model/data/directions set-up, the
+surface file (create, resume or refuse), the coordinator/worker protocol, and a
+clean stop on SIGTERM/SIGUSR1/SIGUSR2. Set-up errors are agreed on by all ranks
+(every rank raises the same user error, rank 0 reports it), so a bad job never
+leaves ranks waiting for each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import numpy as np
+import torch
+
+from . import surface
+from .data import Split, load_split
+from .directions import Directions, axis_label, random_directions
+from .engine import Evaluator, metric_names, wants_accuracy
+from .environment import Placement, check_launch, mpi_module, place, world
+from .errors import CheckpointError, JobFileError, MpilandError
+from .grid import Chunks, Grid, make_chunks
+from .job import Job
+from .models import build_model, file_digest, load_checkpoint
+from .progress import Progress
+from .protocol import ChunkResult, run_protocol
+from .train import train_model
+
+log = logging.getLogger("mpiland")
+
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one run did (identical on every rank except ``points_evaluated_here``)."""
+
+    path: Path
+    total_points: int
+    already_done: int
+    points_evaluated: int
+    points_evaluated_here: int
+    seconds: float
+    interrupted: bool
+    writer: str
+    ranks: int
+
+
+def agree(comm: Any, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on every rank; if it raised a user error anywhere, raise it everywhere."""
+    try:
+        value, err = fn(), None
+    except MpilandError as exc:
+        value, err = None, exc
+    if comm.Get_size() > 1:
+        errors = comm.allgather(None if err is None else (type(err), str(err), comm.Get_rank()))
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            cls, msg, where = first
+            shared = cls(msg if where == 0 else f"rank {where}: {msg}")
+            shared.agreed = True  # every rank raises it: no abort needed, rank 0 reports it
+            raise shared
+    if err is not None:
+        raise err
+    return value  # type: ignore[return-value]
+
+
+def fingerprint(job: Job, checkpoint_digest: str | None) -> str:
+    """Hash of everything that determines the surface values (not output, device, chunking)."""
+    d = job.to_dict()
+    content = {
+        "model": {**d["model"], "checkpoint": checkpoint_digest},
+        "data": {k: v for k, v in d["data"].items() if k != "memory_budget_mb"},
+        "loss": d["loss"],
+        "directions": d["directions"],
+        "grid": d["grid"],
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=list).encode()).hexdigest()
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1/SIGUSR2 (SLURM preemption, time limit) to end the run cleanly."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.signal is None:
+            self.signal = signal.Signals(signum).name
+            log.warning("received %s: stopping after the points in flight; the run can be resumed", self.signal)
+
+    def __enter__(self) -> "StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _train_if_needed(comm: Any, job: Job) -> None:
+    ckpt = job.model.checkpoint
+    missing = agree(comm, lambda: bool(comm.bcast(ckpt is not None and not Path(ckpt).exists(), root=0)))
+    if not missing:
+        return
+    if job.train is None:
+        raise CheckpointError(f"model.checkpoint {ckpt!r}: file not found; check the path or add a [train] section to create it")
+
+    def _train() -> None:
+        if comm.Get_rank() == 0:
+            log.info("checkpoint %s is missing: training it as [train] says", ckpt)
+            model = build_model(job.model)
+            split = load_split(replace(job.data, subset=0), "train")
+            train_model(model, job, split)
+
+    agree(comm, _train)
+
+
+def _prepare_model(job: Job) -> torch.nn.Module:
+    model = build_model(job.model)
+    if job.model.checkpoint is not None:
+        load_checkpoint(model, job.model.checkpoint)
+    return model
+
+
+def _choose_writer(requested: str, size: int) -> str:
+    import h5py
+
+    has_mpi = bool(h5py.get_config().mpi) and mpi_module() is not None
+    if requested == "mpio" and not has_mpi:
+        raise JobFileError("run.writer = mpio needs h5py built with MPI (h5py.get_config().mpi is False here); "
+                           "use writer = \"auto\" or \"gather\", or build h5py with docker/install-mpio-env.sh")
+    if requested == "auto":
+        return "mpio" if has_mpi and size > 1 else "gather"
+    return requested
+
+
+def _open_surface(comm: Any, job: Job, path: Path, grid: Grid, directions: Directions, metrics: list[str],
+                  fp: str) -> np.ndarray | None:
+    """Rank 0: resume or create the file; return its done mask."""
+    if comm.Get_rank() != 0:
+        return None
+    if surface.check_existing(path, fp, job.output.overwrite):
+        done = surface.read_done(path)
+        log.info("resuming %s: %d of %d points already done", path, int(done.sum()), done.size)
+        return done
+    labels = (axis_label("x", directions.settings), axis_label("y", directions.settings) if grid.dims == 2 else "")
+    surface.create(path, grid=grid, metrics=metrics, splits=list(job.data.splits), directions=directions,
+                   fingerprint=fp, job_text=job.text, job_json=job.to_json(), labels=labels)
+    return np.zeros(grid.shape, dtype=np.uint8)
+
+
+def run_job(job: Job, comm: Any = None, progress: str | None = None) -> RunSummary:
+    """Evaluate ``job`` over all ranks of ``comm`` (None: COMM_WORLD, or one process without MPI)."""
+    comm = world(comm)
+    rank, size = comm.Get_rank(), comm.Get_size()
+    t_start = time.perf_counter()
+    agree(comm, lambda: check_launch(comm))
+    placement: Placement = agree(comm, lambda: place(comm, job.run.device, job.run.threads))
+    writer_kind = agree(comm, lambda: _choose_writer(job.run.writer, size))
+    _train_if_needed(comm, job)
+
+    def _setup() -> tuple[torch.nn.Module, list[Split], Directions, str]:
+        model = _prepare_model(job)
+        splits = [load_split(job.data, s) for s in job.data.splits]
+        directions = random_directions(model, job.directions, job.grid.dims)
+        digest = None
+        if rank == 0 and job.model.checkpoint is not None:
+            digest = file_digest(job.model.checkpoint)
+        return model, splits, directions, fingerprint(job, digest)
+
+    model, splits, directions, fp = agree(comm, _setup)
+    fp = comm.bcast(fp, root=0)
+    grid = Grid.from_spec(job.grid)
+    metrics = metric_names(list(job.data.splits), wants_accuracy(job.loss, splits[0]))
+    path = Path(job.output.path)
+    done = comm.bcast(agree(comm, lambda: _open_surface(comm, job, path, grid, directions, metrics, fp)), root=0)
+    chunks: Chunks = make_chunks(done, size, job.run.chunk_size)
+    already = int(done.sum())
+
+    evaluator = Evaluator(model, directions, splits, job.loss, placement.device,
+                          dtype=getattr(torch, job.model.dtype), batch_size=job.data.batch_size,
+                          memory_budget_mb=job.data.memory_budget_mb, mode=job.model.mode)
+    if rank == 0:
+        log.info("%d rank(s); rank 0 on %s with %d thread(s); writer %s; data %s; %d points pending in %d chunks of %d",
+                 size, placement.device, placement.threads, writer_kind,
+                 "resident on the device" if evaluator.resident else "streamed from host memory",
+                 len(chunks.pending), len(chunks), chunks.size)
+    log.debug("rank %d on %s (local rank %d/%d), %d thread(s)", rank, placement.device,
+              placement.local_rank, placement.local_size, placement.threads)
+
+    writer = None
+    if writer_kind == "mpio":
+        comm.Barrier()
+        writer = surface.SurfaceWriter(path, comm=comm)
+    elif rank == 0:
+        writer = surface.SurfaceWriter(path)
+
+    bar = Progress(grid.size, already, progress or job.run.progress) if rank == 0 else None
+    evaluated = 0
+
+    def evaluate_chunk(chunk: int, poll: Callable[[], bool]) -> ChunkResult:
+        points = chunks.points(chunk)
+        coords = grid.coords(points)
+        values = {m: np.full(len(points), np.nan) for m in metrics}
+        seconds = np.full(len(points), np.nan)
+        n = 0
+        stop = False
+        for i in range(len(points)):
+            if poll():
+                stop = True
+                break
+            v, s = evaluator.evaluate_points(coords[i: i + 1])
+            for m in metrics:
+                values[m][i] = v[m][0]
+            seconds[i] = s[0]
+            n += 1
+        result = ChunkResult(chunk, points[:n], {m: a[:n] for m, a in values.items()}, seconds[:n], stop)
+        if writer_kind == "mpio" and n:
+            writer.write(result.points, result.values, result.seconds)
+            result.values = result.seconds = None
+        return result
+
+    def deliver(result: ChunkResult) -> None:
+        nonlocal evaluated
+        if result.values is not None and len(result.points):
+            writer.write(result.points, result.values, result.seconds)
+        evaluated += len(result.points)
+        bar.update(len(result.points))
+
+    with StopFlag() as stop:
+        outcome = run_protocol(comm, len(chunks), evaluate_chunk, deliver, stop)
+    if bar is not None:
+        bar.close()
+    if writer is not None:
+        writer.close()
+    interrupted = bool(comm.allreduce(int(outcome.stopped or stop()))) if size > 1 else outcome.stopped or stop()
+    evaluated = comm.bcast(evaluated, root=0)
+    summary = RunSummary(path, grid.size, already, evaluated, outcome.points_evaluated, time.perf_counter() - t_start,
+                         bool(interrupted), writer_kind, size)
+    if rank == 0:
+        remaining = grid.size - already - evaluated
+        if interrupted:
+            log.warning("stopped: %d points saved to %s, %d left; run the same command again to resume",
+                        already + evaluated, path, remaining)
+        else:
+            log.info("done: %d points evaluated in %.1f s; surface in %s", evaluated, summary.seconds, path)
+    return summary
