@@ -1,0 +1,96 @@
+"""Each user-error class ends with one line ``error: ...`` and exit status 2; nothing computed is lost."""
+
+import hashlib
+
+import pytest
+import torch
+
+from mpiland.demo import digits_mlp
+
+from util import REPO, cli, write_job
+
+
+def one_line_error(proc, fragment):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_job_key(tmp_path):
+    job = write_job(tmp_path, directions='norm = "filtr"')
+    one_line_error(cli("run", str(job)), 'directions.norm: expected one of filter|layer|weight|model|none, got "filtr"')
+
+
+def test_missing_job_file(tmp_path):
+    one_line_error(cli("run", str(tmp_path / "nope.toml")), "not found")
+
+
+def test_impossible_grid(tmp_path):
+    job = write_job(tmp_path)
+    one_line_error(cli("run", str(job), "--set", "grid.x=[1, -1, 3]"), "grid.x: min (1) is greater than max (-1)")
+
+
+def test_missing_checkpoint(tmp_path):
+    job = write_job(tmp_path, model=f'factory = "mpiland.demo:digits_mlp"\ncheckpoint = "{tmp_path}/none.pt"')
+    one_line_error(cli("run", str(job)), "file not found")
+
+
+def test_mismatched_checkpoint(tmp_path):
+    state = digits_mlp(hidden=16).state_dict()
+    state["extra.weight"] = torch.zeros(2)
+    del state["1.bias"]
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "ck.pt")
+    job = write_job(tmp_path, model=f'factory = "mpiland.demo:digits_mlp"\nkwargs = {{ hidden = 8 }}\ncheckpoint = "{tmp_path}/ck.pt"')
+    proc = cli("run", str(job))
+    one_line_error(proc, "does not fit the model")
+    for part in ("missing: 1.bias", "unexpected: extra.weight", "mismatched: 1.weight (16, 64) vs model (8, 64)"):
+        assert part in proc.stderr
+
+
+def test_bad_factory(tmp_path):
+    job = write_job(tmp_path, model='factory = "no_such_pkg.models:net"')
+    one_line_error(cli("run", str(job)), "model.factory: module 'no_such_pkg.models' not found")
+
+
+def test_bad_data(tmp_path):
+    job = write_job(tmp_path, data="subset = 99999")
+    one_line_error(cli("run", str(job)), "data.subset = 99999 exceeds")
+
+
+def test_singleton_launch_is_named(tmp_path):
+    job = write_job(tmp_path)
+    proc = cli("run", str(job), env={"SLURM_STEP_NUM_TASKS": "4"})
+    one_line_error(proc, "launched 4 singleton processes")
+    assert "srun --mpi=pmi2" in proc.stderr
+
+
+def test_other_job_on_same_file_is_refused_and_file_kept(tmp_path):
+    job = write_job(tmp_path, grid="x = [-1.0, 1.0, 3]")
+    assert cli("run", str(job)).returncode == 0
+    out = tmp_path / "surface.h5"
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    other = write_job(tmp_path, grid="x = [-1.0, 1.0, 3]", directions="seed = 99", name="other.toml")
+    one_line_error(cli("run", str(other)), "was made by a different job")
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == digest
+    assert cli("run", str(other), "--overwrite").returncode == 0
+
+
+def test_debug_shows_traceback(tmp_path):
+    job = write_job(tmp_path, directions='norm = "filtr"')
+    proc = cli("run", str(job), "--debug")
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+def test_plot_and_info_errors(tmp_path):
+    one_line_error(cli("info", str(tmp_path / "missing.h5")), "")
+    (tmp_path / "junk.h5").write_text("not hdf5")
+    one_line_error(cli("plot", str(tmp_path / "junk.h5")), "")
+
+
+def test_help_and_module_entry():
+    proc = cli("--help")
+    assert proc.returncode == 0
+    for command in ("run", "plot", "info"):
+        assert command in proc.stdout
