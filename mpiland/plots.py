@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator
 
 from .errors import SurfaceFileError
 from .report import Surface, load_surface
@@ -79,9 +80,15 @@ def _require_values(surface: Surface, metric: str) -> np.ndarray:
     return v
 
 
-def _value_range(values: np.ndarray, metric: str, log: bool,
-                 vmin: float | None, vmax: float | None) -> tuple[float, float]:
-    """Robust (lo, hi) for colours and levels; ``values`` are finite."""
+def _value_range(values: np.ndarray, metric: str, log: bool, vmin: float | None,
+                 vmax: float | None, loose: bool = False) -> tuple[float, float]:
+    """Robust (lo, hi) for colours and levels.
+
+    For a loss, lo is the minimum and hi the smaller of a high percentile and
+    ``lo + mult * (median - lo)`` (in log space when ``log``), so that the basin
+    gets most of the colours and levels; accuracies are mirrored (hi is the
+    maximum). ``loose`` widens the range (3D plots show the walls too).
+    """
     v = values[np.isfinite(values)]
     if log:
         v = v[v > 0]
@@ -90,7 +97,10 @@ def _value_range(values: np.ndarray, metric: str, log: bool,
                                    "log scale; plot it without log")
     if v.size:
         t = np.log(v) if log else v
-        pct, mult = (99.0, 4.0) if log else (95.0, 3.0)
+        if loose:
+            pct, mult = (99.5, 6.0) if log else (99.5, 10.0)
+        else:
+            pct, mult = (98.0, 3.0) if log else (95.0, 3.0)
         t_lo, t_hi, t_med = float(t.min()), float(t.max()), float(np.median(t))
         if _higher_is_better(metric):
             hi = t_hi
@@ -139,6 +149,16 @@ def _levels(lo: float, hi: float, levels: int | Sequence[float] | None, log: boo
         if n < 2:
             raise SurfaceFileError(f"levels must be at least 2, got {n}")
     return np.geomspace(lo, hi, n) if log else np.linspace(lo, hi, n)
+
+
+def _level_format(levels: np.ndarray, log: bool) -> str:
+    """A label format with enough decimals that neighbouring levels read differently."""
+    steps = np.diff(np.asarray(levels, dtype=np.float64))
+    steps = steps[steps > 0]
+    if log or not steps.size:
+        return "%.3g"
+    decimals = int(np.clip(np.ceil(-np.log10(steps.min())), 0, 8))
+    return f"%.{decimals}f"
 
 
 def _norm(lo: float, hi: float, log: bool) -> mcolors.Normalize:
@@ -209,7 +229,7 @@ def _draw_curve(fig: Figure, s: Surface, metric: str | None, log: bool,
     x = s.x
     marker = "." if x.size <= 60 else None
     shown: list[np.ndarray] = []
-    for m in left:
+    for k, m in enumerate(left):
         v = _finite(s, m)
         if log:
             v = np.where(v > 0, v, np.nan)
@@ -228,7 +248,7 @@ def _draw_curve(fig: Figure, s: Surface, metric: str | None, log: bool,
             (ib,), vb = _best(s, v, m)
             word = "max" if _higher_is_better(m) else "min"
             ax.plot([x[ib]], [vb], "o", color=c, mec="black", ms=7, zorder=5)
-            ax.annotate(f"{word} {vb:.4g}\nat x={x[ib]:.3g}", (x[ib], vb), xytext=(12, 18),
+            ax.annotate(f"{word} {vb:.4g}\nat x={x[ib]:.3g}", (x[ib], vb), xytext=(14, 18 + 30 * k),
                         textcoords="offset points", fontsize=8, color=c,
                         arrowprops=dict(arrowstyle="->", color=c, lw=0.8),
                         bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=c, alpha=0.8))
@@ -258,6 +278,8 @@ def _draw_curve(fig: Figure, s: Surface, metric: str | None, log: bool,
             v = _finite(s, m)
             ax2.plot(x, v, color=colour(m), lw=1.4, ls="--", marker=marker, ms=3, label=m)
         ax2.set_ylabel("accuracy")
+        ax.set_zorder(ax2.get_zorder() + 1)  # losses and their notes above the accuracy lines
+        ax.patch.set_visible(False)
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize=8, loc="best", framealpha=0.8)
@@ -280,13 +302,25 @@ def _edges(c: np.ndarray) -> np.ndarray:
     return np.concatenate([[2 * c[0] - mid[0]], mid, [2 * c[-1] - mid[-1]]])
 
 
+def _log_ticks(cbar, lo: float, hi: float) -> None:
+    """Readable ticks (1, 2, 5 per decade) on a log-scaled colourbar."""
+    decades = np.log10(hi / lo)
+    subs = (1.0, 2.0, 5.0) if decades <= 2.5 else (1.0, 3.0) if decades <= 4 else (1.0,)
+    ticks = [t for t in LogLocator(subs=subs).tick_values(lo, hi) if lo <= t <= hi]
+    if len(ticks) < 3:
+        ticks = list(np.geomspace(lo, hi, 5))
+    cbar.set_ticks(ticks)
+    cbar.set_ticklabels([f"{t:.3g}" for t in ticks])
+    cbar.ax.minorticks_off()
+
+
 def _mark_2d(ax, s: Surface, values: np.ndarray, metric: str,
              markers: dict[str, tuple[float, float]], z: float | None = None) -> None:
     assert s.y is not None
     (i, j), vb = _best(s, values, metric)
     xb, yb = float(s.x[i]), float(s.y[j])
     word = "max" if _higher_is_better(metric) else "min"
-    star = dict(marker="*", ms=14, color="red", mec="white", mew=0.8, ls="none", zorder=6,
+    star = dict(marker="*", ms=14, color="red", mec="white", mew=0.8, ls="none", zorder=6, clip_on=False,
                 label=f"{word} {vb:.4g} at ({xb:.3g}, {yb:.3g})")
     origin = dict(marker="P", ms=10, color="black", mec="white", mew=0.8, ls="none", zorder=6,
                   label="origin (0, 0)")
@@ -316,7 +350,7 @@ def _draw_2d(fig: Figure, s: Surface, kind: str, metric: str, log: bool,
     values = _require_values(s, metric)  # (nx, ny), NaN where blank
     if log:
         values = np.where(values > 0, values, np.nan)
-    lo, hi = _value_range(values, metric, log, vmin, vmax)
+    lo, hi = _value_range(values, metric, log, vmin, vmax, loose=kind == "surface3d")
     z = np.ma.masked_invalid(values.T)  # (ny, nx) so that x is horizontal
     label = f"{metric} (log scale)" if log else metric
     if kind == "surface3d":
@@ -340,18 +374,22 @@ def _draw_2d(fig: Figure, s: Surface, kind: str, metric: str, log: bool,
     norm = _norm(lo, hi, log)
     if kind == "heatmap":
         mesh = ax.pcolormesh(_edges(s.x), _edges(s.y), z, cmap=_CMAP, norm=norm, shading="flat")
-        fig.colorbar(mesh, ax=ax, label=label, extend=_extend(values, lo, hi))
+        cbar = fig.colorbar(mesh, ax=ax, label=label, extend=_extend(values, lo, hi))
+        if log:
+            _log_ticks(cbar, lo, hi)
     elif kind == "contourf":
         X, Y = _grid(s, kind)
         lv = _levels(lo, hi, levels, log, _DEFAULT_LEVELS["contourf"])
         cs = ax.contourf(X, Y, z, levels=lv, cmap=_CMAP, norm=norm, extend=_extend(values, lv[0], lv[-1]))
-        fig.colorbar(cs, ax=ax, label=label)
+        cbar = fig.colorbar(cs, ax=ax, label=label)
+        if log:
+            _log_ticks(cbar, lv[0], lv[-1])
     else:  # contour
         X, Y = _grid(s, kind)
         lv = _levels(lo, hi, levels, log, _DEFAULT_LEVELS["contour"])
         cs = ax.contour(X, Y, z, levels=lv, cmap=_CMAP, norm=norm, linewidths=1.0)
         if len(cs.levels):
-            ax.clabel(cs, cs.levels[::2], inline=True, fontsize=7, fmt="%.3g")
+            ax.clabel(cs, cs.levels[::2], inline=True, fontsize=7, fmt=_level_format(lv, log))
     ax.set_xlim(_edges(s.x)[[0, -1]] if kind == "heatmap" else (s.x.min(), s.x.max()))
     ax.set_ylim(_edges(s.y)[[0, -1]] if kind == "heatmap" else (s.y.min(), s.y.max()))
     ax.set_xlabel(s.x_label)

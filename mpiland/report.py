@@ -156,6 +156,14 @@ def load_surface(path: str | Path) -> Surface:
     HDF5 or not a surface file, or a schema newer than :data:`SCHEMA_VERSION`.
     """
     path = Path(path)
+    try:
+        return _read(path)
+    except OSError as exc:
+        raise SurfaceFileError(f"{path}: could not be read ({exc}); if a job is writing it, "
+                               "try again after its next chunk, else recreate it") from None
+
+
+def _read(path: Path) -> Surface:
     with _open(path) as f:
         attrs = {k: _decode(v) for k, v in f.attrs.items()}
         schema = attrs.get("mpiland_schema")
@@ -390,7 +398,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             rows.append(("job", job["name"]))
         if job.get("model_factory"):
             rows.append(("model", str(job["model_factory"])))
-        rows.append(("checkpoint", str(job.get("checkpoint") or "none (initial weights)")))
+        rows.append(("checkpoint", str(job.get("checkpoint") or "none")))
         d = job.get("directions") or {}
         if d:
             parts = [str(d.get("kind", "?"))]
