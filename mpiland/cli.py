@@ -85,20 +85,22 @@ def run(job_file: str, output: str | None, overwrite: bool | None, overrides: tu
         chunk_size: int | None, writer: str | None, threads: int | None, progress: str | None,
         verbose: bool, debug: bool) -> None:
     """Evaluate the landscape JOB_FILE describes (single process, mpiexec or srun alike)."""
-    from .environment import world
     from .job import load_job
 
     flags = {"output.path": output, "run.device": device, "run.chunk_size": chunk_size,
              "run.writer": writer, "run.threads": threads, "output.overwrite": overwrite}
     values = {key: value for key, value in flags.items() if value is not None}
+    from .environment import StopFlag, world
+
     _setup_logging(0, 1, verbose, debug)
+    stop = StopFlag().__enter__()
     comm = world()
     _setup_logging(comm.Get_rank(), comm.Get_size(), verbose, debug)
     try:
         from .run import run_job
 
         job = load_job(job_file, list(overrides), values)
-        summary = run_job(job, comm=comm, progress=progress)
+        summary = run_job(job, comm=comm, progress=progress, stop=stop)
     except BaseException as exc:  # noqa: BLE001 - every failure must end all ranks
         if isinstance(exc, SystemExit):
             raise

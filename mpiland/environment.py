@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import LaunchError
 
 log = logging.getLogger("mpiland")
+
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+"""Signals that end a run cleanly: SLURM sends them before preemption or the time limit."""
 
 LOCAL_RANK_VARS = ("SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK")
 LOCAL_SIZE_VARS = ("SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PMI_LOCAL_SIZE")
@@ -179,3 +184,36 @@ def place(comm: Any, device_request: str, threads_request: int) -> Placement:
     threads = threads_per_rank(threads_request, local_size)
     torch.set_num_threads(threads)
     return Placement(comm.Get_rank(), comm.Get_size(), local_rank, local_size, device, threads)
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1/SIGUSR2 (SLURM preemption, time limit) to end the run cleanly."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:
+            # A second signal (or a launcher cleaning up after an abort) means now:
+            # finished points are already safe in the file.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signal = signal.Signals(signum).name
+        log.warning("received %s: stopping after the points in flight; the run can be resumed", self.signal)
+
+    def __enter__(self) -> "StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

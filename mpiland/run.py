@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import signal
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +25,7 @@ from . import surface
 from .data import Split, load_split
 from .directions import Directions, axis_label, random_directions
 from .engine import Evaluator, metric_names, wants_accuracy
-from .environment import Placement, check_launch, mpi_module, place, world
+from .environment import Placement, StopFlag, check_launch, mpi_module, place, world
 from .errors import CheckpointError, JobFileError, MpilandError
 from .grid import Chunks, Grid, make_chunks
 from .job import Job
@@ -38,7 +36,6 @@ from .train import train_model
 
 log = logging.getLogger("mpiland")
 
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
 T = TypeVar("T")
 
 
@@ -87,34 +84,6 @@ def fingerprint(job: Job, checkpoint_digest: str | None) -> str:
         "grid": d["grid"],
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=list).encode()).hexdigest()
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGUSR1/SIGUSR2 (SLURM preemption, time limit) to end the run cleanly."""
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-        self._old: dict[int, Any] = {}
-
-    def __call__(self) -> bool:
-        return self.signal is not None
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.signal is None:
-            self.signal = signal.Signals(signum).name
-            log.warning("received %s: stopping after the points in flight; the run can be resumed", self.signal)
-
-    def __enter__(self) -> "StopFlag":
-        if threading.current_thread() is threading.main_thread():
-            for name in STOP_SIGNALS:
-                sig = getattr(signal, name, None)
-                if sig is not None:
-                    self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def _train_if_needed(comm: Any, job: Job) -> None:
@@ -169,9 +138,19 @@ def _open_surface(comm: Any, job: Job, path: Path, grid: Grid, directions: Direc
     return np.zeros(grid.shape, dtype=np.uint8)
 
 
-def run_job(job: Job, comm: Any = None, progress: str | None = None) -> RunSummary:
-    """Evaluate ``job`` over all ranks of ``comm`` (None: COMM_WORLD, or one process without MPI)."""
-    comm = world(comm)
+def run_job(job: Job, comm: Any = None, progress: str | None = None, stop: StopFlag | None = None) -> RunSummary:
+    """Evaluate ``job`` over all ranks of ``comm`` (None: COMM_WORLD, or one process without MPI).
+
+    ``stop``: an already installed :class:`StopFlag` (the CLI installs one before set-up,
+    so a signal during start-up also ends the run cleanly); None installs one here.
+    """
+    if stop is not None:
+        return _run_job(job, world(comm), progress, stop)
+    with StopFlag() as own:
+        return _run_job(job, world(comm), progress, own)
+
+
+def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSummary:
     rank, size = comm.Get_rank(), comm.Get_size()
     t_start = time.perf_counter()
     agree(comm, lambda: check_launch(comm))
@@ -247,8 +226,7 @@ def run_job(job: Job, comm: Any = None, progress: str | None = None) -> RunSumma
         evaluated += len(result.points)
         bar.update(len(result.points))
 
-    with StopFlag() as stop:
-        outcome = run_protocol(comm, len(chunks), evaluate_chunk, deliver, stop)
+    outcome = run_protocol(comm, len(chunks), evaluate_chunk, deliver, stop)
     if bar is not None:
         bar.close()
     if writer is not None:

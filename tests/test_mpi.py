@@ -1,0 +1,120 @@
+"""Scenario runs under mpiexec: the same job at 1, 2 and 3 ranks, failures and signals."""
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from mpiland.errors import EXIT_INTERRUPTED
+
+from util import PYTHON, REPO, cli, write_job
+
+MPIEXEC = shutil.which("mpiexec", path=str(Path(PYTHON).parent)) or shutil.which("mpiexec")
+pytestmark = [pytest.mark.mpi, pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec on PATH or beside python")]
+METRICS = ("test_loss", "test_acc", "test_loss_stderr", "done")
+
+
+def mpirun(n, *args, **kw):
+    return cli(*args, launcher=[MPIEXEC, "-n", str(n)], **kw)
+
+
+def values(path, wait=15.0):
+    """The metric arrays; waits while a launcher is still reaping ranks that hold the file open."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with h5py.File(path, "r") as f:
+                return {k: f[k][...] for k in METRICS}
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def small_cnn_job(tmp_path, output, extra=""):
+    return write_job(tmp_path, model='factory = "mpiland.demo:digits_cnn"\nkwargs = { channels = 4, hidden = 16 }',
+                     grid="x = [-1.0, 1.0, 7]\ny = [-1.0, 1.0, 6]", output=output, name=f"{output}.toml",
+                     extra=extra)
+
+
+def test_identical_across_sizes(tmp_path):
+    job = small_cnn_job(tmp_path, "one.h5")
+    assert cli("run", str(job)).returncode == 0
+    ref = values(tmp_path / "one.h5")
+    assert ref["done"].all()
+    for n in (2, 3):
+        out = tmp_path / f"n{n}.h5"
+        proc = mpirun(n, "run", str(job), "--output", str(out), "--chunk-size", "2")
+        assert proc.returncode == 0, proc.stderr
+        got = values(out)
+        for k in METRICS:
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{k} at {n} ranks")
+
+
+def test_only_rank0_reports(tmp_path):
+    job = small_cnn_job(tmp_path, "q.h5")
+    proc = mpirun(2, "run", str(job), "--set", "run.progress=\"lines\"")
+    assert proc.returncode == 0
+    assert "[mpiland r0]" in proc.stderr and "[mpiland r1]" not in proc.stderr
+    assert "points/s" in proc.stderr
+
+
+def test_user_error_on_one_rank_ends_all_with_status_2(tmp_path):
+    src = tmp_path / "data.py"
+    src.write_text("from mpi4py import MPI\nfrom mpiland.data import digits_split\n"
+                   "def data(split):\n"
+                   "    if MPI.COMM_WORLD.Get_rank() == 1:\n        raise OSError('disk gone')\n"
+                   "    return digits_split(split)\n")
+    job = write_job(tmp_path, data=f'factory = "{src}:data"')
+    t0 = time.monotonic()
+    proc = mpirun(2, "run", str(job), timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert time.monotonic() - t0 < 30
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("error")]
+    assert lines == ["error: rank 1: data.factory " + repr(f"{src}:data") + " (split='test') raised OSError: disk gone"]
+
+
+def test_rank_failure_aborts_quickly_and_keeps_points(tmp_path):
+    job = write_job(tmp_path, model='factory = "tests/models.py:failing_on_rank"\nkwargs = { rank = 1, after = 30 }',
+                    grid="x = [-1.0, 1.0, 8]\ny = [-1.0, 1.0, 8]", extra="chunk_size = 2\n")
+    t0 = time.monotonic()
+    proc = mpirun(2, "run", str(job), timeout=60)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode != 0
+    assert "simulated failure on rank 1" in proc.stderr
+    assert elapsed < 30  # start-up included; the abort itself takes well under 10 s
+    done = values(tmp_path / "surface.h5")["done"]
+    assert 0 < done.sum() < done.size
+    fixed = tmp_path / "fixed.toml"
+    fixed.write_text(job.read_text().replace("after = 30", "after = 1000000"))
+    assert mpirun(2, "run", str(fixed), timeout=120).returncode == 2  # other job: the fingerprint differs
+    assert "different job" in mpirun(2, "run", str(fixed), timeout=120).stderr
+
+
+def test_sigterm_under_mpiexec_then_resume(tmp_path):
+    job = write_job(tmp_path, model='factory = "tests/models.py:slow_mlp"\nkwargs = { delay = 0.1 }',
+                    grid="x = [-1.0, 1.0, 8]\ny = [-1.0, 1.0, 6]", extra="chunk_size = 2\n")
+    proc = subprocess.Popen([MPIEXEC, "-n", "2", PYTHON, "-m", "mpiland", "run", str(job)], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "points pending" in line:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=30) == EXIT_INTERRUPTED, rest
+    done = values(tmp_path / "surface.h5")["done"]
+    assert 0 < done.sum() < done.size
+    assert mpirun(2, "run", str(job), timeout=120).returncode == 0
+    resumed = values(tmp_path / "surface.h5")
+    assert resumed["done"].all()
+    ref = tmp_path / "ref.h5"
+    assert cli("run", str(job), "--output", str(ref)).returncode == 0
+    for k in METRICS:
+        np.testing.assert_array_equal(resumed[k], values(ref)[k], err_msg=k)

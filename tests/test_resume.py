@@ -1,0 +1,98 @@
+"""Resume and interruption: a stopped run keeps its points, a re-run completes the same file."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from mpiland.errors import EXIT_INTERRUPTED
+from mpiland.job import load_job
+from mpiland.run import run_job
+from mpiland.surface import read_done
+
+from util import PYTHON, REPO, write_job
+
+VALUES = ("test_loss", "test_acc", "test_loss_stderr", "done", "xcoordinates", "ycoordinates")
+
+
+def contents(path):
+    with h5py.File(path, "r") as f:
+        return {k: f[k][...] for k in VALUES}, dict(f.attrs)
+
+
+def assert_same_values(a, b):
+    for k in VALUES:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def slow_job(tmp_path, output):
+    return write_job(tmp_path, model='factory = "tests/models.py:slow_mlp"\nkwargs = { delay = 0.03 }',
+                     grid="x = [-1.0, 1.0, 6]\ny = [-1.0, 1.0, 5]", output=output, name=f"{output}.toml",
+                     extra="chunk_size = 2\n")
+
+
+def test_resume_after_partial_file_matches_uninterrupted(tmp_path):
+    job = load_job(write_job(tmp_path, output="full.h5", extra="chunk_size = 3\n"))
+    run_job(job)
+    full, _ = contents(tmp_path / "full.h5")
+    assert full["done"].all()
+
+    part = tmp_path / "part.h5"
+    job2 = load_job(write_job(tmp_path, output="part.h5", name="p.toml", extra="chunk_size = 3\n"))
+    run_job(job2)
+    with h5py.File(part, "r+") as f:  # forget some points, as an interrupted run would have
+        for k in ("test_loss", "test_acc", "test_loss_stderr", "seconds"):
+            f[k][2:, :] = np.nan
+        f["done"][2:, :] = 0
+    summary = run_job(job2)
+    assert summary.already_done == 8 and summary.points_evaluated == 12
+    again, attrs = contents(part)
+    assert_same_values(full, again)
+    assert run_job(job2).points_evaluated == 0  # nothing left to do
+
+
+def test_sigterm_saves_points_and_resume_completes_identically(tmp_path):
+    ref = slow_job(tmp_path, "ref.h5")
+    assert subprocess.run([PYTHON, "-m", "mpiland", "run", str(ref)], cwd=REPO, capture_output=True).returncode == 0
+
+    job = slow_job(tmp_path, "cut.h5")
+    proc = subprocess.Popen([PYTHON, "-m", "mpiland", "run", str(job), "--progress", "lines"], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "points pending" in line:
+            break
+    time.sleep(0.6)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=30) == EXIT_INTERRUPTED, rest
+    assert "received SIGTERM" in rest and "run the same command again to resume" in rest
+    done = read_done(tmp_path / "cut.h5")
+    assert 0 < done.sum() < done.size
+
+    assert subprocess.run([PYTHON, "-m", "mpiland", "run", str(job)], cwd=REPO, capture_output=True).returncode == 0
+    assert_same_values(contents(tmp_path / "ref.h5")[0], contents(tmp_path / "cut.h5")[0])
+
+
+def test_file_records_job_and_directions(tmp_path):
+    path = write_job(tmp_path)
+    run_job(load_job(path))
+    with h5py.File(tmp_path / "surface.h5", "r") as f:
+        assert f.attrs["mpiland_schema"] == 1 and len(f.attrs["fingerprint"]) == 64
+        assert f.attrs["job_toml"] == path.read_text()
+        assert list(f.attrs["metrics"]) == ["test_loss", "test_loss_stderr", "test_acc"]
+        assert f["directions/x"].shape == f["directions/y"].shape
+        assert f["directions"].attrs["norm"] == "filter"
+        assert (f["seconds"][...] > 0).all()
+        assert f.attrs["x_label"] == "random direction x (filter-normalised)"
+
+
+def test_1d_job(tmp_path):
+    path = write_job(tmp_path, grid="x = [-0.5, 1.5, 7]")
+    run_job(load_job(path))
+    with h5py.File(tmp_path / "surface.h5", "r") as f:
+        assert f["test_loss"].shape == (7,) and "ycoordinates" not in f and f["done"][...].all()
+        assert f.attrs["dims"] == 1
