@@ -150,6 +150,52 @@ def info(surface_file: str, as_json: bool, debug: bool) -> None:
     click.echo(json.dumps(summary, indent=2, default=str) if as_json else format_summary(summary))
 
 
+@cli.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--nodes", type=int, default=1, show_default=True, help="Nodes to use.")
+@click.option("--gpus-per-node", type=int, default=0, show_default=True, help="GPUs per node (one rank each); 0: CPU job.")
+@click.option("--time", "time_limit", default="01:00:00", show_default=True, help="SLURM time limit.")
+@click.option("--partition", help="SLURM partition (default: the cluster's).")
+@click.option("--template", type=click.Choice(["auto", "single", "multi", "preempt", "array"]), default="auto",
+              show_default=True, help="auto: single for one node, multi for more.")
+@click.option("--cpus-per-task", type=int, help="CPUs (torch threads) per rank.")
+@click.option("--ntasks-per-node", type=int, help="Ranks per node (default: one per GPU).")
+@click.option("--checkpoints", type=click.Path(dir_okay=False), help="array: file with one checkpoint path per line.")
+@click.option("--output", "-o", help="Surface file (array: the surfaces' directory).")
+@click.option("--signal-seconds", type=int, default=None, help="preempt: SIGUSR1 this many seconds before the limit.")
+@click.option("--job-name", help="SLURM job name.")
+@click.option("--script", "script_path", type=click.Path(dir_okay=False), help="Also save the script to this file.")
+@click.option("--submit", is_flag=True, help="Submit with sbatch and print the job id.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Passed on to mpiland run.")
+@debug_option
+def slurm(job_file: str, nodes: int, gpus_per_node: int, time_limit: str, partition: str | None, template: str,
+          cpus_per_task: int | None, ntasks_per_node: int | None, checkpoints: str | None, output: str | None,
+          signal_seconds: int | None, job_name: str | None, script_path: str | None, submit: bool,
+          overrides: tuple[str, ...], debug: bool) -> None:
+    """Write an sbatch script for JOB_FILE (printed, or submitted with --submit)."""
+    import os
+    from pathlib import Path
+
+    from . import slurm as slurm_mod
+
+    extra = [a for item in overrides for a in ("--set", item)]
+    kwargs: dict[str, Any] = {}
+    if signal_seconds is not None:
+        kwargs["signal_seconds"] = signal_seconds
+    text = _guard(lambda: slurm_mod.render_sbatch(
+        job_file, nodes=nodes, gpus_per_node=gpus_per_node, time=time_limit, partition=partition, template=template,
+        cpus_per_task=cpus_per_task, checkpoints=checkpoints, output=output, extra_args=extra,
+        ntasks_per_node=ntasks_per_node, job_name=job_name, **kwargs), debug)
+    if script_path:
+        Path(script_path).write_text(text)
+    if not submit:
+        if not script_path:
+            click.echo(text, nl=False)
+        return
+    job_id = _guard(lambda: slurm_mod.submit(text, workdir=os.getcwd()), debug)
+    click.echo(f"submitted job {job_id}")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="mpiland")

@@ -1,0 +1,39 @@
+# Set-up and everyday commands. `make demo` and `make test` work on a fresh machine with
+# Python 3.11+: they create .venv (torch CPU build, mpiland, and the pip-installable MPICH).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+MPIO_VENV ?= .venv-mpio
+
+.PHONY: setup demo test test-fast clean
+
+$(BIN)/mpiland: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test,mpich]"
+	touch $@
+
+setup: $(BIN)/mpiland
+
+# The built-in demo: trains the small digits CNN if needed, evaluates a 21x21 surface and a
+# 51-point curve, and draws them into plots/.
+demo: setup
+	$(BIN)/mpiland run jobs/quickstart.toml
+	$(BIN)/mpiland run jobs/quickstart-1d.toml
+	$(BIN)/mpiland plot surfaces/quickstart.h5 --kind all --out plots/
+	$(BIN)/mpiland plot surfaces/quickstart-1d.h5 --out plots/
+	$(BIN)/mpiland info surfaces/quickstart.h5
+
+# The whole suite. Parallel-HDF5 tests use $(MPIO_VENV) when it exists
+# (created by docker/install-mpio-env.sh, as .ci/run does); SLURM tests need slurmctld/slurmd/munge.
+test: setup
+	MPILAND_MPIO_PYTHON=$(if $(wildcard $(MPIO_VENV)/bin/python),$(abspath $(MPIO_VENV))/bin/python,) \
+	  $(BIN)/python -m pytest -q -ra
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not mpi and not slurm"
+
+clean:
+	rm -rf runs surfaces plots .pytest_cache
