@@ -94,3 +94,11 @@ def test_help_and_module_entry():
     assert proc.returncode == 0
     for command in ("run", "plot", "info"):
         assert command in proc.stdout
+
+
+def test_runs_without_a_loadable_mpi_library(tmp_path):
+    job = write_job(tmp_path, grid="x = [-1.0, 1.0, 3]")
+    proc = cli("run", str(job), env={"MPI4PY_LIBMPI": str(tmp_path / "no-libmpi.so")})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("running as a single process") == 1
+    assert (tmp_path / "surface.h5").exists()
