@@ -49,6 +49,7 @@ class RunSummary:
     points_evaluated: int
     points_evaluated_here: int
     seconds: float
+    eval_seconds: float
     interrupted: bool
     writer: str
     ranks: int
@@ -226,20 +227,24 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
         evaluated += len(result.points)
         bar.update(len(result.points))
 
+    t_eval = time.perf_counter()
     outcome = run_protocol(comm, len(chunks), evaluate_chunk, deliver, stop)
+    eval_seconds = time.perf_counter() - t_eval
     if bar is not None:
         bar.close()
     if writer is not None:
         writer.close()
     interrupted = bool(comm.allreduce(int(outcome.stopped or stop()))) if size > 1 else outcome.stopped or stop()
     evaluated = comm.bcast(evaluated, root=0)
+    eval_seconds = comm.bcast(eval_seconds, root=0)
     summary = RunSummary(path, grid.size, already, evaluated, outcome.points_evaluated, time.perf_counter() - t_start,
-                         bool(interrupted), writer_kind, size)
+                         eval_seconds, bool(interrupted), writer_kind, size)
     if rank == 0:
         remaining = grid.size - already - evaluated
         if interrupted:
             log.warning("stopped: %d points saved to %s, %d left; run the same command again to resume",
                         already + evaluated, path, remaining)
         else:
-            log.info("done: %d points evaluated in %.1f s; surface in %s", evaluated, summary.seconds, path)
+            log.info("done: %d points evaluated in %.1f s (%.1f points/s after set-up); surface in %s",
+                     evaluated, summary.seconds, evaluated / max(eval_seconds, 1e-9), path)
     return summary

@@ -1,0 +1,88 @@
+"""Parallel efficiency: the demo-size job at 1 rank and at 2 ranks on the same total cores.
+
+    python benchmarks/scaling.py [--job jobs/quickstart.toml] [--cores N] [--json]
+
+Runs the job (its checkpoint is trained first if missing) once as a single
+process with N torch threads and once under ``mpiexec -n 2`` with N/2 threads per
+rank, each into a fresh surface file, and prints points/s of the evaluation phase
+(set-up excluded) and the parallel efficiency on a fixed core budget: the 2-rank
+rate ÷ the 1-rank rate (1.0: splitting the cores over ranks loses nothing; the
+target is ≥ 0.90). With --json it prints one JSON object with
+points_per_s_1_rank, points_per_s_2_ranks and efficiency_2_ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def worker(job_path: str, output: str, threads: int) -> None:
+    """Run inside mpiexec: evaluate the job and print rank 0's summary as JSON."""
+    from mpiland.job import load_job
+    from mpiland.run import run_job
+
+    job = load_job(job_path, values={"output.path": output, "output.overwrite": True, "run.threads": threads,
+                                     "run.progress": "none"})
+    from mpiland.environment import world
+
+    comm = world()
+    summary = run_job(job, comm=comm)
+    if comm.Get_rank() == 0:
+        print(json.dumps({"points": summary.points_evaluated, "eval_seconds": summary.eval_seconds,
+                          "ranks": summary.ranks}))
+
+
+def measure(ranks: int, job: str, threads: int, tmp: Path) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--job", job, "--output", str(tmp / f"scaling{ranks}.h5"),
+           "--threads", str(threads)]
+    if ranks > 1:
+        mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+        if mpiexec is None:
+            raise SystemExit("mpiexec not found: install mpiland with the mpich extra")
+        cmd = [mpiexec, "-n", str(ranks)] + cmd
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark run failed ({' '.join(cmd)}):\n{proc.stderr}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["points_per_s"] = result["points"] / result["eval_seconds"]
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--job", default="jobs/quickstart.toml")
+    ap.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--output", help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.job, args.output, args.threads)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        one = measure(1, args.job, args.cores, Path(tmp))
+        two = measure(2, args.job, max(1, args.cores // 2), Path(tmp))
+    efficiency = two["points_per_s"] / one["points_per_s"]
+    out = {"job": args.job, "cores": args.cores, "points_per_s_1_rank": round(one["points_per_s"], 3),
+           "points_per_s_2_ranks": round(two["points_per_s"], 3), "efficiency_2_ranks": round(efficiency, 3)}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"job {args.job} on {args.cores} cores")
+        print(f"1 rank  x {args.cores} threads: {out['points_per_s_1_rank']:.2f} points/s")
+        print(f"2 ranks x {max(1, args.cores // 2)} threads: {out['points_per_s_2_ranks']:.2f} points/s")
+        print(f"parallel efficiency at 2 ranks (same cores): {out['efficiency_2_ranks']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
