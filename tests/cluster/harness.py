@@ -49,6 +49,10 @@ CPUS = 2
 
 PARTITION = "debug"
 
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+                "BOOT_FAIL", "DEADLINE")
+"""Job states after which a job does not run again by itself."""
+
 _SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 
 
@@ -131,7 +135,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={self.munge_socket}
+# cred_expire: a requeued job may start again this many seconds after it ended (default 120).
+AuthInfo=socket={self.munge_socket},cred_expire=5
 StateSaveLocation={r}/state
 SlurmdSpoolDir={r}/spool/%n
 SlurmctldPidFile={r}/run/slurmctld.pid
@@ -152,6 +157,8 @@ MpiDefault=pmi2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
+# Schedule at once after submissions and every 2 s (requeued jobs whose begin time has come).
+SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=2
 SlurmdParameters=config_overrides
 MailProg=/bin/true
 ReturnToService=2
@@ -185,7 +192,7 @@ PartitionName={PARTITION} Nodes={self.hostname} Default=YES MaxTime=INFINITE Sta
         t0 = time.monotonic()
         for sub in ("state", "spool", "run", "log", "tmp", "munge"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root / "munge", 0o700)
+        os.chmod(self.root / "munge", 0o755)
         self.ctld_port = _free_port()
         self.slurmd_port = _free_port()
         while self.slurmd_port == self.ctld_port:
@@ -323,33 +330,45 @@ PartitionName={PARTITION} Nodes={self.hostname} Default=YES MaxTime=INFINITE Sta
             raise ClusterError(f"{' '.join(argv)} failed with status {r.returncode}: {r.stderr.strip()}")
         return r
 
-    def job_info(self, job_id: str) -> dict[str, str]:
-        """``scontrol show job`` as a dict of its KEY=VALUE fields ({} once the record is gone)."""
+    def job_records(self, job_id: str) -> list[dict[str, str]]:
+        """``scontrol show job -o`` as one dict of KEY=VALUE fields per record (an array job has several)."""
         r = self.run(["scontrol", "show", "job", "-o", str(job_id)], check=False, timeout=15)
         if r.returncode != 0:
-            return {}
-        info: dict[str, str] = {}
+            return []
+        records = []
         for line in r.stdout.splitlines():
+            info: dict[str, str] = {}
             for field in line.split():
                 if "=" in field:
                     k, _, v = field.partition("=")
                     info.setdefault(k, v)
-        return info
+            if info:
+                records.append(info)
+        return records
+
+    def job_info(self, job_id: str) -> dict[str, str]:
+        """The first record of ``scontrol show job`` ({} once the record is gone)."""
+        records = self.job_records(job_id)
+        return records[0] if records else {}
 
     def job_state(self, job_id: str) -> str:
         return self.job_info(job_id).get("JobState", "")
 
-    def wait_job(self, job_id: str, timeout: float = 120.0, *, states=("COMPLETED", "FAILED", "CANCELLED",
-                 "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE")) -> dict[str, str]:
-        """Wait until the job reaches one of ``states``; return its record."""
+    def wait_records(self, job_id: str, timeout: float = 120.0) -> list[dict[str, str]]:
+        """Wait until every record of the job (every task of an array) has ended; return the records."""
         deadline = time.monotonic() + timeout
-        info: dict[str, str] = {}
+        records: list[dict[str, str]] = []
         while time.monotonic() < deadline:
-            info = self.job_info(job_id)
-            if info.get("JobState") in states:
-                return info
-            time.sleep(0.5)
-        raise ClusterError(f"job {job_id} still {info.get('JobState')!r} after {timeout:.0f} s.\n{self.log_tail()}")
+            records = self.job_records(job_id)
+            if records and all(r.get("JobState") in FINAL_STATES for r in records):
+                return records
+            time.sleep(1.0)
+        states = ", ".join(f"{r.get('JobId')}: {r.get('JobState')}" for r in records) or "no record"
+        raise ClusterError(f"job {job_id} not finished after {timeout:.0f} s ({states}).\n{self.log_tail()}")
+
+    def wait_job(self, job_id: str, timeout: float = 120.0) -> dict[str, str]:
+        """Wait until the job has ended; return its record."""
+        return self.wait_records(job_id, timeout)[0]
 
     def log_tail(self, lines: int = 25) -> str:
         out = []
