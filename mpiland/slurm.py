@@ -14,7 +14,7 @@ Four templates (plain text files in the repository's ``slurm/`` directory):
     a job array over a checkpoint list file, one surface per checkpoint.
 
 Every script launches ``srun --mpi=pmi2 ${MPILAND_PYTHON:-python} -m mpiland run
-JOB ...``. A template line ``{{name}}`` placeholder is filled by
+JOB ...``. Each ``{{name}}`` placeholder of a template is filled by
 :func:`render_sbatch`; an ``#SBATCH`` line whose value is unset (no partition,
 no GPUs) is left out, and template lines starting with ``##`` are notes that are
 not copied.
@@ -31,11 +31,14 @@ import string
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from .errors import JobFileError, LaunchError
 
 TEMPLATE_DIR = Path(os.environ.get("MPILAND_SLURM_TEMPLATES") or Path(__file__).resolve().parent.parent / "slurm")
 """Directory of the ``*.sbatch`` templates (override with ``MPILAND_SLURM_TEMPLATES``)."""
+
+TemplateName = Literal["auto", "single", "multi", "preempt", "array"]
 
 TEMPLATES = ("single", "multi", "preempt", "array")
 """Template names; ``auto`` picks ``single`` for one node and ``multi`` otherwise."""
@@ -178,7 +181,7 @@ def render_sbatch(
     gpus_per_node: int = 0,
     time: str = "01:00:00",
     partition: str | None = None,
-    template: str = "auto",
+    template: TemplateName | str = "auto",
     cpus_per_task: int | None = None,
     checkpoints: str | os.PathLike | None = None,
     output: str | os.PathLike | None = None,
@@ -274,7 +277,7 @@ def render_sbatch(
         if limit is not None and signal_seconds >= limit:
             raise LaunchError(
                 f"time limit {time} leaves no time before the SIGUSR1 sent {signal_seconds} s ahead of it; "
-                f"give a --time longer than {math.ceil(signal_seconds / 60)} minutes or a smaller signal lead")
+                f"give a --time longer than {math.ceil(signal_seconds / 60)} minutes or a smaller --signal-seconds")
         values["signal_seconds"] = signal_seconds
     run_args += [shlex.quote(a) for a in extra]
     values["run_args"] = " ".join(run_args)
@@ -304,8 +307,9 @@ def submit(script_text: str, *, workdir: str | os.PathLike) -> str:
     except OSError as exc:
         raise LaunchError(f"sbatch could not be started ({exc}); check the SLURM installation") from None
     if proc.returncode != 0:
-        detail = " ".join(proc.stderr.strip().split()) or f"exit status {proc.returncode}"
-        raise LaunchError(f"sbatch refused the script ({detail}); fix what it names and submit again")
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        detail = lines[-1] if lines else f"exit status {proc.returncode}"
+        raise LaunchError(f"sbatch failed ({detail}); fix what it names and submit again")
     job_id = proc.stdout.strip().splitlines()[-1].split(";")[0].strip() if proc.stdout.strip() else ""
     if not job_id:
         raise LaunchError(f"sbatch printed no job id (output: {proc.stdout.strip()!r}); check squeue for the job")
