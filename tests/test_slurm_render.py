@@ -108,7 +108,7 @@ def test_unset_lines_are_left_out(workdir):
 def test_launch_line(workdir):
     for name, kwargs in CASES.items():
         text = render_sbatch("job.toml", **kwargs)
-        assert "srun --mpi=pmi2 ${MPILAND_PYTHON:-python} -m mpiland run job.toml" in text, name
+        assert "srun --mpi=pmi2 --kill-on-bad-exit=1 ${MPILAND_PYTHON:-python} -m mpiland run job.toml" in text, name
 
 
 def test_every_template_file_is_used():
@@ -208,7 +208,7 @@ def test_single_script_runs_srun(workdir):
     r = _run_script(workdir, render_sbatch("job.toml", **CASES["single_cpu"]), MPILAND_PYTHON="/opt/py/bin/python")
     assert r.returncode == 0, r.stderr
     assert (workdir / "srun.args").read_text().splitlines() == [
-        "--mpi=pmi2", "/opt/py/bin/python", "-m", "mpiland", "run", "job.toml",
+        "--mpi=pmi2", "--kill-on-bad-exit=1", "/opt/py/bin/python", "-m", "mpiland", "run", "job.toml",
         "--output", "surfaces/quick.h5", "--set", "grid.x=[-1,1,5]"]
 
 
@@ -225,7 +225,7 @@ def test_preempt_script_requeues_on_interrupt(workdir, status, requeued):
     calls = workdir / "scontrol.calls"
     assert (calls.read_text() if calls.exists() else "") == ("requeue 77\n" if requeued else "")
     args = (workdir / "srun.args").read_text().splitlines()
-    assert args[:2] == ["--mpi=pmi2", "python"] and args[-2:] == ["--output", "surfaces/resnet.h5"]
+    assert args[:3] == ["--mpi=pmi2", "--kill-on-bad-exit=1", "python"] and args[-2:] == ["--output", "surfaces/resnet.h5"]
 
 
 @pytest.mark.parametrize(
@@ -240,7 +240,7 @@ def test_array_script_picks_its_checkpoint(workdir, task, checkpoint, surface):
     r = _run_script(workdir, text, SLURM_ARRAY_TASK_ID=task)
     assert r.returncode == 0, r.stderr
     assert (workdir / "srun.args").read_text().splitlines() == [
-        "--mpi=pmi2", "python", "-m", "mpiland", "run", "job.toml", "--set", "grid.x=[-1, 1, 51]",
+        "--mpi=pmi2", "--kill-on-bad-exit=1", "python", "-m", "mpiland", "run", "job.toml", "--set", "grid.x=[-1, 1, 51]",
         "--set", f"model.checkpoint='{checkpoint}'", "--output", surface]
     assert (workdir / "surfaces" / "run7").is_dir()
 
