@@ -29,13 +29,23 @@ import shlex
 import shutil
 import string
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 from .errors import JobFileError, LaunchError
 
-TEMPLATE_DIR = Path(os.environ.get("MPILAND_SLURM_TEMPLATES") or Path(__file__).resolve().parent.parent / "slurm")
+def _template_dir() -> Path:
+    """The source tree's ``slurm/`` when run from a checkout, else the copy installed under ``share/``."""
+    if os.environ.get("MPILAND_SLURM_TEMPLATES"):
+        return Path(os.environ["MPILAND_SLURM_TEMPLATES"])
+    source = Path(__file__).resolve().parent.parent / "slurm"
+    installed = Path(sys.prefix) / "share" / "mpiland" / "slurm"
+    return source if source.is_dir() or not installed.is_dir() else installed
+
+
+TEMPLATE_DIR = _template_dir()
 """Directory of the ``*.sbatch`` templates (override with ``MPILAND_SLURM_TEMPLATES``)."""
 
 TemplateName = Literal["auto", "single", "multi", "preempt", "array"]
@@ -124,7 +134,7 @@ def template_path(name: str) -> Path:
     path = TEMPLATE_DIR / f"{name}.sbatch"
     if not path.is_file():
         raise LaunchError(
-            f"SLURM template {path} is missing; run mpiland from its source tree (pip install -e .) "
+            f"SLURM template {path} is missing; reinstall mpiland (the templates go to <prefix>/share/mpiland/slurm) "
             "or point MPILAND_SLURM_TEMPLATES at a directory holding the *.sbatch templates")
     return path
 
