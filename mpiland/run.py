@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from . import surface
-from .data import Split, load_split
+from .data import load_split
 from .directions import Directions, axis_label, random_directions
-from .engine import Evaluator, metric_names, wants_accuracy
+from .engine import Evaluator
 from .environment import Placement, StopFlag, check_launch, mpi_module, place, world
 from .errors import CheckpointError, JobFileError, MpilandError
 from .grid import Chunks, Grid, make_chunks
@@ -159,27 +159,26 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
     writer_kind = agree(comm, lambda: _choose_writer(job.run.writer, size))
     _train_if_needed(comm, job)
 
-    def _setup() -> tuple[torch.nn.Module, list[Split], Directions, str]:
+    def _setup() -> tuple[Evaluator, Directions, str]:
         model = _prepare_model(job)
         splits = [load_split(job.data, s) for s in job.data.splits]
         directions = random_directions(model, job.directions, job.grid.dims)
         digest = None
         if rank == 0 and job.model.checkpoint is not None:
             digest = file_digest(job.model.checkpoint)
-        return model, splits, directions, fingerprint(job, digest)
+        evaluator = Evaluator(model, directions, splits, job.loss, placement.device,
+                              dtype=getattr(torch, job.model.dtype), batch_size=job.data.batch_size,
+                              memory_budget_mb=job.data.memory_budget_mb, mode=job.model.mode)
+        return evaluator, directions, fingerprint(job, digest)
 
-    model, splits, directions, fp = agree(comm, _setup)
+    evaluator, directions, fp = agree(comm, _setup)
     fp = comm.bcast(fp, root=0)
     grid = Grid.from_spec(job.grid)
-    metrics = metric_names(list(job.data.splits), wants_accuracy(job.loss, splits[0]))
+    metrics = evaluator.metrics
     path = Path(job.output.path)
     done = comm.bcast(agree(comm, lambda: _open_surface(comm, job, path, grid, directions, metrics, fp)), root=0)
     chunks: Chunks = make_chunks(done, size, job.run.chunk_size)
     already = int(done.sum())
-
-    evaluator = Evaluator(model, directions, splits, job.loss, placement.device,
-                          dtype=getattr(torch, job.model.dtype), batch_size=job.data.batch_size,
-                          memory_budget_mb=job.data.memory_budget_mb, mode=job.model.mode)
     if rank == 0:
         log.info("%d rank(s); rank 0 on %s with %d thread(s); writer %s; data %s; %d points pending in %d chunks of %d",
                  size, placement.device, placement.threads, writer_kind,
@@ -204,17 +203,17 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
         values = {m: np.full(len(points), np.nan) for m in metrics}
         seconds = np.full(len(points), np.nan)
         n = 0
-        stop = False
+        stopped = False
         for i in range(len(points)):
             if poll():
-                stop = True
+                stopped = True
                 break
             v, s = evaluator.evaluate_points(coords[i: i + 1])
             for m in metrics:
                 values[m][i] = v[m][0]
             seconds[i] = s[0]
             n += 1
-        result = ChunkResult(chunk, points[:n], {m: a[:n] for m, a in values.items()}, seconds[:n], stop)
+        result = ChunkResult(chunk, points[:n], {m: a[:n] for m, a in values.items()}, seconds[:n], stopped)
         if writer_kind == "mpio" and n:
             writer.write(result.points, result.values, result.seconds)
             result.values = result.seconds = None

@@ -2,12 +2,11 @@
 
 import hashlib
 
-import pytest
 import torch
 
 from mpiland.demo import digits_mlp
 
-from util import REPO, cli, write_job
+from util import cli, write_job
 
 
 def one_line_error(proc, fragment):

@@ -2,12 +2,10 @@
 
 import signal
 import subprocess
-import sys
 import time
 
 import h5py
 import numpy as np
-import pytest
 
 from mpiland.errors import EXIT_INTERRUPTED
 from mpiland.job import load_job

@@ -18,7 +18,6 @@ What runs:
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
