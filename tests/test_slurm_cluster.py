@@ -7,7 +7,8 @@ stopped in teardown, also when tests fail.
 
 What runs:
   * the harness itself: an ``sbatch --wrap`` job, and ``srun --mpi=pmi2 -n 2``
-    giving mpi4py one world of 2 ranks (the MPICH wheel from PyPI);
+    giving mpi4py one world of 2 ranks (the MPICH wheel from PyPI), and plain
+    ``srun --mpi=none`` singletons refused with the fix named;
   * every template accepted by ``sbatch --test-only``;
   * the single-node template on a small job: a complete, finite surface;
   * the preemptible template interrupted with ``scancel --signal=USR1``: the job
@@ -144,6 +145,20 @@ def test_srun_pmi2_makes_one_mpi_world(cluster_env, tmp_path):
     job_id = cluster_env.run(["sbatch", "--parsable", str(script)], cwd=tmp_path).stdout.strip()
     _wait_done(cluster_env, job_id, tmp_path)
     assert (tmp_path / f"mpi-{job_id}.out").read_text().split() == ["2", "2"], _log_text(tmp_path)
+
+
+def test_plain_srun_singletons_are_named(cluster_env, tmp_path):
+    (tmp_path / "job.toml").write_text(JOB_TOML)
+    script = tmp_path / "single.sh"
+    script.write_text(
+        "#!/bin/bash\n#SBATCH --ntasks=2\n#SBATCH --output=singletons-%j.out\n"
+        f"srun --mpi=none -n 2 {PYTHON} -m mpiland run job.toml; echo \"status $?\"\n")
+    job_id = cluster_env.run(["sbatch", "--parsable", str(script)], cwd=tmp_path).stdout.strip()
+    _wait_done(cluster_env, job_id, tmp_path)
+    out = (tmp_path / f"singletons-{job_id}.out").read_text()
+    assert out.count("error: launched 2 singleton processes") == 2, out
+    assert "srun --mpi=pmi2" in out and "status 2" in out
+    assert not (tmp_path / "surface.h5").exists()
 
 
 # -- the templates --------------------------------------------------------------------
