@@ -79,16 +79,23 @@ def cli() -> None:
 @click.option("--writer", type=click.Choice(["auto", "gather", "mpio"]), help="Surface writer (run.writer).")
 @click.option("--threads", type=int, help="Torch threads per rank; 0 = the cores given to the rank (run.threads).")
 @click.option("--progress", type=click.Choice(["auto", "bar", "lines", "none"]), help="Progress display (run.progress).")
+@click.option("--points-per-pass", type=int, help="Grid points per forward pass; 0 = automatic (run.points_per_pass).")
+@click.option("--autocast", type=click.Choice(["none", "bf16", "fp16"]), help="Mixed precision (run.autocast).")
+@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the forward pass (run.compile).")
+@click.option("--channels-last/--no-channels-last", default=None, help="channels_last activations (run.channels_last).")
 @click.option("--verbose", "-v", is_flag=True, help="Let every rank log, not only rank 0.")
 @debug_option
 def run(job_file: str, output: str | None, overwrite: bool | None, overrides: tuple[str, ...], device: str | None,
         chunk_size: int | None, writer: str | None, threads: int | None, progress: str | None,
+        points_per_pass: int | None, autocast: str | None, compile_: bool | None, channels_last: bool | None,
         verbose: bool, debug: bool) -> None:
     """Evaluate the landscape JOB_FILE describes (single process, mpiexec or srun alike)."""
     from .job import load_job
 
     flags = {"output.path": output, "run.device": device, "run.chunk_size": chunk_size,
-             "run.writer": writer, "run.threads": threads, "output.overwrite": overwrite}
+             "run.writer": writer, "run.threads": threads, "output.overwrite": overwrite,
+             "run.points_per_pass": points_per_pass, "run.autocast": autocast, "run.compile": compile_,
+             "run.channels_last": channels_last}
     values = {key: value for key, value in flags.items() if value is not None}
     from .environment import StopFlag, world
 

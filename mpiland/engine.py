@@ -4,12 +4,20 @@ The model's parameters are re-pointed into one flat buffer on the device; a grid
 point θ* + a·dx + b·dy is written with a single fused ``addmv`` into that buffer,
 never a Python loop over tensors and never a model copy. Data sits on the device
 for the whole run when it fits the memory budget and is streamed from (pinned)
-host memory otherwise. Per-batch accumulators stay on the device, so a point costs
+host memory otherwise. Per-batch accumulators stay on the device, so a pass costs
 one host synchronisation.
+
+Several points per forward pass: with ``points_per_pass`` K > 1 the parameters of
+K points are written by one ``addmm`` into a (K × n) buffer and the model runs
+once over them with ``torch.func.vmap`` + ``functional_call``, which keeps a small
+model from leaving most of the device idle. Models vmap cannot run (in-place
+updates of buffers, e.g. BatchNorm in train mode) fall back to one point at a
+time, with the reason logged.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -25,6 +33,9 @@ from .job import LossSpec
 from .loader import resolve_callable
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+log = logging.getLogger("mpiland")
+MAX_POINTS_PER_PASS = 64
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -69,6 +80,17 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """How points are evaluated: batching of points, mixed precision, memory layout, compilation."""
+
+    points_per_pass: int = 0
+    batch_memory_mb: float = 512.0
+    autocast: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+
+
 @dataclass
 class _DeviceSplit:
     name: str
@@ -82,10 +104,12 @@ class Evaluator:
 
     def __init__(self, model: torch.nn.Module, directions: Directions, splits: list[Split], loss: LossSpec,
                  device: torch.device, *, dtype: torch.dtype = torch.float32, batch_size: int = 512,
-                 memory_budget_mb: float = 1024.0, mode: str = "eval") -> None:
+                 memory_budget_mb: float = 1024.0, mode: str = "eval", options: EngineOptions | None = None) -> None:
+        self.options = options or EngineOptions()
         self.device = device
         self.dtype = dtype
         self.batch_size = batch_size
+        self.builtin_loss = loss.name in BUILTIN_LOSSES
         self.loss_fn = resolve_loss(loss)
         self.accuracy = wants_accuracy(loss, splits[0])
         self.split_names = [s.name for s in splits]
@@ -104,6 +128,10 @@ class Evaluator:
         total = sum(s.nbytes for s in splits)
         resident = total <= memory_budget_mb * 2**20
         self.data = [self._place(s, resident) for s in splits]
+        self._autocast = AUTOCAST.get(self.options.autocast)
+        self.fallback_reason = ""
+        self.points_per_pass = 1
+        self.use_points_per_pass(self._choose_points_per_pass(mode))
 
     def _flatten_parameters(self) -> torch.Tensor:
         params = list(self.model.parameters())
@@ -116,6 +144,8 @@ class Evaluator:
 
     def _place(self, split: Split, resident: bool) -> _DeviceSplit:
         inputs = split.inputs.to(self.dtype) if split.inputs.is_floating_point() else split.inputs
+        if self.options.channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         targets = split.targets
         if resident:
             return _DeviceSplit(split.name, inputs.to(self.device), targets.to(self.device), True)
@@ -127,18 +157,159 @@ class Evaluator:
     def resident(self) -> bool:
         return all(d.resident for d in self.data)
 
+    # -- choosing and building the forward pass ------------------------------------------
+
+    def _activation_bytes(self) -> int:
+        """Bytes of all module outputs for one batch of one point (an upper bound of live activations)."""
+        total = 0
+
+        def hook(_m: torch.nn.Module, _i: object, out: object) -> None:
+            nonlocal total
+            if isinstance(out, torch.Tensor):
+                total += out.element_size() * out.nelement()
+
+        handles = [m.register_forward_hook(hook) for m in self.model.modules()]
+        try:
+            d = self.data[0]
+            x = d.inputs[: self.batch_size].to(self.device)
+            with torch.inference_mode():
+                self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return total
+
+    def _choose_points_per_pass(self, mode: str) -> int:
+        requested = self.options.points_per_pass
+        if requested == 1:
+            return 1
+        if mode == "train":
+            self.fallback_reason = "model.mode = train (batch statistics change buffers in place)"
+            log.info("evaluating one point per pass: %s", self.fallback_reason)
+            return 1
+        if requested > 1:
+            k_max = requested
+        else:
+            per_point = self.layout.numel * self.flat.element_size() + self._activation_bytes()
+            k_max = max(1, min(MAX_POINTS_PER_PASS, int(self.options.batch_memory_mb * 2**20 // max(per_point, 1))))
+        if k_max == 1:
+            return 1
+        try:
+            self._check_vmap()
+        except Exception as exc:  # vmap cannot run this model: evaluate one point at a time
+            self.fallback_reason = f"vmap cannot run this model ({exc.__class__.__name__}: {str(exc).splitlines()[0]})"
+            log.info("evaluating one point per pass: %s", self.fallback_reason)
+            return 1
+        return k_max if requested > 1 else self._tune(k_max)
+
+    def _tune(self, k_max: int) -> int:
+        """Time one batch at a few pass sizes up to ``k_max``; keep the fastest per point.
+
+        Batching pays where a pass leaves the device idle (small models, GPUs); a
+        grouped convolution on a CPU can be slower than one point at a time, so the
+        choice is measured rather than assumed.
+        """
+        x = self.data[0].inputs[: self.batch_size].to(self.device)
+        dims = self.basis.shape[1]
+        timings: dict[int, float] = {}
+        for k in sorted({1, *(c for c in (4, 16) if c < k_max), k_max}):
+            self.use_points_per_pass(k, compile_=False)
+            self._set_points(np.zeros((k, dims)))
+            with torch.inference_mode():
+                self._forward(k, x)
+                synchronize(self.device)
+                t0 = time.perf_counter()
+                for _ in range(2):
+                    self._forward(k, x)
+                synchronize(self.device)
+            timings[k] = (time.perf_counter() - t0) / (2 * k)
+        best = min(timings, key=lambda k: timings[k])
+        log.debug("seconds per point by points per pass: %s", {k: round(v, 6) for k, v in timings.items()})
+        return best
+
+    def use_points_per_pass(self, k: int, compile_: bool | None = None) -> None:
+        """Evaluate ``k`` points per forward pass from now on (1: one point at a time on the model itself)."""
+        self.points_per_pass = k
+        self._pbuf = torch.empty(k, self.layout.numel, device=self.device, dtype=self.dtype) if k > 1 else None
+        self._forward = self._make_forward(self.options.compile if compile_ is None else compile_)
+
+    def _vmapped(self) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
+        buffers = dict(self.model.named_buffers())
+        model = self.model
+
+        def one(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(model, (params, buffers), (x,))
+
+        return torch.func.vmap(one, in_dims=(0, None))
+
+    def _check_vmap(self) -> None:
+        x = self.data[0].inputs[:2].to(self.device)
+        names = self.layout.names
+        params = {n: v.unsqueeze(0).expand(2, *v.shape) for n, v in zip(names, self.layout.views(self.theta0))}
+        with torch.inference_mode():
+            out = self._vmapped()(params, x)
+            ref = self.model(x)
+        if not torch.allclose(out[0].float(), ref.float(), rtol=1e-4, atol=1e-5):
+            raise RuntimeError("batched and single outputs differ")
+
+    def _make_forward(self, compile_: bool) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        """``forward(k, x)``: outputs of the k points now set, shape (k, batch, ...)."""
+        if self.points_per_pass > 1:
+            vmapped = self._vmapped()
+            fn: Callable[..., torch.Tensor] = torch.compile(vmapped) if compile_ else vmapped
+
+            def batched(k: int, x: torch.Tensor) -> torch.Tensor:
+                return fn(self._param_views(k), x)
+
+            return batched
+        model = torch.compile(self.model) if compile_ else self.model
+
+        def single(k: int, x: torch.Tensor) -> torch.Tensor:
+            return model(x).unsqueeze(0)
+
+        return single
+
+    def _param_views(self, k: int) -> dict[str, torch.Tensor]:
+        assert self._pbuf is not None
+        rows = self._pbuf[:k]
+        return {name: rows[:, off: off + view.numel()].view(k, *view.shape)
+                for name, off, view in zip(self.layout.names, self.layout.offsets, self.layout.views(self.theta0))}
+
+    # -- setting points ------------------------------------------------------------------
+
     def set_point(self, coords: np.ndarray | list[float]) -> None:
         """Write θ* + Σ_k coords[k]·direction_k into the model with one fused update."""
         c = torch.as_tensor(np.asarray(coords, dtype=np.float64), dtype=self.dtype).to(self.device, non_blocking=True)
         torch.addmv(self.theta0, self.basis, c, out=self.flat)
 
+    def _set_points(self, coords: np.ndarray) -> int:
+        """Write the parameters of each row of ``coords`` (one fused addmm for a batched pass)."""
+        if self._pbuf is None:
+            self.set_point(coords[0])
+            return 1
+        k = coords.shape[0]
+        c = torch.as_tensor(np.asarray(coords, dtype=np.float64), dtype=self.dtype).to(self.device, non_blocking=True)
+        torch.addmm(self.theta0.unsqueeze(0), c, self.basis.t(), out=self._pbuf[:k])
+        return k
+
     def reset(self) -> None:
         """Put θ* back into the model."""
         self.flat.copy_(self.theta0)
 
-    def _split_sums(self, d: _DeviceSplit) -> torch.Tensor:
-        """[Σ loss, Σ loss², units, correct, samples] over one split, accumulated on the device."""
-        acc = torch.zeros(5, device=self.device, dtype=torch.float64)
+    # -- evaluating ----------------------------------------------------------------------
+
+    def _losses(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-unit losses of k points, shape (k, units): per sample for built-ins."""
+        k = out.shape[0]
+        out = out.float() if self._autocast is not None else out
+        if self.builtin_loss:
+            targets = y.unsqueeze(0).expand(k, *y.shape).flatten(0, 1)
+            return self.loss_fn(out.flatten(0, 1), targets).reshape(k, -1)
+        return torch.stack([torch.as_tensor(self.loss_fn(out[i], y)).reshape(-1) for i in range(k)])
+
+    def _split_sums(self, d: _DeviceSplit, k: int) -> torch.Tensor:
+        """Per point [Σ loss, Σ loss², units, correct, samples] over one split, accumulated on the device."""
+        acc = torch.zeros(k, 5, device=self.device, dtype=torch.float64)
         n = d.inputs.shape[0]
         for start in range(0, n, self.batch_size):
             x = d.inputs[start: start + self.batch_size]
@@ -146,45 +317,58 @@ class Evaluator:
             if not d.resident:
                 x = x.to(self.device, non_blocking=True)
                 y = y.to(self.device, non_blocking=True)
-            out = self.model(x)
-            losses = self.loss_fn(out, y).to(torch.float64).reshape(-1)
-            acc[0] += losses.sum()
-            acc[1] += (losses * losses).sum()
-            acc[2] += losses.numel()
+            if self._autocast is not None:
+                with torch.autocast(self.device.type, dtype=self._autocast):
+                    out = self._forward(k, x)
+            else:
+                out = self._forward(k, x)
+            losses = self._losses(out, y).to(torch.float64)
+            acc[:, 0] += losses.sum(dim=1)
+            acc[:, 1] += (losses * losses).sum(dim=1)
+            acc[:, 2] += losses.shape[1]
             if self.accuracy:
-                acc[3] += (out.argmax(dim=1) == y).sum()
-            acc[4] += x.shape[0]
+                acc[:, 3] += (out.argmax(dim=-1) == y).sum(dim=1)
+            acc[:, 4] += x.shape[0]
         return acc
 
-    def evaluate_current(self) -> dict[str, float]:
-        """Metrics of the weights now in the model (all splits)."""
+    def _pass(self, coords: np.ndarray) -> np.ndarray:
+        """Sums (splits × k × 5) for the points in ``coords`` (at most points_per_pass rows)."""
+        k = self._set_points(coords)
         with torch.inference_mode():
-            sums = torch.stack([self._split_sums(d) for d in self.data]).cpu().numpy()
+            sums = torch.stack([self._split_sums(d, k) for d in self.data]).cpu().numpy()
         if self._restore_buffers:
             torch._foreach_copy_(self._buffers, self._buffers0)
-        out: dict[str, float] = {}
-        for name, (s, s2, units, correct, samples) in zip(self.split_names, sums):
-            mean = s / units
+        return sums
+
+    def _metrics(self, sums: np.ndarray) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for name, split in zip(self.split_names, sums):
+            s, s2, units, correct, samples = split.T
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                var = (s2 - units * mean * mean) / (units - 1) if units > 1 else np.nan
-                stderr = float(np.sqrt(max(var, 0.0) / units)) if np.isfinite(var) else float("nan")
-            out[f"{name}_loss"] = float(mean)
+                mean = s / units
+                var = np.where(units > 1, (s2 - units * mean * mean) / np.maximum(units - 1, 1), np.nan)
+                stderr = np.where(np.isfinite(var), np.sqrt(np.maximum(var, 0.0) / units), np.nan)
+            out[f"{name}_loss"] = mean
             out[f"{name}_loss_stderr"] = stderr
             if self.accuracy:
-                out[f"{name}_acc"] = float(correct / samples)
+                out[f"{name}_acc"] = correct / samples
         return out
 
     def evaluate_points(self, coords: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Evaluate each row of ``coords`` (k × dims); return metric arrays and per-point seconds."""
-        k = coords.shape[0]
-        values = {m: np.full(k, np.nan) for m in self.metrics}
-        seconds = np.zeros(k)
-        for i in range(k):
+        """Evaluate each row of ``coords`` (n × dims); return metric arrays and per-point seconds.
+
+        Points go through in passes of ``points_per_pass``; a batched pass's time is
+        shared equally by its points.
+        """
+        n = coords.shape[0]
+        values = {m: np.full(n, np.nan) for m in self.metrics}
+        seconds = np.zeros(n)
+        for start in range(0, n, self.points_per_pass):
+            group = coords[start: start + self.points_per_pass]
             t0 = time.perf_counter()
-            self.set_point(coords[i])
-            point = self.evaluate_current()
+            metrics = self._metrics(self._pass(group))
             synchronize(self.device)
-            seconds[i] = time.perf_counter() - t0
+            seconds[start: start + len(group)] = (time.perf_counter() - t0) / len(group)
             for m in self.metrics:
-                values[m][i] = point[m]
+                values[m][start: start + len(group)] = metrics[m]
         return values, seconds

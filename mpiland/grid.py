@@ -61,26 +61,48 @@ def auto_chunk_size(n_pending: int, n_ranks: int) -> int:
 
 @dataclass(frozen=True)
 class Chunks:
-    """Pending points split into consecutive chunks of ``size`` points."""
+    """Pending points in consecutive chunks; ``bounds[c]:bounds[c+1]`` index chunk c in ``pending``.
+
+    Chunks are made of whole *blocks*: runs of ``block`` consecutive grid indices,
+    the groups that go through one batched forward pass. Blocks are fixed by the
+    grid, not by the number of ranks or by what an earlier run finished, so a point
+    is always evaluated in the same company and its value does not depend on the
+    launch (a block is written whole, so resuming never splits one).
+    """
 
     pending: np.ndarray
-    size: int
+    bounds: np.ndarray
+    block: int = 1
+    size: int = 1
 
     def __len__(self) -> int:
-        return math.ceil(len(self.pending) / self.size) if len(self.pending) else 0
+        return len(self.bounds) - 1
 
     def points(self, chunk: int) -> np.ndarray:
         """Flat point indices of chunk number ``chunk``."""
         if not 0 <= chunk < len(self):
             raise IndexError(f"chunk {chunk} out of range 0..{len(self) - 1}")
-        return self.pending[chunk * self.size: (chunk + 1) * self.size]
+        return self.pending[self.bounds[chunk]: self.bounds[chunk + 1]]
+
+    def groups(self, points: np.ndarray) -> list[slice]:
+        """Slices of ``points`` (a chunk's indices) that share a block: one forward pass each."""
+        ids = points // self.block
+        cuts = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+        edges = [0, *cuts.tolist(), len(points)]
+        return [slice(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def make_chunks(done: np.ndarray, n_ranks: int, chunk_size: int = 0) -> Chunks:
-    """Chunks over the points not yet done (``done`` is the grid-shaped mask)."""
+def make_chunks(done: np.ndarray, n_ranks: int, chunk_size: int = 0, block: int = 1) -> Chunks:
+    """Chunks over the points not yet done (``done`` is the grid-shaped mask), in whole blocks."""
     pending = np.flatnonzero(np.asarray(done).reshape(-1) == 0).astype(np.int64)
     size = chunk_size if chunk_size > 0 else auto_chunk_size(len(pending), n_ranks)
-    return Chunks(pending, size)
+    if len(pending) == 0:
+        return Chunks(pending, np.zeros(1, dtype=np.int64), block, size)
+    ids = pending // block
+    block_starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    per_chunk = max(1, math.ceil(size / block))
+    bounds = np.r_[block_starts[::per_chunk], len(pending)].astype(np.int64)
+    return Chunks(pending, bounds, block, per_chunk * block)
 
 
 def row_runs(points: np.ndarray, shape: tuple[int, ...]) -> list[tuple[int, int, int, int, int]]:

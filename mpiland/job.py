@@ -28,6 +28,7 @@ WRITERS = ("auto", "gather", "mpio")
 PROGRESS = ("auto", "bar", "lines", "none")
 DTYPES = ("float32", "float64")
 MODEL_MODES = ("eval", "train")
+AUTOCASTS = ("none", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,11 @@ class RunSpec:
     writer: str = "auto"
     threads: int = 0
     progress: str = "auto"
+    points_per_pass: int = 0
+    batch_memory_mb: float = 512.0
+    autocast: str = "none"
+    channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -338,6 +344,11 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
         "writer": (_choice(WRITERS), "auto"),
         "threads": (lambda k, v: _int(k, v, 0), 0),
         "progress": (_choice(PROGRESS), "auto"),
+        "points_per_pass": (lambda k, v: _int(k, v, 0), 0),
+        "batch_memory_mb": (lambda k, v: _num(k, v, positive=True), 512.0),
+        "autocast": (_choice(AUTOCASTS), "none"),
+        "channels_last": (_bool, False),
+        "compile": (_bool, False),
     },
 }
 _REQUIRED = {"model": ("factory",), "grid": ("x",)}

@@ -24,7 +24,7 @@ import torch
 from . import surface
 from .data import load_split
 from .directions import Directions, axis_label, random_directions
-from .engine import Evaluator
+from .engine import EngineOptions, Evaluator
 from .environment import Placement, StopFlag, check_launch, mpi_module, place, world
 from .errors import CheckpointError, JobFileError, MpilandError
 from .grid import Chunks, Grid, make_chunks
@@ -112,6 +112,13 @@ def _prepare_model(job: Job) -> torch.nn.Module:
     return model
 
 
+def engine_options(job: Job) -> EngineOptions:
+    """The engine settings of a job's [run] section."""
+    r = job.run
+    return EngineOptions(points_per_pass=r.points_per_pass, batch_memory_mb=r.batch_memory_mb, autocast=r.autocast,
+                         channels_last=r.channels_last, compile=r.compile)
+
+
 def _choose_writer(requested: str, size: int) -> str:
     import h5py
 
@@ -168,22 +175,25 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
             digest = file_digest(job.model.checkpoint)
         evaluator = Evaluator(model, directions, splits, job.loss, placement.device,
                               dtype=getattr(torch, job.model.dtype), batch_size=job.data.batch_size,
-                              memory_budget_mb=job.data.memory_budget_mb, mode=job.model.mode)
+                              memory_budget_mb=job.data.memory_budget_mb, mode=job.model.mode,
+                              options=engine_options(job))
         return evaluator, directions, fingerprint(job, digest)
 
     evaluator, directions, fp = agree(comm, _setup)
     fp = comm.bcast(fp, root=0)
+    evaluator.use_points_per_pass(comm.bcast(evaluator.points_per_pass, root=0))
     grid = Grid.from_spec(job.grid)
     metrics = evaluator.metrics
     path = Path(job.output.path)
     done = comm.bcast(agree(comm, lambda: _open_surface(comm, job, path, grid, directions, metrics, fp)), root=0)
-    chunks: Chunks = make_chunks(done, size, job.run.chunk_size)
+    chunks: Chunks = make_chunks(done, size, job.run.chunk_size, block=evaluator.points_per_pass)
     already = int(done.sum())
     if rank == 0:
-        log.info("%d rank(s); rank 0 on %s with %d thread(s); writer %s; data %s; %d points pending in %d chunks of %d",
+        log.info("%d rank(s); rank 0 on %s with %d thread(s); writer %s; data %s; %d point(s) per pass; "
+                 "%d points pending in %d chunks of %d",
                  size, placement.device, placement.threads, writer_kind,
                  "resident on the device" if evaluator.resident else "streamed from host memory",
-                 len(chunks.pending), len(chunks), chunks.size)
+                 evaluator.points_per_pass, len(chunks.pending), len(chunks), chunks.size)
     log.debug("rank %d on %s (local rank %d/%d), %d thread(s)", rank, placement.device,
               placement.local_rank, placement.local_size, placement.threads)
 
@@ -204,15 +214,15 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
         seconds = np.full(len(points), np.nan)
         n = 0
         stopped = False
-        for i in range(len(points)):
+        for group in chunks.groups(points):
             if poll():
                 stopped = True
                 break
-            v, s = evaluator.evaluate_points(coords[i: i + 1])
+            v, s = evaluator.evaluate_points(coords[group])
             for m in metrics:
-                values[m][i] = v[m][0]
-            seconds[i] = s[0]
-            n += 1
+                values[m][group] = v[m]
+            seconds[group] = s
+            n = group.stop
         result = ChunkResult(chunk, points[:n], {m: a[:n] for m, a in values.items()}, seconds[:n], stopped)
         if writer_kind == "mpio" and n:
             writer.write(result.points, result.values, result.seconds)

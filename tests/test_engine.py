@@ -136,3 +136,67 @@ def test_float64_model(test_split):
     values, _ = ev.evaluate_points(np.zeros((1, 2)))
     ref = plain_metrics(copy.deepcopy(model).double(), test_split.inputs.double(), test_split.targets)[0]
     assert values["test_loss"][0] == pytest.approx(ref, rel=1e-12)
+
+
+def test_batched_points_equal_one_at_a_time(test_split):
+    from mpiland.engine import EngineOptions
+
+    model = digits_cnn()
+    d = random_directions(model, DirectionsSpec(seed=8), 2)
+    coords = np.array([[a, b] for a in np.linspace(-1, 1, 4) for b in np.linspace(-0.5, 0.5, 3)])
+    results = {}
+    for k in (1, 5):
+        ev = Evaluator(copy.deepcopy(model), d, [test_split], LossSpec(), torch.device("cpu"), batch_size=64,
+                       options=EngineOptions(points_per_pass=k))
+        assert ev.points_per_pass == k
+        results[k] = ev.evaluate_points(coords)[0]
+    for m in results[1]:
+        np.testing.assert_allclose(results[5][m], results[1][m], rtol=1e-5, atol=1e-7, err_msg=m)
+
+
+def test_batched_user_loss(test_split):
+    from mpiland.engine import EngineOptions
+
+    model = digits_mlp(hidden=16)
+    d = random_directions(model, DirectionsSpec(), 2)
+    out = {}
+    for k in (1, 3):
+        ev = Evaluator(copy.deepcopy(model), d, [test_split], LossSpec(name="tests/losses.py:batch_mean_ce"),
+                       torch.device("cpu"), batch_size=64, options=EngineOptions(points_per_pass=k))
+        out[k] = ev.evaluate_points(np.array([[0.1, 0.0], [0.0, 0.3], [0.2, 0.2]]))[0]
+    np.testing.assert_allclose(out[3]["test_loss"], out[1]["test_loss"], rtol=1e-5)
+    assert np.all(np.isfinite(out[3]["test_loss_stderr"]))  # per batch: 200 samples / 64 = 4 units
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = digits_mlp(hidden=8)
+
+    def forward(self, x):
+        out = self.net(x)
+        return out if out.sum().item() > -1e9 else -out
+
+
+def test_models_vmap_cannot_run_fall_back_with_a_reason(test_split):
+    from mpiland.engine import EngineOptions
+
+    model = DataDependent()
+    d = random_directions(model, DirectionsSpec(), 2)
+    ev = Evaluator(model, d, [test_split], LossSpec(), torch.device("cpu"), options=EngineOptions(points_per_pass=8))
+    assert ev.points_per_pass == 1 and "vmap cannot run this model" in ev.fallback_reason
+    train = Evaluator(digits_cnn(), random_directions(digits_cnn(), DirectionsSpec(), 1), [test_split], LossSpec(),
+                      torch.device("cpu"), mode="train", options=EngineOptions(points_per_pass=8))
+    assert train.points_per_pass == 1 and "train" in train.fallback_reason
+
+
+def test_auto_points_per_pass_is_measured_and_bounded(test_split):
+    from mpiland.engine import MAX_POINTS_PER_PASS, EngineOptions
+
+    model = digits_mlp(hidden=16)
+    d = random_directions(model, DirectionsSpec(), 2)
+    ev = Evaluator(model, d, [test_split], LossSpec(), torch.device("cpu"), options=EngineOptions())
+    assert 1 <= ev.points_per_pass <= MAX_POINTS_PER_PASS
+    tiny = Evaluator(digits_mlp(hidden=16), d, [test_split], LossSpec(), torch.device("cpu"),
+                     options=EngineOptions(batch_memory_mb=1e-3))
+    assert tiny.points_per_pass == 1

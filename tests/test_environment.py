@@ -68,3 +68,17 @@ def test_row_runs_split_at_rows_and_gaps():
     runs = row_runs(np.array([1, 2, 3, 4, 7]), (3, 3))
     assert runs == [(0, 1, 3, 0, 2), (1, 0, 2, 2, 4), (2, 1, 2, 4, 5)]
     assert row_runs(np.array([0, 1, 2, 5]), (8,)) == [(0, 0, 3, 0, 3), (0, 5, 6, 3, 4)]
+
+
+def test_chunks_are_whole_blocks_fixed_by_the_grid():
+    done = np.zeros(20, dtype=np.uint8)
+    done[[0, 1, 2, 3, 9]] = 1  # block 0 finished; block 2 partly (as a pass size change could leave it)
+    chunks = make_chunks(done, n_ranks=2, chunk_size=5, block=4)
+    assert chunks.size == 8 and len(chunks) == 2
+    np.testing.assert_array_equal(chunks.points(0), [4, 5, 6, 7, 8, 10, 11])
+    groups = chunks.groups(chunks.points(0))
+    assert [(g.start, g.stop) for g in groups] == [(0, 4), (4, 7)]
+    for n_ranks in (1, 2, 3):  # the same blocks whatever the launch
+        c = make_chunks(np.zeros(20, dtype=np.uint8), n_ranks, block=4)
+        blocks = {tuple(c.points(i)[g]) for i in range(len(c)) for g in c.groups(c.points(i))}
+        assert blocks == {tuple(range(b, b + 4)) for b in range(0, 20, 4)}

@@ -42,8 +42,9 @@ def small_cnn_job(tmp_path, output, extra=""):
                      extra=extra)
 
 
-def test_identical_across_sizes(tmp_path):
-    job = small_cnn_job(tmp_path, "one.h5")
+@pytest.mark.parametrize("points_per_pass", [1, 4])
+def test_identical_across_sizes(tmp_path, points_per_pass):
+    job = small_cnn_job(tmp_path, "one.h5", extra=f"points_per_pass = {points_per_pass}\n")
     assert cli("run", str(job)).returncode == 0
     ref = values(tmp_path / "one.h5")
     assert ref["done"].all()
@@ -81,7 +82,7 @@ def test_user_error_on_one_rank_ends_all_with_status_2(tmp_path):
 
 def test_rank_failure_aborts_quickly_and_keeps_points(tmp_path):
     job = write_job(tmp_path, model='factory = "tests/models.py:failing_on_rank"\nkwargs = { rank = 1, after = 30 }',
-                    grid="x = [-1.0, 1.0, 8]\ny = [-1.0, 1.0, 8]", extra="chunk_size = 2\n")
+                    grid="x = [-1.0, 1.0, 8]\ny = [-1.0, 1.0, 8]", extra="chunk_size = 2\npoints_per_pass = 1\n")
     t0 = time.monotonic()
     proc = mpirun(2, "run", str(job), timeout=60)
     elapsed = time.monotonic() - t0
@@ -98,7 +99,7 @@ def test_rank_failure_aborts_quickly_and_keeps_points(tmp_path):
 
 def test_sigterm_under_mpiexec_then_resume(tmp_path):
     job = write_job(tmp_path, model='factory = "tests/models.py:slow_mlp"\nkwargs = { delay = 0.1 }',
-                    grid="x = [-1.0, 1.0, 8]\ny = [-1.0, 1.0, 6]", extra="chunk_size = 2\n")
+                    grid="x = [-1.0, 1.0, 8]\ny = [-1.0, 1.0, 6]", extra="chunk_size = 2\npoints_per_pass = 1\n")
     proc = subprocess.Popen([MPIEXEC, "-n", "2", PYTHON, "-m", "mpiland", "run", str(job)], cwd=REPO,
                             stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:

@@ -30,7 +30,7 @@ def assert_same_values(a, b):
 def slow_job(tmp_path, output):
     return write_job(tmp_path, model='factory = "tests/models.py:slow_mlp"\nkwargs = { delay = 0.03 }',
                      grid="x = [-1.0, 1.0, 6]\ny = [-1.0, 1.0, 5]", output=output, name=f"{output}.toml",
-                     extra="chunk_size = 2\n")
+                     extra="chunk_size = 2\npoints_per_pass = 1\n")
 
 
 def test_resume_after_partial_file_matches_uninterrupted(tmp_path):
