@@ -203,6 +203,38 @@ def slurm(job_file: str, nodes: int, gpus_per_node: int, time_limit: str, partit
     click.echo(f"submitted job {job_id}")
 
 
+@cli.command()
+@click.option("--model", "models", multiple=True, type=click.Choice(["mlp", "cnn", "resnet20"]),
+              help="Model(s) to measure (default: all). Repeatable.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--threads", type=int, default=0, help="Torch threads; 0 = the cores this process may use.")
+@click.option("--repeats", type=int, default=5, show_default=True, help="Timed repeats (the median is reported).")
+@click.option("--points-per-pass", type=int, default=0, help="Points per batched pass; 0 = automatic.")
+@click.option("--autocast", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True)
+@click.option("--channels-last", is_flag=True, help="channels_last activations.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the forward pass.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per model.")
+@debug_option
+def bench(models: tuple[str, ...], device: str, threads: int, repeats: int, points_per_pass: int, autocast: str,
+          channels_last: bool, compile_: bool, as_json: bool, debug: bool) -> None:
+    """Time the engine against the bare forward-pass floor on built-in models."""
+    import json
+
+    import torch
+
+    from .bench import CASES, bench_model, format_result
+    from .engine import EngineOptions
+    from .environment import resolve_device, threads_per_rank
+
+    dev = _guard(lambda: resolve_device(device, 0), debug)
+    torch.set_num_threads(threads_per_rank(threads, 1))
+    options = EngineOptions(points_per_pass=points_per_pass, autocast=autocast, channels_last=channels_last,
+                            compile=compile_)
+    for name in models or tuple(CASES):
+        result = bench_model(CASES[name], dev, repeats=repeats, options=options)
+        click.echo(json.dumps(result.to_dict()) if as_json else format_result(result))
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="mpiland")

@@ -308,8 +308,13 @@ class Evaluator:
         return torch.stack([torch.as_tensor(self.loss_fn(out[i], y)).reshape(-1) for i in range(k)])
 
     def _split_sums(self, d: _DeviceSplit, k: int) -> torch.Tensor:
-        """Per point [Σ loss, Σ loss², units, correct, samples] over one split, accumulated on the device."""
-        acc = torch.zeros(k, 5, device=self.device, dtype=torch.float64)
+        """Per point [Σ loss, Σ loss², units, correct, samples] over one split.
+
+        The sums stay on the device (few kernels per batch, no synchronisation);
+        the counts are known on the host from the shapes.
+        """
+        acc = torch.zeros(3, k, device=self.device, dtype=torch.float64)
+        units = samples = 0
         n = d.inputs.shape[0]
         for start in range(0, n, self.batch_size):
             x = d.inputs[start: start + self.batch_size]
@@ -323,13 +328,14 @@ class Evaluator:
             else:
                 out = self._forward(k, x)
             losses = self._losses(out, y).to(torch.float64)
-            acc[:, 0] += losses.sum(dim=1)
-            acc[:, 1] += (losses * losses).sum(dim=1)
-            acc[:, 2] += losses.shape[1]
+            parts = [losses.sum(dim=1), losses.square().sum(dim=1)]
             if self.accuracy:
-                acc[:, 3] += (out.argmax(dim=-1) == y).sum(dim=1)
-            acc[:, 4] += x.shape[0]
-        return acc
+                parts.append((out.argmax(dim=-1) == y).sum(dim=1))
+            acc[: len(parts)] += torch.stack(parts)
+            units += losses.shape[1]
+            samples += x.shape[0]
+        counts = torch.tensor([units, samples], dtype=torch.float64, device=self.device).unsqueeze(1).expand(2, k)
+        return torch.cat([acc[:2], counts[:1], acc[2:], counts[1:]]).t()
 
     def _pass(self, coords: np.ndarray) -> np.ndarray:
         """Sums (splits × k × 5) for the points in ``coords`` (at most points_per_pass rows)."""

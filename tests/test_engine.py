@@ -200,3 +200,18 @@ def test_auto_points_per_pass_is_measured_and_bounded(test_split):
     tiny = Evaluator(digits_mlp(hidden=16), d, [test_split], LossSpec(), torch.device("cpu"),
                      options=EngineOptions(batch_memory_mb=1e-3))
     assert tiny.points_per_pass == 1
+
+
+@pytest.mark.parametrize("options, rtol", [({"autocast": "bf16"}, 3e-2), ({"channels_last": True}, 1e-5),
+                                           ({"compile": True, "points_per_pass": 1}, 1e-5)])
+def test_precision_layout_and_compile_options(test_split, options, rtol):
+    from mpiland.engine import EngineOptions
+
+    model = digits_cnn()
+    d = random_directions(model, DirectionsSpec(seed=4), 2)
+    pts = np.array([[0.0, 0.0], [0.3, -0.2]])
+    ref = Evaluator(copy.deepcopy(model), d, [test_split], LossSpec(), torch.device("cpu"),
+                    options=EngineOptions(points_per_pass=1)).evaluate_points(pts)[0]
+    got = Evaluator(copy.deepcopy(model), d, [test_split], LossSpec(), torch.device("cpu"),
+                    options=EngineOptions(**options)).evaluate_points(pts)[0]
+    np.testing.assert_allclose(got["test_loss"], ref["test_loss"], rtol=rtol)

@@ -1,0 +1,131 @@
+"""Benchmarks of the engine against the physical floor, measured in one run on the same model and data.
+
+The floor for one grid point is one plain ``inference_mode`` forward pass over the
+resident evaluation data. For each model :func:`bench_model` measures that floor,
+the engine's time per point one point at a time (weights update, loss, accuracy
+and standard error included), and its rate with several points per pass.
+Timings synchronise the device and take the median of repeats.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .data import Split, digits_split
+from .demo import digits_cnn, digits_mlp, resnet20, synthetic_cifar
+from .directions import random_directions
+from .engine import EngineOptions, Evaluator, synchronize
+from .job import DirectionsSpec, LossSpec
+
+SAMPLES = 1024
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """A model and its evaluation data."""
+
+    name: str
+    build: Callable[[], torch.nn.Module]
+    data: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+    batch_size: int
+    points: int
+
+
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = digits_split("train")
+    return x[:SAMPLES], y[:SAMPLES]
+
+
+CASES: dict[str, BenchCase] = {
+    "mlp": BenchCase("mlp", lambda: digits_mlp(hidden=64), _digits, SAMPLES, 200),
+    "cnn": BenchCase("cnn", lambda: digits_cnn(channels=8, hidden=32), _digits, SAMPLES, 60),
+    "resnet20": BenchCase("resnet20", resnet20, lambda: synthetic_cifar("test", SAMPLES), 256, 3),
+}
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    model: str
+    device: str
+    threads: int
+    samples: int
+    parameters: int
+    floor_s_per_point: float
+    s_per_point: float
+    ratio_to_floor: float
+    floor_points_per_s: float
+    points_per_pass: int
+    batched_points_per_s: float
+    batched_speedup: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _median_time(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
+    fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_model(case: BenchCase, device: torch.device, repeats: int = 5, options: EngineOptions | None = None) -> BenchResult:
+    """Floor, one-point-at-a-time and batched figures for one model, all in this process."""
+    torch.manual_seed(0)
+    model = case.build().to(device).eval()
+    inputs, targets = case.data()
+    split = Split("test", inputs, targets)
+    x_dev = inputs.to(device)
+    batches = [x_dev[i: i + case.batch_size] for i in range(0, len(x_dev), case.batch_size)]
+
+    def floor_pass() -> None:
+        with torch.inference_mode():
+            for xb in batches:
+                model(xb)
+
+    floor = _median_time(floor_pass, device, repeats)
+    directions = random_directions(model, DirectionsSpec(seed=0), 2)
+    rng = np.random.default_rng(0)
+
+    opts = options or EngineOptions()
+
+    def engine(points_per_pass: int) -> Evaluator:
+        return Evaluator(case.build().to(device).eval(), directions, [split], LossSpec(), device,
+                         batch_size=case.batch_size, options=replace(opts, points_per_pass=points_per_pass))
+
+    single = engine(1)
+    one = rng.uniform(-1, 1, size=(1, 2))
+    per_point = _median_time(lambda: single.evaluate_points(one), device, repeats)
+
+    batched = engine(opts.points_per_pass if opts.points_per_pass > 1 else 0)
+    k = batched.points_per_pass
+    coords = rng.uniform(-1, 1, size=(max(case.points // k, 1) * k, 2))
+    batched_time = _median_time(lambda: batched.evaluate_points(coords), device, max(1, repeats // 2))
+    batched_rate = len(coords) / batched_time
+    return BenchResult(
+        model=case.name, device=str(device), threads=torch.get_num_threads(), samples=len(inputs),
+        parameters=sum(p.numel() for p in model.parameters()),
+        floor_s_per_point=floor, s_per_point=per_point, ratio_to_floor=per_point / floor,
+        floor_points_per_s=1.0 / floor, points_per_pass=k, batched_points_per_s=batched_rate,
+        batched_speedup=batched_rate * floor,
+    )
+
+
+def format_result(r: BenchResult) -> str:
+    """One human-readable block per model."""
+    return (f"{r.model} ({r.parameters:,} parameters, {r.samples} samples, {r.device}, {r.threads} threads)\n"
+            f"  floor (bare forward)       {r.floor_s_per_point * 1e3:9.3f} ms/point  {r.floor_points_per_s:9.1f} points/s\n"
+            f"  mpiland, 1 point per pass  {r.s_per_point * 1e3:9.3f} ms/point  ratio to floor {r.ratio_to_floor:.3f}\n"
+            f"  mpiland, {r.points_per_pass:2d} points per pass {'':1}{r.batched_points_per_s:9.1f} points/s"
+            f"  speed-up over floor {r.batched_speedup:.2f}x")
