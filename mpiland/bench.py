@@ -108,11 +108,24 @@ def bench_model(case: BenchCase, device: torch.device, repeats: int = 5, options
     one = rng.uniform(-1, 1, size=(1, 2))
     per_point = _median_time(lambda: single.evaluate_points(one), device, repeats)
 
-    batched = engine(opts.points_per_pass if opts.points_per_pass > 1 else 0)
-    k = batched.points_per_pass
-    coords = rng.uniform(-1, 1, size=(max(case.points // k, 1) * k, 2))
-    batched_time = _median_time(lambda: batched.evaluate_points(coords), device, max(1, repeats // 2))
-    batched_rate = len(coords) / batched_time
+    def rate(ev: Evaluator) -> float:
+        coords = rng.uniform(-1, 1, size=(max(case.points // ev.points_per_pass, 1) * ev.points_per_pass, 2))
+        return len(coords) / _median_time(lambda: ev.evaluate_points(coords), device, max(1, repeats // 2))
+
+    # Batched: the fastest of a few pass sizes up to the memory bound (or the one asked for).
+    if opts.points_per_pass > 1:
+        sizes = [opts.points_per_pass]
+    else:
+        k_max = single.max_points_per_pass()
+        sizes = sorted({1, *(k for k in (4, 16) if k < k_max), k_max})
+    k, batched_rate = 1, 0.0
+    for size in sizes:
+        ev = single if size == 1 else engine(size)
+        if ev.points_per_pass != size:
+            continue
+        r = rate(ev)
+        if r > batched_rate:
+            k, batched_rate = size, r
     return BenchResult(
         model=case.name, device=str(device), threads=torch.get_num_threads(), samples=len(inputs),
         parameters=sum(p.numel() for p in model.parameters()),

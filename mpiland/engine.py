@@ -179,20 +179,28 @@ class Evaluator:
                 h.remove()
         return total
 
+    def max_points_per_pass(self) -> int:
+        """The largest K whose parameter copies and activations fit ``batch_memory_mb`` (at most 64)."""
+        per_point = self.layout.numel * self.flat.element_size() + self._activation_bytes()
+        return max(1, min(MAX_POINTS_PER_PASS, int(self.options.batch_memory_mb * 2**20 // max(per_point, 1))))
+
     def _choose_points_per_pass(self, mode: str) -> int:
+        """K for this run; a pure function of the job and the device type, never of timings.
+
+        Values depend (at rounding level) on K, so K must not change between runs
+        or ranks of one surface. Automatic: one point per pass on a CPU, where a
+        batched pass rarely wins (a vmapped convolution becomes a grouped one);
+        the memory bound on a GPU, where a small model leaves the device idle.
+        """
         requested = self.options.points_per_pass
-        if requested == 1:
+        if requested == 1 or (requested == 0 and self.device.type == "cpu"):
             return 1
         if mode == "train":
             self.fallback_reason = "model.mode = train (batch statistics change buffers in place)"
             log.info("evaluating one point per pass: %s", self.fallback_reason)
             return 1
-        if requested > 1:
-            k_max = requested
-        else:
-            per_point = self.layout.numel * self.flat.element_size() + self._activation_bytes()
-            k_max = max(1, min(MAX_POINTS_PER_PASS, int(self.options.batch_memory_mb * 2**20 // max(per_point, 1))))
-        if k_max == 1:
+        k = requested if requested > 1 else self.max_points_per_pass()
+        if k == 1:
             return 1
         try:
             self._check_vmap()
@@ -200,32 +208,7 @@ class Evaluator:
             self.fallback_reason = f"vmap cannot run this model ({exc.__class__.__name__}: {str(exc).splitlines()[0]})"
             log.info("evaluating one point per pass: %s", self.fallback_reason)
             return 1
-        return k_max if requested > 1 else self._tune(k_max)
-
-    def _tune(self, k_max: int) -> int:
-        """Time one batch at a few pass sizes up to ``k_max``; keep the fastest per point.
-
-        Batching pays where a pass leaves the device idle (small models, GPUs); a
-        grouped convolution on a CPU can be slower than one point at a time, so the
-        choice is measured rather than assumed.
-        """
-        x = self.data[0].inputs[: self.batch_size].to(self.device)
-        dims = self.basis.shape[1]
-        timings: dict[int, float] = {}
-        for k in sorted({1, *(c for c in (4, 16) if c < k_max), k_max}):
-            self.use_points_per_pass(k, compile_=False)
-            self._set_points(np.zeros((k, dims)))
-            with torch.inference_mode():
-                self._forward(k, x)
-                synchronize(self.device)
-                t0 = time.perf_counter()
-                for _ in range(2):
-                    self._forward(k, x)
-                synchronize(self.device)
-            timings[k] = (time.perf_counter() - t0) / (2 * k)
-        best = min(timings, key=lambda k: timings[k])
-        log.debug("seconds per point by points per pass: %s", {k: round(v, 6) for k, v in timings.items()})
-        return best
+        return k
 
     def use_points_per_pass(self, k: int, compile_: bool | None = None) -> None:
         """Evaluate ``k`` points per forward pass from now on (1: one point at a time on the model itself)."""

@@ -132,18 +132,26 @@ def _choose_writer(requested: str, size: int) -> str:
 
 
 def _open_surface(comm: Any, job: Job, path: Path, grid: Grid, directions: Directions, metrics: list[str],
-                  fp: str) -> np.ndarray | None:
-    """Rank 0: resume or create the file; return its done mask."""
+                  fp: str, points_per_pass: int) -> tuple[np.ndarray, int] | None:
+    """Rank 0: resume or create the file; return its done mask and the points per pass to use.
+
+    A resumed file keeps the points per pass it was started with (unless the job
+    sets one), so that its values do not depend on where each run happened.
+    """
     if comm.Get_rank() != 0:
         return None
     if surface.check_existing(path, fp, job.output.overwrite):
         done = surface.read_done(path)
+        stored = surface.read_points_per_pass(path)
         log.info("resuming %s: %d of %d points already done", path, int(done.sum()), done.size)
-        return done
+        if job.run.points_per_pass == 0 and stored is not None:
+            points_per_pass = stored
+        return done, points_per_pass
     labels = (axis_label("x", directions.settings), axis_label("y", directions.settings) if grid.dims == 2 else "")
     surface.create(path, grid=grid, metrics=metrics, splits=list(job.data.splits), directions=directions,
-                   fingerprint=fp, job_text=job.text, job_json=job.to_json(), labels=labels)
-    return np.zeros(grid.shape, dtype=np.uint8)
+                   fingerprint=fp, job_text=job.text, job_json=job.to_json(), labels=labels,
+                   points_per_pass=points_per_pass)
+    return np.zeros(grid.shape, dtype=np.uint8), points_per_pass
 
 
 def run_job(job: Job, comm: Any = None, progress: str | None = None, stop: StopFlag | None = None) -> RunSummary:
@@ -181,11 +189,13 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
 
     evaluator, directions, fp = agree(comm, _setup)
     fp = comm.bcast(fp, root=0)
-    evaluator.use_points_per_pass(comm.bcast(evaluator.points_per_pass, root=0))
     grid = Grid.from_spec(job.grid)
     metrics = evaluator.metrics
     path = Path(job.output.path)
-    done = comm.bcast(agree(comm, lambda: _open_surface(comm, job, path, grid, directions, metrics, fp)), root=0)
+    done, k = comm.bcast(agree(comm, lambda: _open_surface(comm, job, path, grid, directions, metrics, fp,
+                                                         evaluator.points_per_pass)), root=0)
+    if k != evaluator.points_per_pass:
+        evaluator.use_points_per_pass(k)
     chunks: Chunks = make_chunks(done, size, job.run.chunk_size, block=evaluator.points_per_pass)
     already = int(done.sum())
     if rank == 0:

@@ -59,7 +59,7 @@ def check_existing(path: Path, fingerprint: str, overwrite: bool) -> bool:
 
 
 def create(path: Path, *, grid: Grid, metrics: list[str], splits: list[str], directions: Directions,
-           fingerprint: str, job_text: str, job_json: str, labels: tuple[str, str]) -> None:
+           fingerprint: str, job_text: str, job_json: str, labels: tuple[str, str], points_per_pass: int = 1) -> None:
     """Write a new, empty surface file (all values NaN, nothing done) atomically at ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
@@ -76,6 +76,7 @@ def create(path: Path, *, grid: Grid, metrics: list[str], splits: list[str], dir
             a["splits"] = list(splits)
             a["metrics"] = list(metrics)
             a["x_label"], a["y_label"] = labels
+            a["points_per_pass"] = points_per_pass
             f.create_dataset("xcoordinates", data=grid.x)
             if grid.y is not None:
                 f.create_dataset("ycoordinates", data=grid.y)
@@ -140,3 +141,10 @@ def read_done(path: Path) -> np.ndarray:
     """The ``done`` mask of a surface file (for planning chunks)."""
     with h5py.File(path, "r") as f:
         return f["done"][...]
+
+
+def read_points_per_pass(path: Path) -> int | None:
+    """Points per forward pass the file was started with (None for files that do not say)."""
+    with h5py.File(path, "r") as f:
+        value = f.attrs.get("points_per_pass")
+    return None if value is None else int(value)

@@ -190,18 +190,17 @@ def test_models_vmap_cannot_run_fall_back_with_a_reason(test_split):
     assert train.points_per_pass == 1 and "train" in train.fallback_reason
 
 
-def test_auto_points_per_pass_is_measured_and_bounded(test_split):
+def test_auto_points_per_pass_is_deterministic_and_bounded(test_split):
     from mpiland.engine import MAX_POINTS_PER_PASS, EngineOptions
 
     model = digits_mlp(hidden=16)
     d = random_directions(model, DirectionsSpec(), 2)
     ev = Evaluator(model, d, [test_split], LossSpec(), torch.device("cpu"), options=EngineOptions())
-    assert 1 <= ev.points_per_pass <= MAX_POINTS_PER_PASS
+    assert ev.points_per_pass == 1  # automatic on a CPU: one point per pass, never a timing-dependent choice
+    assert 1 < ev.max_points_per_pass() <= MAX_POINTS_PER_PASS
     tiny = Evaluator(digits_mlp(hidden=16), d, [test_split], LossSpec(), torch.device("cpu"),
                      options=EngineOptions(batch_memory_mb=1e-3))
-    assert tiny.points_per_pass == 1
-
-
+    assert tiny.max_points_per_pass() == 1
 @pytest.mark.parametrize("options, rtol", [({"autocast": "bf16"}, 3e-2), ({"channels_last": True}, 1e-5),
                                            ({"compile": True, "points_per_pass": 1}, 1e-5)])
 def test_precision_layout_and_compile_options(test_split, options, rtol):

@@ -1,8 +1,6 @@
 """Scenario runs under mpiexec: the same job at 1, 2 and 3 ranks, failures and signals."""
 
 import shutil
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import pytest
 
 from mpiland.errors import EXIT_INTERRUPTED
 
-from util import PYTHON, REPO, cli, write_job
+from util import PYTHON, cli, interrupted_run, write_job
 
 MPIEXEC = shutil.which("mpiexec", path=str(Path(PYTHON).parent)) or shutil.which("mpiexec")
 pytestmark = [pytest.mark.mpi, pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec on PATH or beside python")]
@@ -100,15 +98,8 @@ def test_rank_failure_aborts_quickly_and_keeps_points(tmp_path):
 def test_sigterm_under_mpiexec_then_resume(tmp_path):
     job = write_job(tmp_path, model='factory = "tests/models.py:slow_mlp"\nkwargs = { delay = 0.1 }',
                     grid="x = [-1.0, 1.0, 8]\ny = [-1.0, 1.0, 6]", extra="chunk_size = 2\npoints_per_pass = 1\n")
-    proc = subprocess.Popen([MPIEXEC, "-n", "2", PYTHON, "-m", "mpiland", "run", str(job)], cwd=REPO,
-                            stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if "points pending" in line:
-            break
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
-    rest = proc.stderr.read()
-    assert proc.wait(timeout=30) == EXIT_INTERRUPTED, rest
+    status, rest = interrupted_run([str(job)], delay=1.0, launcher=[MPIEXEC, "-n", "2"])
+    assert status == EXIT_INTERRUPTED, rest
     done = values(tmp_path / "surface.h5")["done"]
     assert 0 < done.sum() < done.size
     assert mpirun(2, "run", str(job), timeout=120).returncode == 0

@@ -1,8 +1,6 @@
 """Resume and interruption: a stopped run keeps its points, a re-run completes the same file."""
 
-import signal
 import subprocess
-import time
 
 import h5py
 import numpy as np
@@ -12,7 +10,7 @@ from mpiland.job import load_job
 from mpiland.run import run_job
 from mpiland.surface import read_done
 
-from util import PYTHON, REPO, write_job
+from util import PYTHON, REPO, interrupted_run, write_job
 
 VALUES = ("test_loss", "test_acc", "test_loss_stderr", "done", "xcoordinates", "ycoordinates")
 
@@ -58,15 +56,8 @@ def test_sigterm_saves_points_and_resume_completes_identically(tmp_path):
     assert subprocess.run([PYTHON, "-m", "mpiland", "run", str(ref)], cwd=REPO, capture_output=True).returncode == 0
 
     job = slow_job(tmp_path, "cut.h5")
-    proc = subprocess.Popen([PYTHON, "-m", "mpiland", "run", str(job), "--progress", "lines"], cwd=REPO,
-                            stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if "points pending" in line:
-            break
-    time.sleep(0.6)
-    proc.send_signal(signal.SIGTERM)
-    rest = proc.stderr.read()
-    assert proc.wait(timeout=30) == EXIT_INTERRUPTED, rest
+    status, rest = interrupted_run([str(job), "--progress", "lines"], delay=0.6)
+    assert status == EXIT_INTERRUPTED, rest
     assert "received SIGTERM" in rest and "run the same command again to resume" in rest
     done = read_done(tmp_path / "cut.h5")
     assert 0 < done.sum() < done.size
@@ -94,3 +85,16 @@ def test_1d_job(tmp_path):
     with h5py.File(tmp_path / "surface.h5", "r") as f:
         assert f["test_loss"].shape == (7,) and "ycoordinates" not in f and f["done"][...].all()
         assert f.attrs["dims"] == 1
+
+
+def test_resume_keeps_the_points_per_pass_of_the_file(tmp_path, caplog):
+    path = write_job(tmp_path, extra="points_per_pass = 4\n")
+    job = load_job(path)
+    run_job(job)
+    with h5py.File(tmp_path / "surface.h5", "r+") as f:
+        assert f.attrs["points_per_pass"] == 4
+        f["done"][1:, :] = 0
+    auto = load_job(path, values={"run.points_per_pass": 0})
+    with caplog.at_level("INFO", logger="mpiland"):
+        assert run_job(auto).points_evaluated == 16
+    assert "4 point(s) per pass" in caplog.text

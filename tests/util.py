@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import torch
@@ -56,3 +58,19 @@ def plain_metrics(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.T
         loss = torch.nn.functional.cross_entropy(out, targets).item()
         acc = (out.argmax(1) == targets).double().mean().item()
     return loss, acc
+
+
+def interrupted_run(args: list[str], delay: float, launcher: list[str] | None = None) -> tuple[int, str]:
+    """Start ``mpiland run ARGS``, send SIGTERM ``delay`` s after evaluation starts; return (status, stderr)."""
+    proc = subprocess.Popen((launcher or []) + [PYTHON, "-m", "mpiland", "run", *args], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "points pending" in line:
+            break
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    rest = "".join(seen) + proc.stderr.read()
+    return proc.wait(timeout=30), rest
