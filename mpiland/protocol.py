@@ -97,6 +97,8 @@ class _Coordinator:
             else:
                 self.outstanding += 1
             self.pending_sends.append(self.comm.isend(chunk, dest=source, tag=TAG_ASSIGN))
+            if len(self.pending_sends) > 2 * self.workers:
+                self.pending_sends = [r for r in self.pending_sends if not r.test()[0]]
         elif tag == TAG_RESULT:
             self.outstanding -= 1
             if msg.stop:
