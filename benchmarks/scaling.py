@@ -54,6 +54,7 @@ def worker(job_path: str, output: str, threads: int, axis: int) -> None:
 
 
 def measure(ranks: int, job: str, threads: int, axis: int, tmp: Path) -> dict:
+    (tmp / f"scaling{ranks}.h5").unlink(missing_ok=True)  # a file of the same job would be resumed, not redone
     cmd = [sys.executable, __file__, "--worker", "--job", job, "--output", str(tmp / f"scaling{ranks}.h5"),
            "--threads", str(threads), "--axis", str(axis)]
     if ranks > 1:

@@ -71,7 +71,7 @@ def cli() -> None:
 @cli.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Surface file path (output.path).")
-@click.option("--overwrite", is_flag=True, default=None, help="Replace a surface file made by another job (output.overwrite).")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace a surface file made by another job; a file of the same job is resumed regardless (output.overwrite).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a job key, e.g. --set grid.x=[-1,1,11]. Repeatable.")
 @click.option("--device", help="auto, cpu, cuda or cuda:N (run.device).")
@@ -104,9 +104,9 @@ def run(job_file: str, output: str | None, overwrite: bool | None, overrides: tu
     comm = world()
     _setup_logging(comm.Get_rank(), comm.Get_size(), verbose, debug)
     try:
-        from .run import run_job
+        from .run import agree, run_job
 
-        job = load_job(job_file, list(overrides), values)
+        job = agree(comm, lambda: load_job(job_file, list(overrides), values))
         summary = run_job(job, comm=comm, progress=progress, stop=stop)
     except BaseException as exc:  # noqa: BLE001 - every failure must end all ranks
         if isinstance(exc, SystemExit):

@@ -225,6 +225,16 @@ class Evaluator:
 
         return torch.func.vmap(one, in_dims=(0, None))
 
+    def batched_pass_works(self) -> bool:
+        """Whether vmap runs this model correctly (for a points-per-pass taken from a file)."""
+        if self.points_per_pass == 1:
+            return True
+        try:
+            self._check_vmap()
+            return True
+        except Exception:
+            return False
+
     def _check_vmap(self) -> None:
         x = self.data[0].inputs[:2].to(self.device)
         names = self.layout.names
@@ -232,7 +242,8 @@ class Evaluator:
         with torch.inference_mode():
             out = self._vmapped()(params, x)
             ref = self.model(x)
-        if not torch.allclose(out[0].float(), ref.float(), rtol=1e-4, atol=1e-5):
+        # Loose on purpose: this catches a model vmap runs wrongly, not TF32 rounding.
+        if not torch.allclose(out[0].float(), ref.float(), rtol=1e-2, atol=1e-3):
             raise RuntimeError("batched and single outputs differ")
 
     def _make_forward(self, compile_: bool) -> Callable[[int, torch.Tensor], torch.Tensor]:

@@ -75,7 +75,11 @@ def agree(comm: Any, fn: Callable[[], T]) -> T:
 
 
 def fingerprint(job: Job, checkpoint_digest: str | None) -> str:
-    """Hash of everything that determines the surface values (not output, device, chunking)."""
+    """Hash of everything that determines the surface values (not output, device, chunking).
+
+    Mixed precision changes values well beyond rounding, so ``run.autocast`` counts;
+    the points per pass (rounding level only) is kept by the file instead.
+    """
     d = job.to_dict()
     content = {
         "model": {**d["model"], "checkpoint": checkpoint_digest},
@@ -83,6 +87,7 @@ def fingerprint(job: Job, checkpoint_digest: str | None) -> str:
         "loss": d["loss"],
         "directions": d["directions"],
         "grid": d["grid"],
+        "autocast": d["run"]["autocast"],
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=list).encode()).hexdigest()
 
@@ -93,7 +98,11 @@ def _train_if_needed(comm: Any, job: Job) -> None:
     if not missing:
         return
     if job.train is None:
-        raise CheckpointError(f"model.checkpoint {ckpt!r}: file not found; check the path or add a [train] section to create it")
+        def _missing() -> None:
+            raise CheckpointError(
+                f"model.checkpoint {ckpt!r}: file not found; check the path or add a [train] section to create it")
+
+        agree(comm, _missing)
 
     def _train() -> None:
         if comm.Get_rank() == 0:
@@ -196,6 +205,10 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
                                                          evaluator.points_per_pass)), root=0)
     if k != evaluator.points_per_pass:
         evaluator.use_points_per_pass(k)
+        if not agree(comm, evaluator.batched_pass_works):
+            log.warning("the file was started with %d points per pass, which this model cannot run here; "
+                        "evaluating one at a time (values may differ from earlier ones at rounding level)", k)
+            evaluator.use_points_per_pass(1)
     chunks: Chunks = make_chunks(done, size, job.run.chunk_size, block=evaluator.points_per_pass)
     already = int(done.sum())
     if rank == 0:
@@ -247,7 +260,14 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
         bar.update(len(result.points))
 
     t_eval = time.perf_counter()
-    outcome = run_protocol(comm, len(chunks), evaluate_chunk, deliver, stop)
+    try:
+        outcome = run_protocol(comm, len(chunks), evaluate_chunk, deliver, stop)
+    except BaseException:
+        # Release a file this process writes alone, so an in-process caller can retry;
+        # an MPI-IO file cannot be closed by one failing rank (closing is collective).
+        if writer is not None and not writer.parallel:
+            writer.close()
+        raise
     eval_seconds = time.perf_counter() - t_eval
     if bar is not None:
         bar.close()

@@ -34,24 +34,33 @@ def _is_surface(f: h5py.File) -> bool:
 def check_existing(path: Path, fingerprint: str, overwrite: bool) -> bool:
     """Decide what to do with an existing file: True = resume it, False = create anew.
 
-    Raises SurfaceFileError if the file belongs to another job (unless ``overwrite``)
-    or cannot be read as an mpiland surface.
+    A file of the same job is always resumed, also with ``overwrite`` (a requeued
+    preemptible job must never start from zero); ``overwrite`` replaces a file of
+    another job or one that is not a surface file. Raises SurfaceFileError otherwise,
+    and when another process holds the file open for writing.
     """
     if not path.exists():
-        return False
-    if overwrite:
         return False
     try:
         with h5py.File(path, "r") as f:
             if not _is_surface(f):
+                if overwrite:
+                    return False
                 raise SurfaceFileError(f"{path} exists and is not an mpiland surface file; choose another --output or pass --overwrite")
             version = int(f.attrs["mpiland_schema"])
             if version > SCHEMA_VERSION:
                 raise SurfaceFileError(f"{path} has schema version {version}, newer than this mpiland's {SCHEMA_VERSION}; upgrade mpiland")
             theirs = str(f.attrs.get("fingerprint", ""))
     except OSError as exc:
+        if "lock" in str(exc).lower():
+            raise SurfaceFileError(f"{path} is in use by another process (HDF5 file lock); wait for that run to end "
+                                   "or choose another --output") from None
+        if overwrite:
+            return False
         raise SurfaceFileError(f"{path} exists but cannot be read as HDF5 ({exc}); move it away or pass --overwrite") from None
     if theirs != fingerprint:
+        if overwrite:
+            return False
         raise SurfaceFileError(
             f"{path} was made by a different job (fingerprint {theirs[:12]} ≠ {fingerprint[:12]}); "
             "pass --overwrite to replace it or choose another --output")

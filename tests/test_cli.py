@@ -74,6 +74,10 @@ def test_other_job_on_same_file_is_refused_and_file_kept(tmp_path):
     one_line_error(cli("run", str(other)), "was made by a different job")
     assert hashlib.sha256(out.read_bytes()).hexdigest() == digest
     assert cli("run", str(other), "--overwrite").returncode == 0
+    again = cli("run", str(other), "--overwrite")  # the same job: resumed, never redone
+    assert again.returncode == 0 and "0 points evaluated" in again.stderr
+    bf16 = cli("run", str(other), "--autocast", "bf16")  # mixed precision changes values: another job
+    one_line_error(bf16, "was made by a different job")
 
 
 def test_debug_shows_traceback(tmp_path):

@@ -109,3 +109,16 @@ def test_sigterm_under_mpiexec_then_resume(tmp_path):
     assert cli("run", str(job), "--output", str(ref)).returncode == 0
     for k in METRICS:
         np.testing.assert_array_equal(resumed[k], values(ref)[k], err_msg=k)
+
+
+@pytest.mark.parametrize("problem, fragment", [
+    ("--set=run.devic=\"cpu\"", "run.devic: unknown key"),
+    ("--set=model.checkpoint=\"nowhere.pt\"", "file not found"),
+])
+def test_user_errors_shared_by_all_ranks_print_once(tmp_path, problem, fragment):
+    job = write_job(tmp_path)
+    proc = mpirun(2, "run", str(job), problem, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and fragment in errors[0], proc.stderr
+    assert "Abort" not in proc.stderr

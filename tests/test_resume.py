@@ -3,6 +3,7 @@
 import subprocess
 
 import h5py
+import pytest
 import numpy as np
 
 from mpiland.errors import EXIT_INTERRUPTED
@@ -98,3 +99,12 @@ def test_resume_keeps_the_points_per_pass_of_the_file(tmp_path, caplog):
     with caplog.at_level("INFO", logger="mpiland"):
         assert run_job(auto).points_evaluated == 16
     assert "4 point(s) per pass" in caplog.text
+
+
+def test_failed_in_process_run_releases_the_file(tmp_path):
+    path = write_job(tmp_path, model='factory = "tests/models.py:failing_on_rank"\nkwargs = { rank = 0, after = 6 }',
+                     extra="chunk_size = 2\npoints_per_pass = 1\n")
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        run_job(load_job(path))
+    with h5py.File(tmp_path / "surface.h5", "r") as f:  # not left locked by the failed run
+        assert 0 < f["done"][...].sum() < f["done"].size
