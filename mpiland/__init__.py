@@ -1,3 +1,6 @@
 """mpiland: distributed loss-landscape evaluation for PyTorch models."""
 
 __version__ = "0.1.0"
+
+SCHEMA_VERSION = 1
+"""Version of the surface-file layout (docs/schema.md) this mpiland writes and reads."""

@@ -22,11 +22,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import __version__
+from . import SCHEMA_VERSION, __version__
 from .errors import SurfaceFileError
-
-SCHEMA_VERSION = 1
-"""Newest surface-file schema this module reads."""
 
 _COORDS = ("xcoordinates", "ycoordinates")
 _NON_METRICS = ("done", "seconds") + _COORDS

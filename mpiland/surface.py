@@ -19,12 +19,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import __version__
+from . import SCHEMA_VERSION, __version__
 from .directions import Directions
 from .errors import SurfaceFileError
 from .grid import Grid, row_runs
-
-SCHEMA_VERSION = 1
 
 
 def _is_surface(f: h5py.File) -> bool:
