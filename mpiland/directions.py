@@ -1,14 +1,24 @@
-"""Directions in parameter space: seeded random Gaussian directions and their normalisations.
+"""Directions in parameter space: what a grid coordinate means as a parameter vector.
 
-Directions are flat vectors over the model's parameters in ``named_parameters()``
-order (the layout of :class:`ParamLayout`). Normalisations (Li et al. 2018):
+Every kind of landscape is an origin θ₀ plus a basis v₁…v_m with a coefficient
+map c(a, b) from grid coordinates to m coefficients: θ(a, b) = θ₀ + Σ c_k(a, b)·v_k.
+Random, file, PCA and plane directions use the coordinates themselves (``axes``);
+model paths use ``bilinear`` (a, b, ab), ``bezier`` (Bernstein weights) or
+``polychain`` (piecewise-linear weights); see :mod:`mpiland.paths`. The engine
+writes θ(a, b) with one fused ``addmv``/``addmm`` whatever the kind.
+
+Vectors are flat over the model's parameters in ``named_parameters()`` order (the
+layout of :class:`ParamLayout`), followed, with ``states = true``, by its floating
+buffers (BatchNorm running statistics) in ``named_buffers()`` order.
+
+Normalisations of random and file directions (Li et al. 2018):
 
 - ``filter``: each filter (slice along dim 0; a row of a fully-connected weight)
   is rescaled to the norm of the same filter of θ. A 1-D tensor counts as one filter.
 - ``layer``: each parameter tensor is rescaled to the norm of θ's tensor.
 - ``weight``: element-wise, d ← d·|θ|.
 - ``model``: the whole vector is rescaled to ‖θ‖ (over the parameters the direction covers).
-- ``none``: raw Gaussian.
+- ``none``: as drawn or as read.
 
 ``ignore = "biasbn"`` zeroes the direction on 1-D tensors (biases and BatchNorm
 weights); ``include``/``exclude`` regexes (``re.search`` on parameter names) zero
@@ -19,13 +29,17 @@ drawn before y, so a 1D job's direction is the 2D job's x direction.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from .errors import JobFileError
+from .errors import CheckpointError, JobFileError, ModelError
 from .job import DirectionsSpec
 
 EPS = 1e-10
@@ -39,16 +53,30 @@ class ParamLayout:
     shapes: tuple[tuple[int, ...], ...]
     offsets: tuple[int, ...]
     numel: int
+    n_params: int = -1
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module) -> "ParamLayout":
+    def from_model(cls, model: torch.nn.Module, states: bool = False) -> "ParamLayout":
+        """Parameters in ``named_parameters()`` order; with ``states``, then the floating buffers."""
+        entries = [(n, p) for n, p in model.named_parameters()]
+        n_params = len(entries)
+        if states:
+            entries += [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
         names, shapes, offsets, total = [], [], [], 0
-        for name, p in model.named_parameters():
+        for name, t in entries:
             names.append(name)
-            shapes.append(tuple(p.shape))
+            shapes.append(tuple(t.shape))
             offsets.append(total)
-            total += p.numel()
-        return cls(tuple(names), tuple(shapes), tuple(offsets), total)
+            total += t.numel()
+        return cls(tuple(names), tuple(shapes), tuple(offsets), total, n_params)
+
+    @property
+    def states(self) -> bool:
+        """Whether the layout includes buffers (running statistics) after the parameters."""
+        return len(self.names) > self.n_params
+
+    def numel_of(self, i: int) -> int:
+        return math.prod(self.shapes[i])
 
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Per-parameter views into a flat vector (no copies)."""
@@ -61,22 +89,91 @@ class ParamLayout:
         return out
 
 
+COEFFICIENT_MAPS = ("axes", "bilinear", "bezier", "polychain")
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Checkpoints of a training run projected on the plot axes (PCA directions)."""
+
+    coordinates: np.ndarray
+    labels: tuple[str, ...]
+    explained_variance_ratio: np.ndarray
+
+
 @dataclass(frozen=True)
 class Directions:
-    """The plot directions: ``vectors[k]`` is direction k (x, then y) as a flat float32 vector."""
+    """θ(a, b) = origin + Σ_k c_k(a, b)·vectors[k], with c the named coefficient map.
+
+    ``origin`` None means the model's own state (θ*). ``variants`` are metric-name
+    prefixes of paths evaluated at every grid point: "" is the path itself, "line_"
+    the straight line between its end models (Bézier curves and polygonal chains).
+    ``models`` are labelled positions of models in grid coordinates; ``sources`` are
+    the files the directions were built from (their digests join the fingerprint).
+    """
 
     vectors: torch.Tensor
     layout: ParamLayout
     settings: dict[str, Any]
+    origin: torch.Tensor | None = None
+    coefficient_map: str = "axes"
+    variants: tuple[str, ...] = ("",)
+    labels: tuple[str, ...] = ()
+    models: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    endpoints: tuple[float, float] | None = None
+    trajectory: Trajectory | None = None
+    sources: tuple[str, ...] = ()
 
     @property
     def dims(self) -> int:
+        """Number of basis vectors (m)."""
         return int(self.vectors.shape[0])
+
+    def coefficients(self, coords: np.ndarray, variant: str = "") -> np.ndarray:
+        """Coefficients (n × m) of the basis vectors at grid coordinates ``coords`` (n × dims)."""
+        coords = np.asarray(coords, dtype=np.float64)
+        m = self.dims
+        if variant == "line_":
+            out = np.zeros((coords.shape[0], m))
+            out[:, -1] = coords[:, 0]
+            return out
+        if self.coefficient_map == "axes":
+            return coords
+        if self.coefficient_map == "bilinear":
+            a, b = coords[:, 0], coords[:, 1]
+            return np.stack([a, b, a * b], axis=1)
+        t = coords[:, 0]
+        if self.coefficient_map == "bezier":
+            return np.stack([math.comb(m, i) * t**i * (1 - t) ** (m - i) for i in range(1, m + 1)], axis=1)
+        if self.coefficient_map == "polychain":
+            seg = np.clip(np.floor(t * m), 0, m - 1).astype(np.int64)
+            s = t * m - seg
+            weights = np.zeros((t.size, m + 1))
+            rows = np.arange(t.size)
+            weights[rows, seg] = 1 - s
+            weights[rows, seg + 1] += s
+            return weights[:, 1:]
+        raise ValueError(f"unknown coefficient map {self.coefficient_map!r}")
 
 
 def flat_parameters(model: torch.nn.Module, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """θ as one flat CPU vector in ``named_parameters()`` order."""
     return torch.cat([p.detach().reshape(-1).to("cpu", dtype) for p in model.parameters()])
+
+
+def state_vector(model: torch.nn.Module, layout: ParamLayout, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The model's parameters (and, for a states layout, floating buffers) as one flat CPU vector."""
+    tensors = dict(model.named_parameters())
+    tensors.update(model.named_buffers())
+    return torch.cat([tensors[n].detach().reshape(-1).to("cpu", dtype) for n in layout.names])
+
+
+def checkpoint_vector(scratch: torch.nn.Module, path: str, layout: ParamLayout, key: str) -> torch.Tensor:
+    """Load checkpoint ``path`` into the scratch model and return its state vector (float64)."""
+    from .models import load_checkpoint
+
+    load_checkpoint(scratch, path, key=key)
+    return state_vector(scratch, layout)
 
 
 def parameter_mask(layout: ParamLayout, spec: DirectionsSpec) -> list[bool]:
@@ -120,30 +217,155 @@ def normalize(direction: torch.Tensor, theta: torch.Tensor, layout: ParamLayout,
     return d
 
 
-def random_directions(model: torch.nn.Module, spec: DirectionsSpec, dims: int) -> Directions:
-    """Seeded Gaussian directions, normalised as ``spec`` says; y optionally orthogonal to x."""
-    layout = ParamLayout.from_model(model)
-    theta = flat_parameters(model)
+def _finish_axes(raw: list[torch.Tensor], model: torch.nn.Module, layout: ParamLayout, spec: DirectionsSpec,
+                 sources: tuple[str, ...] = ()) -> Directions:
+    """Normalise and (optionally) orthogonalise axis directions; the shared tail of random and file kinds."""
+    theta = state_vector(model, layout)
     mask = parameter_mask(layout, spec)
-    gen = torch.Generator().manual_seed(spec.seed)
-    vectors = []
-    for _ in range(dims):
-        raw = torch.randn(layout.numel, generator=gen, dtype=torch.float32).to(torch.float64)
-        vectors.append(normalize(raw, theta, layout, mask, spec.norm))
-    if dims == 2 and spec.orthogonalize:
+    vectors = [normalize(v, theta, layout, mask, spec.norm) for v in raw]
+    if len(vectors) == 2 and spec.orthogonalize:
         x, y = vectors
         length = y.norm()
         y = y - (y @ x) / (x @ x) * x
         vectors[1] = y * (length / (y.norm() + EPS))
-    settings = {
-        "kind": spec.kind, "seed": spec.seed, "norm": spec.norm, "ignore": spec.ignore,
-        "include": list(spec.include), "exclude": list(spec.exclude), "orthogonalize": spec.orthogonalize,
-    }
-    return Directions(torch.stack(vectors).to(torch.float32), layout, settings)
+    settings = spec.relevant()
+    labels = tuple(axis_label(a, settings) for a in "xy"[: len(vectors)])
+    return Directions(torch.stack(vectors).to(torch.float32), layout, settings, labels=labels,
+                      models=(("θ*", (0.0,) * len(vectors)),), sources=sources)
+
+
+def random_directions(model: torch.nn.Module, spec: DirectionsSpec, dims: int) -> Directions:
+    """Seeded Gaussian directions, normalised as ``spec`` says; y optionally orthogonal to x."""
+    layout = ParamLayout.from_model(model, spec.states)
+    gen = torch.Generator().manual_seed(spec.seed)
+    raw = [torch.randn(layout.numel, generator=gen, dtype=torch.float32).to(torch.float64) for _ in range(dims)]
+    return _finish_axes(raw, model, layout, spec)
+
+
+def _place(layout: ParamLayout, arrays: dict[str, Any], where: str, required: set[str]) -> torch.Tensor:
+    """A flat vector from per-name arrays; names outside the layout are ignored, shapes are checked."""
+    index = {n: i for i, n in enumerate(layout.names)}
+    missing = sorted(required - set(arrays))
+    if missing:
+        shown = ", ".join(missing[:6]) + (f", … ({len(missing)} in all)" if len(missing) > 6 else "")
+        raise ModelError(f"{where}: has no direction for {shown}; it was made for another model "
+                         "(check model.factory and model.kwargs)")
+    vec = torch.zeros(layout.numel, dtype=torch.float64)
+    views = layout.views(vec)
+    for name, arr in arrays.items():
+        if name not in index:
+            continue
+        t = torch.as_tensor(np.asarray(arr)).to(torch.float64)
+        i = index[name]
+        if tuple(t.shape) != layout.shapes[i] and t.numel() != layout.numel_of(i):
+            raise ModelError(f"{where}: direction for {name} has shape {tuple(t.shape)}, the model's is "
+                             f"{layout.shapes[i]}; it was made for another model")
+        views[i].copy_(t.reshape(layout.shapes[i]))
+    return vec
+
+
+def _read_h5_directions(path: Path, model: torch.nn.Module, layout: ParamLayout, dims: int) -> list[torch.Tensor]:
+    import h5py
+
+    where = f"directions.file {str(path)!r}"
+    params = set(layout.names[: layout.n_params])
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise JobFileError(f"{where}: cannot be opened as HDF5 ({exc}); give a surface file, a directions file "
+                           "or the loss-landscape tool's direction file") from None
+    with f:
+        if isinstance(f.get("directions"), h5py.Group) and "x" in f["directions"]:
+            g = f["directions"]
+            names = [str(n.decode() if isinstance(n, bytes) else n) for n in g.attrs["names"]]
+            axes = [a for a in "xy"[:dims] if a in g]
+            if len(axes) < dims:
+                raise JobFileError(f"{where}: holds {len(axes)} direction(s), the grid needs {dims}; "
+                                   "use a 2D file or a 1D grid")
+            out = []
+            for a in axes:
+                flat = np.asarray(g[a][()], dtype=np.float64)
+                shapes = [tuple(s) for s in json.loads(g.attrs["shapes"])]
+                parts, off = {}, 0
+                for n, shape in zip(names, shapes):
+                    size = math.prod(shape)
+                    parts[n] = flat[off: off + size].reshape(shape)
+                    off += size
+                out.append(_place(layout, parts, where, params))
+            return out
+        groups = [g for g in ("xdirection", "ydirection")[:dims]]
+        if "xdirection" not in f:
+            raise JobFileError(f"{where}: has neither a directions group (mpiland) nor an xdirection group "
+                               "(loss-landscape tool); give a direction file")
+        if dims == 2 and "ydirection" not in f:
+            raise JobFileError(f"{where}: has no ydirection, the grid is 2D; use a 1D grid or a 2D direction file")
+        weights = [n for n, _ in model.named_parameters()]
+        state_keys = list(model.state_dict().keys())
+        out = []
+        for g in groups:
+            grp = f[g]
+            arrays = [grp[str(i)][()] for i in range(len(grp))]
+            if len(arrays) == len(weights):
+                names = weights
+            elif len(arrays) == len(state_keys):
+                names = state_keys
+            else:
+                raise ModelError(f"{where}: {g} has {len(arrays)} tensors, the model has {len(weights)} parameters "
+                                 f"and {len(state_keys)} state entries; it was made for another model")
+            out.append(_place(layout, dict(zip(names, arrays)), where, params))
+        return out
+
+
+def _read_pt_direction(path: Path, layout: ParamLayout) -> torch.Tensor:
+    from .models import extract_state_dict
+
+    where = f"directions.file {str(path)!r}"
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise JobFileError(f"{where}: cannot be read as a torch file ({exc.__class__.__name__}); give a "
+                           "state_dict-shaped .pt file per axis") from None
+    state = extract_state_dict(obj, where)
+    return _place(layout, state, where, set(layout.names[: layout.n_params]))
+
+
+def file_directions(model: torch.nn.Module, spec: DirectionsSpec, dims: int) -> Directions:
+    """Directions read from a file: ours, the loss-landscape tool's, or one state_dict per axis."""
+    layout = ParamLayout.from_model(model, spec.states)
+    paths = [Path(p) for p in spec.file]
+    for p in paths:
+        if not p.is_file():
+            raise JobFileError(f"directions.file {str(p)!r}: file not found; check the path")
+    if len(paths) == 1 and paths[0].suffix.lower() not in (".pt", ".pth"):
+        raw = _read_h5_directions(paths[0], model, layout, dims)
+    else:
+        if len(paths) != dims:
+            raise JobFileError(f"directions.file: give one .pt file per axis ({dims}), got {len(paths)}")
+        raw = [_read_pt_direction(p, layout) for p in paths]
+    for axis, v in zip("xy", raw):
+        if not torch.isfinite(v).all() or v.abs().max() == 0:
+            raise JobFileError(f"directions.file: the {axis} direction is zero or not finite; check the file")
+    return _finish_axes(raw, model, layout, spec, sources=tuple(str(p) for p in paths))
+
+
+def make_directions(model: torch.nn.Module, spec: DirectionsSpec, dims: int) -> Directions:
+    """The directions of any kind for ``model`` (whose state is θ* for random and file kinds)."""
+    if spec.kind == "random":
+        return random_directions(model, spec, dims)
+    if spec.kind == "file":
+        return file_directions(model, spec, dims)
+    from .paths import path_directions
+
+    return path_directions(model, spec, dims)
 
 
 def axis_label(axis: str, settings: dict[str, Any]) -> str:
     """Human-readable axis name for plots, e.g. ``random direction x (filter-normalised)``."""
     norm = settings.get("norm", "none")
     suffix = "not normalised" if norm == "none" else f"{norm}-normalised"
-    return f"{settings.get('kind', 'random')} direction {axis} ({suffix})"
+    kind = settings.get("kind", "random")
+    if kind == "file":
+        files = settings.get("file") or []
+        src = Path(files[0] if len(files) == 1 or axis == "x" else files[-1]).name if files else "file"
+        return f"direction {axis} from {src} ({suffix})"
+    return f"{kind} direction {axis} ({suffix})"

@@ -13,6 +13,12 @@ once over them with ``torch.func.vmap`` + ``functional_call``, which keeps a sma
 model from leaving most of the device idle. Models vmap cannot run (in-place
 updates of buffers, e.g. BatchNorm in train mode) fall back to one point at a
 time, with the reason logged.
+
+Whatever the kind of directions, a point is origin + basis · c(a, b) with the
+coefficient map of :class:`~mpiland.directions.Directions`; a path with a
+comparison line (``variants``) is evaluated once per variant at every point.
+``bn = "recompute"`` resets and re-estimates BatchNorm running statistics from
+training batches before each point (one point per pass).
 """
 
 from __future__ import annotations
@@ -104,7 +110,9 @@ class Evaluator:
 
     def __init__(self, model: torch.nn.Module, directions: Directions, splits: list[Split], loss: LossSpec,
                  device: torch.device, *, dtype: torch.dtype = torch.float32, batch_size: int = 512,
-                 memory_budget_mb: float = 1024.0, mode: str = "eval", options: EngineOptions | None = None) -> None:
+                 memory_budget_mb: float = 1024.0, mode: str = "eval", options: EngineOptions | None = None,
+                 bn_data: torch.Tensor | None = None) -> None:
+        """``bn_data``: training inputs for ``bn = "recompute"`` (None: running statistics as loaded)."""
         self.options = options or EngineOptions()
         self.device = device
         self.dtype = dtype
@@ -113,15 +121,24 @@ class Evaluator:
         self.loss_fn = resolve_loss(loss)
         self.accuracy = wants_accuracy(loss, splits[0])
         self.split_names = [s.name for s in splits]
-        self.metrics = metric_names(self.split_names, self.accuracy)
+        self.directions = directions
+        self.base_metrics = metric_names(self.split_names, self.accuracy)
+        self.metrics = [v + m for v in directions.variants for m in self.base_metrics]
         self.model = model.to(device=device, dtype=dtype)
         self.model.train(mode == "train")
-        self.layout = ParamLayout.from_model(self.model)
+        self.layout = ParamLayout.from_model(self.model, directions.layout.states)
         if self.layout != directions.layout:
             raise ModelError("the directions were made for another model (parameter names or shapes differ)")
         self.flat = self._flatten_parameters()
+        if directions.origin is not None:
+            self.flat.copy_(directions.origin.to(device=device, dtype=dtype))
         self.theta0 = self.flat.clone()
         self.basis = directions.vectors.to(device=device, dtype=dtype).t().contiguous()
+        self._bn_modules = [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        self._bn_data = None
+        if bn_data is not None and self._bn_modules:
+            x = bn_data.to(dtype) if bn_data.is_floating_point() else bn_data
+            self._bn_data = x.to(device)
         self._buffers = [b for b in self.model.buffers() if b.is_floating_point() or b.dtype == torch.long]
         self._buffers0 = [b.clone() for b in self._buffers]
         self._restore_buffers = mode == "train" and bool(self._buffers)
@@ -134,12 +151,19 @@ class Evaluator:
         self.use_points_per_pass(self._choose_points_per_pass(mode))
 
     def _flatten_parameters(self) -> torch.Tensor:
+        """Re-point parameters (and, for a states layout, floating buffers) into one flat buffer."""
         params = list(self.model.parameters())
         flat = torch.empty(self.layout.numel, device=self.device, dtype=self.dtype)
-        for p, view in zip(params, self.layout.views(flat)):
+        views = self.layout.views(flat)
+        for p, view in zip(params, views):
             view.copy_(p.detach())
             p.data = view
             p.requires_grad_(False)
+        for name, view in zip(self.layout.names[self.layout.n_params:], views[self.layout.n_params:]):
+            owner, _, attr = name.rpartition(".")
+            module = self.model.get_submodule(owner)
+            view.copy_(module._buffers[attr])
+            module._buffers[attr] = view
         return flat
 
     def _place(self, split: Split, resident: bool) -> _DeviceSplit:
@@ -195,6 +219,10 @@ class Evaluator:
         requested = self.options.points_per_pass
         if requested == 1 or (requested == 0 and self.device.type == "cpu"):
             return 1
+        if self._bn_data is not None:
+            self.fallback_reason = "model.bn = recompute (running statistics are re-estimated for each point)"
+            log.info("evaluating one point per pass: %s", self.fallback_reason)
+            return 1
         if mode == "train":
             self.fallback_reason = "model.mode = train (batch statistics change buffers in place)"
             log.info("evaluating one point per pass: %s", self.fallback_reason)
@@ -217,7 +245,8 @@ class Evaluator:
         self._forward = self._make_forward(self.options.compile if compile_ is None else compile_)
 
     def _vmapped(self) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
-        buffers = dict(self.model.named_buffers())
+        in_flat = set(self.layout.names)
+        buffers = {n: b for n, b in self.model.named_buffers() if n not in in_flat}
         model = self.model
 
         def one(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -271,18 +300,39 @@ class Evaluator:
 
     # -- setting points ------------------------------------------------------------------
 
-    def set_point(self, coords: np.ndarray | list[float]) -> None:
-        """Write θ* + Σ_k coords[k]·direction_k into the model with one fused update."""
-        c = torch.as_tensor(np.asarray(coords, dtype=np.float64), dtype=self.dtype).to(self.device, non_blocking=True)
+    def set_point(self, coefficients: np.ndarray | list[float]) -> None:
+        """Write origin + Σ_k coefficients[k]·basis_k into the model with one fused update."""
+        c = torch.as_tensor(np.asarray(coefficients, dtype=np.float64), dtype=self.dtype).to(self.device,
+                                                                                            non_blocking=True)
         torch.addmv(self.theta0, self.basis, c, out=self.flat)
+        if self._bn_data is not None:
+            self._recompute_bn()
 
-    def _set_points(self, coords: np.ndarray) -> int:
-        """Write the parameters of each row of ``coords`` (one fused addmm for a batched pass)."""
+    def _recompute_bn(self) -> None:
+        """Reset BatchNorm running statistics and re-estimate them (cumulative average) from training batches."""
+        momenta = [m.momentum for m in self._bn_modules]
+        for m in self._bn_modules:
+            m.reset_running_stats()
+            m.momentum = None
+        self.model.train()
+        try:
+            with torch.no_grad():
+                assert self._bn_data is not None
+                for start in range(0, self._bn_data.shape[0], self.batch_size):
+                    self.model(self._bn_data[start: start + self.batch_size])
+        finally:
+            for m, momentum in zip(self._bn_modules, momenta):
+                m.momentum = momentum
+            self.model.eval()
+
+    def _set_points(self, coefficients: np.ndarray) -> int:
+        """Write the parameters of each row of ``coefficients`` (one fused addmm for a batched pass)."""
         if self._pbuf is None:
-            self.set_point(coords[0])
+            self.set_point(coefficients[0])
             return 1
-        k = coords.shape[0]
-        c = torch.as_tensor(np.asarray(coords, dtype=np.float64), dtype=self.dtype).to(self.device, non_blocking=True)
+        k = coefficients.shape[0]
+        c = torch.as_tensor(np.asarray(coefficients, dtype=np.float64), dtype=self.dtype).to(self.device,
+                                                                                            non_blocking=True)
         torch.addmm(self.theta0.unsqueeze(0), c, self.basis.t(), out=self._pbuf[:k])
         return k
 
@@ -331,9 +381,9 @@ class Evaluator:
         counts = torch.tensor([units, samples], dtype=torch.float64, device=self.device).unsqueeze(1).expand(2, k)
         return torch.cat([acc[:2], counts[:1], acc[2:], counts[1:]]).t()
 
-    def _pass(self, coords: np.ndarray) -> np.ndarray:
-        """Sums (splits × k × 5) for the points in ``coords`` (at most points_per_pass rows)."""
-        k = self._set_points(coords)
+    def _pass(self, coefficients: np.ndarray) -> np.ndarray:
+        """Sums (splits × k × 5) for the points in ``coefficients`` (at most points_per_pass rows)."""
+        k = self._set_points(coefficients)
         with torch.inference_mode():
             sums = torch.stack([self._split_sums(d, k) for d in self.data]).cpu().numpy()
         if self._restore_buffers:
@@ -355,20 +405,34 @@ class Evaluator:
         return out
 
     def evaluate_points(self, coords: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Evaluate each row of ``coords`` (n × dims); return metric arrays and per-point seconds.
+        """Evaluate each row of grid ``coords`` (n × dims); return metric arrays and per-point seconds.
+
+        Every variant of the path (the path, its comparison line) is evaluated at
+        each point; its metrics carry the variant's prefix and the seconds add up.
+        """
+        values: dict[str, np.ndarray] = {}
+        seconds = np.zeros(coords.shape[0])
+        for variant in self.directions.variants:
+            v, s = self.evaluate_coefficients(self.directions.coefficients(coords, variant))
+            values.update({variant + m: a for m, a in v.items()})
+            seconds += s
+        return values, seconds
+
+    def evaluate_coefficients(self, coefficients: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Evaluate origin + basis · c for each row c of ``coefficients`` (n × m).
 
         Points go through in passes of ``points_per_pass``; a batched pass's time is
         shared equally by its points.
         """
-        n = coords.shape[0]
-        values = {m: np.full(n, np.nan) for m in self.metrics}
+        n = coefficients.shape[0]
+        values = {m: np.full(n, np.nan) for m in self.base_metrics}
         seconds = np.zeros(n)
         for start in range(0, n, self.points_per_pass):
-            group = coords[start: start + self.points_per_pass]
+            group = coefficients[start: start + self.points_per_pass]
             t0 = time.perf_counter()
             metrics = self._metrics(self._pass(group))
             synchronize(self.device)
             seconds[start: start + len(group)] = (time.perf_counter() - t0) / len(group)
-            for m in self.metrics:
+            for m in self.base_metrics:
                 values[m][start: start + len(group)] = metrics[m]
         return values, seconds

@@ -4,7 +4,7 @@ A job file has the sections ``[model]``, ``[train]`` (optional), ``[data]``,
 ``[loss]``, ``[directions]``, ``[grid]``, ``[output]`` and ``[run]``; see
 ``docs/jobfile.md`` for every key. Relative paths are taken from the current
 working directory. Every error names the key path, e.g.
-``directions.norm: expected one of filter|layer|weight|model|none, got "filtr"``.
+``directions.norm: expected one of auto|filter|layer|weight|model|none, got "filtr"``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,13 @@ from typing import Any, Callable
 
 from .errors import GridError, JobFileError
 
-NORMS = ("filter", "layer", "weight", "model", "none")
-IGNORES = ("biasbn", "none")
-DIRECTION_KINDS = ("random",)
+NORMS = ("auto", "filter", "layer", "weight", "model", "none")
+IGNORES = ("auto", "biasbn", "none")
+DIRECTION_KINDS = ("random", "file", "interpolation", "plane", "bilinear", "bezier", "polychain", "pca")
+# kind -> (number of models: exact, or a minimum when negative; grid dims it needs: 1, 2 or 0 for either)
+PATH_KINDS = {"interpolation": (2, 1), "plane": (3, 2), "bilinear": (4, 2), "bezier": (-3, 1),
+              "polychain": (-3, 1), "pca": (-1, 0)}
+BN_MODES = ("eval", "recompute")
 LOSSES = ("cross_entropy", "mse", "nll")
 SPLITS = ("train", "test")
 WRITERS = ("auto", "gather", "mpio")
@@ -39,6 +43,8 @@ class ModelSpec:
     seed: int = 0
     dtype: str = "float32"
     mode: str = "eval"
+    bn: str = "eval"
+    bn_batches: int = 10
 
 
 @dataclass(frozen=True)
@@ -79,16 +85,44 @@ class DirectionsSpec:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     orthogonalize: bool = False
+    models: tuple[str, ...] = ()
+    file: tuple[str, ...] = ()
+    states: bool = False
+    compare_line: bool = True
+
+    def relevant(self) -> dict[str, Any]:
+        """The settings that determine this kind's directions (what the fingerprint and the file record)."""
+        keys = ["kind", "norm", "ignore", "include", "exclude"]
+        if self.kind == "random":
+            keys += ["seed", "orthogonalize"]
+        elif self.kind == "file":
+            keys += ["file", "orthogonalize"]
+        else:
+            keys += ["models"]
+        if self.kind in ("bezier", "polychain"):
+            keys.append("compare_line")
+        if self.states:
+            keys.append("states")
+        d = asdict(self)
+        return {k: list(d[k]) if isinstance(d[k], tuple) else d[k] for k in keys}
 
 
 @dataclass(frozen=True)
 class Axis:
-    min: float
-    max: float
+    """``num`` evenly spaced values from min to max; min/max None: taken from the models' positions."""
+
+    min: float | None
+    max: float | None
     num: int
+
+    @property
+    def auto(self) -> bool:
+        return self.min is None
 
     def values(self) -> list[float]:
         """The axis coordinates: ``num`` evenly spaced values from min to max."""
+        if self.min is None or self.max is None:
+            raise GridError("internal: the axis range has not been resolved from the models' positions")
         if self.num == 1:
             return [self.min]
         step = (self.max - self.min) / (self.num - 1)
@@ -99,6 +133,7 @@ class Axis:
 class GridSpec:
     x: Axis
     y: Axis | None = None
+    margin: float = 0.25
 
     @property
     def dims(self) -> int:
@@ -267,8 +302,13 @@ def _accuracy(key: str, v: Any) -> str:
 
 
 def _axis(key: str, v: Any) -> Axis:
+    if isinstance(v, int) and not isinstance(v, bool):
+        if v < 1:
+            raise GridError(f"{key}: num must be at least 1, got {v}")
+        return Axis(None, None, v)
     if not isinstance(v, list) or len(v) != 3:
-        raise GridError(f"{key}: expected [min, max, num], e.g. [-1.0, 1.0, 21], got {v!r}")
+        raise GridError(f"{key}: expected [min, max, num], e.g. [-1.0, 1.0, 21], or just num for a range "
+                        f"that covers the models (path directions), got {v!r}")
     lo, hi, num = v
     for part, val in (("min", lo), ("max", hi)):
         if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
@@ -297,6 +337,8 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
         "seed": (_int, 0),
         "dtype": (_choice(DTYPES), "float32"),
         "mode": (_choice(MODEL_MODES), "eval"),
+        "bn": (_choice(BN_MODES), "eval"),
+        "bn_batches": (lambda k, v: _int(k, v, 1), 10),
     },
     "train": {
         "epochs": (lambda k, v: _int(k, v, 1), 8),
@@ -324,15 +366,20 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
     "directions": {
         "kind": (_choice(DIRECTION_KINDS), "random"),
         "seed": (_int, 0),
-        "norm": (_choice(NORMS), "filter"),
-        "ignore": (_choice(IGNORES), "biasbn"),
+        "norm": (_choice(NORMS), "auto"),
+        "ignore": (_choice(IGNORES), "auto"),
         "include": (_regex_list, ()),
         "exclude": (_regex_list, ()),
         "orthogonalize": (_bool, False),
+        "models": (_str_list, ()),
+        "file": (_str_list, ()),
+        "states": (_bool, False),
+        "compare_line": (_bool, True),
     },
     "grid": {
         "x": (_axis, None),
         "y": (_opt_axis, None),
+        "margin": (lambda k, v: _num(k, v) if _num(k, v) >= 0 else _fail_neg(k, v), 0.25),
     },
     "output": {
         "path": (_str, "surface.h5"),
@@ -353,6 +400,10 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
 }
 _REQUIRED = {"model": ("factory",), "grid": ("x",)}
 _TOP = {"name"}
+
+
+def _fail_neg(key: str, v: Any) -> float:
+    raise _fail(key, f"expected a number >= 0, got {v}")
 
 
 def _device(key: str, v: Any) -> str:
@@ -435,8 +486,7 @@ def parse_job(text: str, overrides: list[str] | None = None, source: str = "<job
         raise _fail("data.dataset", f'expected "digits" (or set data.factory), got {json.dumps(data["dataset"])}')
     directions = sections["directions"]
     grid = sections["grid"]
-    if directions["orthogonalize"] and grid["y"] is None:
-        raise _fail("directions.orthogonalize", "needs a 2D grid (grid.y); remove it or add grid.y")
+    _check_directions(directions, grid, sections["model"])
     return Job(
         model=ModelSpec(**sections["model"]),
         train=TrainSpec(**sections["train"]) if "train" in sections else None,
@@ -450,6 +500,57 @@ def parse_job(text: str, overrides: list[str] | None = None, source: str = "<job
         text=text,
         source=source,
     )
+
+
+def _check_directions(d: dict[str, Any], grid: dict[str, Any], model: dict[str, Any]) -> None:
+    """Cross-key rules of [directions]: models/file per kind, grid dimensions, defaults of norm/ignore."""
+    kind = d["kind"]
+    dims = 1 if grid["y"] is None else 2
+    if d["orthogonalize"] and (dims == 1 or kind not in ("random", "file")):
+        raise _fail("directions.orthogonalize", "needs random or file directions on a 2D grid (grid.y); remove it")
+    if kind in PATH_KINDS:
+        count, need_dims = PATH_KINDS[kind]
+        n = len(d["models"])
+        if (count > 0 and n != count) or (count < 0 and n < -count):
+            want = f"exactly {count}" if count > 0 else f"at least {-count}"
+            roles = {"interpolation": "[A, B]", "plane": "[θ0, θ1, θ2]", "bilinear": "[θ00, θ10, θ01, θ11]",
+                     "bezier": "[start, bend..., end]", "polychain": "[start, bend..., end]",
+                     "pca": "the trajectory's checkpoints (paths or globs)"}[kind]
+            raise _fail("directions.models", f"kind {kind} needs {want} checkpoint(s), {roles}; got {n}")
+        if need_dims and dims != need_dims:
+            fix = "remove grid.y" if need_dims == 1 else "add grid.y"
+            raise _fail("directions.kind", f"{kind} is a {need_dims}D path; {fix}")
+        if d["norm"] not in ("auto", "none"):
+            raise _fail("directions.norm", f"applies to random and file directions; a {kind} path is defined by "
+                        "its models, remove the key")
+        if d["file"]:
+            raise _fail("directions.file", f"is for kind = \"file\", not {kind}; remove it")
+        d["norm"] = "none"
+        if d["ignore"] == "auto":
+            d["ignore"] = "none"
+        if kind != "pca" and d["ignore"] != "none":
+            raise _fail("directions.ignore", f"applies to random, file and pca directions, not {kind}; remove it")
+    else:
+        if d["models"]:
+            raise _fail("directions.models", f"is for path kinds ({', '.join(PATH_KINDS)}), not {kind}; remove it")
+        if kind == "file" and not d["file"]:
+            raise _fail("directions.file", 'kind = "file" needs a file: an .h5 file with directions (ours or the '
+                        'loss-landscape tool\'s), or one state_dict-shaped .pt file per axis')
+        if kind == "random" and d["file"]:
+            raise _fail("directions.file", 'is for kind = "file"; remove it or set kind = "file"')
+        if kind == "file" and len(d["file"]) > 1 and len(d["file"]) != dims:
+            raise _fail("directions.file", f"give one .h5 file, or one .pt file per axis ({dims}); got {len(d['file'])}")
+        for key in ("x", "y"):
+            if grid[key] is not None and grid[key].auto:
+                raise GridError(f"grid.{key}: a bare num takes its range from the models of a path; "
+                                f"{kind} directions need [min, max, num]")
+        if d["norm"] == "auto":
+            d["norm"] = "filter" if kind == "random" else "none"
+        if d["ignore"] == "auto":
+            d["ignore"] = "biasbn" if kind == "random" else "none"
+    if model["bn"] == "recompute" and model["mode"] == "train":
+        raise _fail("model.bn", 'recompute evaluates with recomputed running statistics; it cannot be combined with '
+                    'model.mode = "train" (batch statistics): drop one')
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None, values: dict[str, Any] | None = None) -> Job:

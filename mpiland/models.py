@@ -61,12 +61,16 @@ def extract_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
-    """Load ``path`` into ``model`` strictly; the error lists missing, unexpected and mismatched keys."""
-    where = f"model.checkpoint {str(path)!r}"
+def load_checkpoint(model: torch.nn.Module, path: str | Path, key: str = "model.checkpoint") -> None:
+    """Load ``path`` into ``model`` strictly; the error lists missing, unexpected and mismatched keys.
+
+    ``key`` names the job key the path came from, for the error message.
+    """
+    where = f"{key} {str(path)!r}"
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"{where}: file not found; check the path or add a [train] section to create it")
+        fix = "add a [train] section to create it" if key == "model.checkpoint" else "train that model first"
+        raise CheckpointError(f"{where}: file not found; check the path or {fix}")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:

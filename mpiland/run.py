@@ -23,13 +23,14 @@ import torch
 
 from . import surface
 from .data import load_split
-from .directions import Directions, axis_label, random_directions
+from .directions import Directions, make_directions
 from .engine import EngineOptions, Evaluator
 from .environment import Placement, StopFlag, check_launch, mpi_module, place, world
 from .errors import CheckpointError, JobFileError, MpilandError
 from .grid import Chunks, Grid, make_chunks
 from .job import Job
 from .models import build_model, file_digest, load_checkpoint
+from .paths import base_checkpoint, resolve_grid
 from .progress import Progress
 from .protocol import ChunkResult, run_protocol
 from .train import train_model
@@ -74,21 +75,30 @@ def agree(comm: Any, fn: Callable[[], T]) -> T:
     return value  # type: ignore[return-value]
 
 
-def fingerprint(job: Job, checkpoint_digest: str | None) -> str:
+def fingerprint(job: Job, checkpoint_digest: str | None, source_digests: list[str] | None = None) -> str:
     """Hash of everything that determines the surface values (not output, device, chunking).
 
     Mixed precision changes values well beyond rounding, so ``run.autocast`` counts;
-    the points per pass (rounding level only) is kept by the file instead.
+    the points per pass (rounding level only) is kept by the file instead. The
+    files directions are built from count by content (``source_digests``), and only
+    the settings that matter for the direction kind count.
     """
     d = job.to_dict()
+    model = {**d["model"], "checkpoint": checkpoint_digest}
+    if model["bn"] == "eval":
+        del model["bn"], model["bn_batches"]
+    grid = {k: v for k, v in d["grid"].items() if k != "margin" or job.grid.x.auto or
+            (job.grid.y is not None and job.grid.y.auto)}
     content = {
-        "model": {**d["model"], "checkpoint": checkpoint_digest},
+        "model": model,
         "data": {k: v for k, v in d["data"].items() if k != "memory_budget_mb"},
         "loss": d["loss"],
-        "directions": d["directions"],
-        "grid": d["grid"],
+        "directions": job.directions.relevant(),
+        "grid": grid,
         "autocast": d["run"]["autocast"],
     }
+    if source_digests:
+        content["sources"] = list(source_digests)
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=list).encode()).hexdigest()
 
 
@@ -115,10 +125,25 @@ def _train_if_needed(comm: Any, job: Job) -> None:
 
 
 def _prepare_model(job: Job) -> torch.nn.Module:
+    """The model at θ*: model.checkpoint, else the origin model of a path (whose buffers the path uses)."""
     model = build_model(job.model)
     if job.model.checkpoint is not None:
         load_checkpoint(model, job.model.checkpoint)
+    else:
+        base = base_checkpoint(job.directions)
+        if base is not None:
+            load_checkpoint(model, base, key="directions.models")
     return model
+
+
+def _bn_inputs(job: Job) -> torch.Tensor | None:
+    """Training inputs for ``model.bn = "recompute"``: bn_batches seeded batches of data.batch_size."""
+    if job.model.bn != "recompute":
+        return None
+    split = load_split(replace(job.data, subset=0), "train")
+    n = min(split.inputs.shape[0], job.model.bn_batches * job.data.batch_size)
+    order = torch.randperm(split.inputs.shape[0], generator=torch.Generator().manual_seed(job.data.seed))[:n]
+    return split.inputs[order]
 
 
 def engine_options(job: Job) -> EngineOptions:
@@ -156,10 +181,10 @@ def _open_surface(comm: Any, job: Job, path: Path, grid: Grid, directions: Direc
         if job.run.points_per_pass == 0 and stored is not None:
             points_per_pass = stored
         return done, points_per_pass
-    labels = (axis_label("x", directions.settings), axis_label("y", directions.settings) if grid.dims == 2 else "")
+    labels = (directions.labels[0], directions.labels[1] if grid.dims == 2 else "")
     surface.create(path, grid=grid, metrics=metrics, splits=list(job.data.splits), directions=directions,
                    fingerprint=fp, job_text=job.text, job_json=job.to_json(), labels=labels,
-                   points_per_pass=points_per_pass)
+                   points_per_pass=points_per_pass, bn=(job.model.bn, job.model.bn_batches))
     return np.zeros(grid.shape, dtype=np.uint8), points_per_pass
 
 
@@ -186,19 +211,21 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
     def _setup() -> tuple[Evaluator, Directions, str]:
         model = _prepare_model(job)
         splits = [load_split(job.data, s) for s in job.data.splits]
-        directions = random_directions(model, job.directions, job.grid.dims)
-        digest = None
-        if rank == 0 and job.model.checkpoint is not None:
-            digest = file_digest(job.model.checkpoint)
+        directions = make_directions(model, job.directions, job.grid.dims)
+        digest, sources = None, []
+        if rank == 0:
+            if job.model.checkpoint is not None:
+                digest = file_digest(job.model.checkpoint)
+            sources = [file_digest(p) for p in directions.sources]
         evaluator = Evaluator(model, directions, splits, job.loss, placement.device,
                               dtype=getattr(torch, job.model.dtype), batch_size=job.data.batch_size,
                               memory_budget_mb=job.data.memory_budget_mb, mode=job.model.mode,
-                              options=engine_options(job))
-        return evaluator, directions, fingerprint(job, digest)
+                              options=engine_options(job), bn_data=_bn_inputs(job))
+        return evaluator, directions, fingerprint(job, digest, sources)
 
     evaluator, directions, fp = agree(comm, _setup)
     fp = comm.bcast(fp, root=0)
-    grid = Grid.from_spec(job.grid)
+    grid = Grid.from_spec(resolve_grid(job.grid, directions))
     metrics = evaluator.metrics
     path = Path(job.output.path)
     done, k = comm.bcast(agree(comm, lambda: _open_surface(comm, job, path, grid, directions, metrics, fp,

@@ -66,7 +66,8 @@ def check_existing(path: Path, fingerprint: str, overwrite: bool) -> bool:
 
 
 def create(path: Path, *, grid: Grid, metrics: list[str], splits: list[str], directions: Directions,
-           fingerprint: str, job_text: str, job_json: str, labels: tuple[str, str], points_per_pass: int = 1) -> None:
+           fingerprint: str, job_text: str, job_json: str, labels: tuple[str, str], points_per_pass: int = 1,
+           bn: tuple[str, int] = ("eval", 0)) -> None:
     """Write a new, empty surface file (all values NaN, nothing done) atomically at ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
@@ -84,6 +85,11 @@ def create(path: Path, *, grid: Grid, metrics: list[str], splits: list[str], dir
             a["metrics"] = list(metrics)
             a["x_label"], a["y_label"] = labels
             a["points_per_pass"] = points_per_pass
+            a["bn"] = bn[0]
+            if bn[0] == "recompute":
+                a["bn_batches"] = bn[1]
+            if directions.endpoints is not None:
+                a["endpoints"] = np.asarray(directions.endpoints, dtype=np.float64)
             f.create_dataset("xcoordinates", data=grid.x)
             if grid.y is not None:
                 f.create_dataset("ycoordinates", data=grid.y)
@@ -91,17 +97,37 @@ def create(path: Path, *, grid: Grid, metrics: list[str], splits: list[str], dir
                 f.create_dataset(m, data=np.full(grid.shape, np.nan))
             f.create_dataset("seconds", data=np.full(grid.shape, np.nan))
             f.create_dataset("done", data=np.zeros(grid.shape, dtype=np.uint8))
-            g = f.create_group("directions")
-            for axis, vec in zip("xy", directions.vectors):
-                g.create_dataset(axis, data=vec.numpy(), compression="gzip", shuffle=True)
-            g.attrs["names"] = list(directions.layout.names)
-            g.attrs["shapes"] = json.dumps([list(s) for s in directions.layout.shapes])
-            for key, value in directions.settings.items():
-                g.attrs[key] = json.dumps(value) if isinstance(value, list) else value
+            _write_directions(f, directions)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _write_directions(f: h5py.File, directions: Directions) -> None:
+    """The directions group, the models' positions and the trajectory (docs/schema.md)."""
+    g = f.create_group("directions")
+    if directions.coefficient_map == "axes":
+        for axis, vec in zip("xy", directions.vectors):
+            g.create_dataset(axis, data=vec.numpy(), compression="gzip", shuffle=True)
+    else:
+        g.create_dataset("basis", data=directions.vectors.numpy(), compression="gzip", shuffle=True)
+    g.attrs["coefficient_map"] = directions.coefficient_map
+    g.attrs["names"] = list(directions.layout.names)
+    g.attrs["shapes"] = json.dumps([list(s) for s in directions.layout.shapes])
+    g.attrs["n_params"] = directions.layout.n_params
+    for key, value in directions.settings.items():
+        g.attrs[key] = json.dumps(value) if isinstance(value, list) else value
+    if directions.models:
+        m = f.create_group("models")
+        m.create_dataset("coordinates", data=np.array([pos for _, pos in directions.models], dtype=np.float64))
+        m.attrs["labels"] = [label for label, _ in directions.models]
+    if directions.trajectory is not None:
+        t = f.create_group("trajectory")
+        t.create_dataset("coordinates", data=np.asarray(directions.trajectory.coordinates, dtype=np.float64))
+        t.attrs["labels"] = list(directions.trajectory.labels)
+        t.attrs["explained_variance_ratio"] = np.asarray(directions.trajectory.explained_variance_ratio,
+                                                         dtype=np.float64)
 
 
 class SurfaceWriter:

@@ -19,7 +19,7 @@ def one_line_error(proc, fragment):
 
 def test_bad_job_key(tmp_path):
     job = write_job(tmp_path, directions='norm = "filtr"')
-    one_line_error(cli("run", str(job)), 'directions.norm: expected one of filter|layer|weight|model|none, got "filtr"')
+    one_line_error(cli("run", str(job)), 'directions.norm: expected one of auto|filter|layer|weight|model|none, got "filtr"')
 
 
 def test_missing_job_file(tmp_path):

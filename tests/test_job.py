@@ -20,7 +20,7 @@ def test_defaults_filled_in():
 
 
 @pytest.mark.parametrize("extra, key, fragment", [
-    ('[directions]\nnorm = "filtr"', "directions.norm", 'expected one of filter|layer|weight|model|none, got "filtr"'),
+    ('[directions]\nnorm = "filtr"', "directions.norm", 'expected one of auto|filter|layer|weight|model|none, got "filtr"'),
     ('[directions]\nseed = 1.5', "directions.seed", "expected an integer"),
     ('[directions]\ninclude = ["("]', "directions.include", "invalid regular expression"),
     ('[data]\nsplits = ["val"]', "data.splits", "expected one of train|test"),

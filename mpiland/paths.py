@@ -1,0 +1,144 @@
+"""Landscapes defined by models: interpolation, planes, bilinear patches, curves between modes, PCA.
+
+Each kind turns its checkpoints into an origin, a basis and a coefficient map
+(see :mod:`mpiland.directions`), plus the models' positions in grid coordinates:
+
+- ``interpolation`` [A, B] (Goodfellow et al. 2015): θ(t) = A + t·(B − A); A at 0, B at 1.
+- ``plane`` [θ0, θ1, θ2] (Garipov et al. 2018): orthonormal basis u, v from θ1 − θ0 and
+  θ2 − θ0 by Gram–Schmidt; coordinates are distances in parameter space.
+- ``bilinear`` [θ00, θ10, θ01, θ11] (Im et al. 2016): θ(a, b) = θ00 + a·(θ10 − θ00)
+  + b·(θ01 − θ00) + ab·(θ11 − θ10 − θ01 + θ00); corners at (0|1, 0|1).
+- ``bezier`` [start, bends…, end]: the Bézier curve with the bends as control points.
+- ``polychain`` [start, bends…, end]: the polygonal chain through them, anchors at t = i/m.
+- ``pca`` [checkpoints…]: the top principal directions of the trajectory around θ_final.
+
+The straight line between the end models of a Bézier curve or chain is evaluated
+alongside (metrics prefixed ``line_``) unless ``compare_line = false``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .directions import Directions, ParamLayout, Trajectory, checkpoint_vector, parameter_mask, state_vector
+from .errors import JobFileError
+from .job import DirectionsSpec, GridSpec, Axis
+from .trajectory import expand_checkpoints, pca
+
+EPS = 1e-12
+
+
+def _labels(paths: list[str], roles: list[str]) -> list[str]:
+    """Checkpoint file stems as labels, or the roles when stems repeat."""
+    stems = [Path(p).stem for p in paths]
+    return stems if len(set(stems)) == len(stems) else roles
+
+
+def path_directions(model: torch.nn.Module, spec: DirectionsSpec, dims: int) -> Directions:
+    """Directions of a path kind; checkpoints are loaded into a scratch copy of ``model``."""
+    layout = ParamLayout.from_model(model, spec.states)
+    paths = expand_checkpoints(spec.models)
+    scratch = copy.deepcopy(model)
+    settings = spec.relevant()
+    settings["models"] = list(paths)
+    if spec.kind == "pca":
+        return _pca(model, scratch, layout, spec, paths, dims, settings)
+    if len(paths) != len(spec.models):
+        raise JobFileError(f"directions.models: a {spec.kind} path lists a checkpoint twice; give distinct files")
+    anchors = [checkpoint_vector(scratch, p, layout, "directions.models") for p in paths]
+    theta0 = anchors[0]
+    diffs = [a - theta0 for a in anchors[1:]]
+    for p, d in zip(paths[1:], diffs):
+        if float(d.norm()) <= EPS:
+            raise JobFileError(f"directions.models: {p!r} is the same model as {paths[0]!r}; give distinct checkpoints")
+    kind = spec.kind
+    common = dict(layout=layout, settings=settings, origin=theta0, sources=tuple(paths))
+    if kind == "interpolation":
+        a, b = _labels(paths, ["A", "B"])
+        return Directions(torch.stack(diffs).float(), coefficient_map="axes", labels=(f"t ({a} → {b})",),
+                          models=((a, (0.0,)), (b, (1.0,))), endpoints=(0.0, 1.0), **common)
+    if kind == "plane":
+        d1, d2 = diffs
+        u = d1 / d1.norm()
+        w = d2 - (d2 @ u) * u
+        if float(w.norm()) <= 1e-5 * float(d2.norm()):
+            raise JobFileError("directions.models: the three models lie on one line, so they span no plane; "
+                               "choose another third model")
+        v = w / w.norm()
+        names = _labels(paths, ["θ0", "θ1", "θ2"])
+        pos = [(0.0, 0.0), (float(d1.norm()), 0.0), (float(d2 @ u), float(d2 @ v))]
+        return Directions(torch.stack([u, v]).float(), coefficient_map="axes",
+                          labels=(f"distance along {names[1]} − {names[0]}",
+                                  f"distance orthogonal to it, towards {names[2]}"),
+                          models=tuple(zip(names, pos)), **common)
+    if kind == "bilinear":
+        d10, d01, d11 = diffs
+        names = _labels(paths, ["θ00", "θ10", "θ01", "θ11"])
+        corners = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)]
+        return Directions(torch.stack([d10, d01, d11 - d10 - d01]).float(), coefficient_map="bilinear",
+                          labels=(f"a ({names[0]} → {names[1]})", f"b ({names[0]} → {names[2]})"),
+                          models=tuple(zip(names, corners)), **common)
+    m = len(diffs)
+    names = _labels(paths, ["start"] + [f"bend {i}" for i in range(1, m)] + ["end"])
+    if kind == "bezier":
+        models = ((names[0], (0.0,)), (names[-1], (1.0,)))
+        label = f"t along the Bézier curve {names[0]} → {names[-1]}"
+    else:
+        models = tuple((names[i], (i / m,)) for i in range(m + 1))
+        label = f"t along the polygonal chain {names[0]} → {names[-1]}"
+    variants = ("", "line_") if spec.compare_line else ("",)
+    return Directions(torch.stack(diffs).float(), coefficient_map=kind, labels=(label,), models=models,
+                      endpoints=(0.0, 1.0), variants=variants, **common)
+
+
+def _pca(model: torch.nn.Module, scratch: torch.nn.Module, layout: ParamLayout, spec: DirectionsSpec,
+         paths: list[str], dims: int, settings: dict) -> Directions:
+    """PCA directions around the model's own state (θ_final); checkpoints projected onto them."""
+    final = state_vector(model, layout)
+    mask = torch.cat([torch.full((layout.numel_of(i),), keep, dtype=torch.bool)
+                      for i, keep in enumerate(parameter_mask(layout, spec))])
+    rows = []
+    for p in paths:
+        d = checkpoint_vector(scratch, p, layout, "directions.models") - final
+        rows.append(torch.where(mask, d, torch.zeros_like(d)).to(torch.float32))
+    result = pca(torch.stack(rows), dims)
+    ratio = result.explained_variance_ratio
+    labels = tuple(f"principal direction {i + 1} of the trajectory" for i in range(dims))
+    trajectory = Trajectory(result.coordinates, tuple(_labels(paths, [f"checkpoint {i}" for i in range(len(paths))])),
+                            ratio)
+    settings["explained_variance_ratio"] = [float(r) for r in ratio]
+    return Directions(result.components.float(), layout, settings, labels=labels,
+                      models=(("θ*", (0.0,) * dims),), trajectory=trajectory, sources=tuple(paths))
+
+
+def resolve_grid(spec: GridSpec, directions: Directions) -> GridSpec:
+    """Fill bare-``num`` axes with a range covering the models (and trajectory), widened by ``margin``."""
+    axes = [spec.x, spec.y]
+    if not any(a is not None and a.auto for a in axes):
+        return spec
+    points = [np.asarray(pos, dtype=np.float64) for _, pos in directions.models]
+    if directions.trajectory is not None:
+        points += list(np.asarray(directions.trajectory.coordinates, dtype=np.float64))
+    pts = np.array(points).reshape(len(points), -1)
+    out = []
+    for i, axis in enumerate(axes):
+        if axis is None or not axis.auto:
+            out.append(axis)
+            continue
+        lo, hi = float(pts[:, i].min()), float(pts[:, i].max())
+        span = hi - lo if hi > lo else max(abs(hi), 1.0)
+        pad = spec.margin * span
+        out.append(Axis(lo - pad, hi + pad, axis.num))
+    return GridSpec(out[0], out[1], spec.margin)
+
+
+def base_checkpoint(spec: DirectionsSpec) -> str | None:
+    """The checkpoint whose buffers a path job uses when model.checkpoint is not given (the path's origin)."""
+    if spec.kind == "random" or spec.kind == "file":
+        return None
+    paths = expand_checkpoints(spec.models)
+    return paths[-1] if spec.kind == "pca" else paths[0]
