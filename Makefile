@@ -17,14 +17,25 @@ $(BIN)/mpiland: setup.cfg pyproject.toml
 
 setup: $(BIN)/mpiland
 
-# The built-in demo: trains the small digits CNN if needed, evaluates a 21x21 surface and a
-# 51-point curve, and draws them into plots/.
+# The built-in demo: trains the small digits CNN if needed, evaluates a 21x21 random-direction
+# surface and a 51-point curve, the init -> final interpolation, the PCA plane of the training
+# trajectory, a plane through three checkpoints and a chain through them, and draws all into plots/.
 demo: setup
 	$(BIN)/mpiland run jobs/quickstart.toml
 	$(BIN)/mpiland run jobs/quickstart-1d.toml
+	$(BIN)/mpiland run jobs/interpolation.toml
+	$(BIN)/mpiland run jobs/pca.toml
+	$(BIN)/mpiland run jobs/plane.toml
+	$(BIN)/mpiland run jobs/chain.toml
 	$(BIN)/mpiland plot surfaces/quickstart.h5 --kind all --out plots/
 	$(BIN)/mpiland plot surfaces/quickstart-1d.h5 --out plots/
+	$(BIN)/mpiland plot surfaces/interpolation.h5 --out plots/
+	$(BIN)/mpiland plot surfaces/pca.h5 --kind contour --out plots/
+	$(BIN)/mpiland plot surfaces/plane.h5 --kind contour --out plots/
+	$(BIN)/mpiland plot surfaces/chain.h5 --metric test_loss --out plots/
+	$(BIN)/mpiland trajectory "runs/quickstart/epoch_*.pt" --out plots/trajectory
 	$(BIN)/mpiland info surfaces/quickstart.h5
+	$(BIN)/mpiland info surfaces/interpolation.h5
 
 # The whole suite. Parallel-HDF5 tests use $(MPIO_VENV) when it exists
 # (created by docker/install-mpio-env.sh, as .ci/run does); SLURM tests need slurmctld/slurmd/munge.

@@ -83,19 +83,21 @@ def cli() -> None:
 @click.option("--autocast", type=click.Choice(["none", "bf16", "fp16"]), help="Mixed precision (run.autocast).")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the forward pass (run.compile).")
 @click.option("--channels-last/--no-channels-last", default=None, help="channels_last activations (run.channels_last).")
+@click.option("--bn", type=click.Choice(["eval", "recompute"]),
+              help="BatchNorm statistics: as loaded, or recomputed at every point (model.bn).")
 @click.option("--verbose", "-v", is_flag=True, help="Let every rank log, not only rank 0.")
 @debug_option
 def run(job_file: str, output: str | None, overwrite: bool | None, overrides: tuple[str, ...], device: str | None,
         chunk_size: int | None, writer: str | None, threads: int | None, progress: str | None,
         points_per_pass: int | None, autocast: str | None, compile_: bool | None, channels_last: bool | None,
-        verbose: bool, debug: bool) -> None:
+        bn: str | None, verbose: bool, debug: bool) -> None:
     """Evaluate the landscape JOB_FILE describes (single process, mpiexec or srun alike)."""
     from .job import load_job
 
     flags = {"output.path": output, "run.device": device, "run.chunk_size": chunk_size,
              "run.writer": writer, "run.threads": threads, "output.overwrite": overwrite,
              "run.points_per_pass": points_per_pass, "run.autocast": autocast, "run.compile": compile_,
-             "run.channels_last": channels_last}
+             "run.channels_last": channels_last, "model.bn": bn}
     values = {key: value for key, value in flags.items() if value is not None}
     from .environment import StopFlag, world
 
@@ -146,15 +148,51 @@ def plot(surface_file: str, kind: str, metric: str | None, out: str | None, form
 @cli.command()
 @click.argument("surface_file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--epsilon", type=float, default=0.1, show_default=True,
+              help="Loss threshold above the centre for basin width and area.")
+@click.option("--radius", type=float, help="Radius of ε-sharpness (default: the largest circle inside the grid).")
 @debug_option
-def info(surface_file: str, as_json: bool, debug: bool) -> None:
-    """Schema, job, progress and per-metric minima of SURFACE_FILE."""
+def info(surface_file: str, as_json: bool, epsilon: float, radius: float | None, debug: bool) -> None:
+    """Schema, job, progress, minima, barriers and flatness of SURFACE_FILE."""
     import json
 
     from .report import format_summary, summarize
 
-    summary = _guard(lambda: summarize(surface_file), debug)
+    summary = _guard(lambda: summarize(surface_file, epsilon=epsilon, radius=radius), debug)
     click.echo(json.dumps(summary, indent=2, default=str) if as_json else format_summary(summary))
+
+
+@cli.command()
+@click.argument("checkpoints", nargs=-1, required=True)
+@click.option("--final", type=click.Path(dir_okay=False), help="θ_final, the origin (default: the last checkpoint).")
+@click.option("--components", "-k", type=int, default=4, show_default=True,
+              help="Principal components for the Andrews curves and the radar chart.")
+@click.option("--out", default="trajectory", show_default=True, help="Output stem or directory.")
+@click.option("--format", "formats", multiple=True, type=click.Choice(["png", "pdf", "svg"]),
+              help="Image format(s); repeatable.")
+@click.option("--keep-statistics", is_flag=True, help="Include BatchNorm running statistics in the vectors.")
+@debug_option
+def trajectory(checkpoints: tuple[str, ...], final: str | None, components: int, out: str, formats: tuple[str, ...],
+               keep_statistics: bool, debug: bool) -> None:
+    """PCA projection, Andrews curves and radar chart of training CHECKPOINTS (paths or globs, in training order)."""
+    from .errors import JobFileError
+    from .plots import plot_trajectory
+    from .trajectory import checkpoint_pca, expand_checkpoints
+
+    def _run() -> list[Any]:
+        paths = expand_checkpoints(list(checkpoints), key="checkpoints")
+        if components < 2:
+            raise JobFileError(f"--components {components}: need at least 2")
+        k = max(2, min(components, len(paths) - 1))
+        result = checkpoint_pca(paths, final=final, k=k, skip_statistics=not keep_statistics)
+        from pathlib import Path
+
+        labels = [Path(p).stem for p in paths]
+        return plot_trajectory(result.coordinates, labels, result.explained_variance_ratio, out,
+                               formats=formats or ("png",))
+
+    for p in _guard(_run, debug):
+        click.echo(str(p))
 
 
 @cli.command()

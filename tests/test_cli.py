@@ -105,3 +105,22 @@ def test_runs_without_a_loadable_mpi_library(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("running as a single process") == 1
     assert (tmp_path / "surface.h5").exists()
+
+
+def test_trajectory_command_writes_three_pictures(tmp_path):
+    for epoch in range(4):
+        torch.manual_seed(epoch)
+        torch.save(digits_mlp(hidden=8).state_dict(), tmp_path / f"epoch_{epoch}.pt")
+    proc = cli("trajectory", str(tmp_path / "epoch_*.pt"), "--out", str(tmp_path / "traj"))
+    assert proc.returncode == 0, proc.stderr
+    written = proc.stdout.split()
+    assert [p.rsplit("_", 1)[1] for p in written] == ["pca.png", "andrews.png", "radar.png"]
+    assert all((tmp_path / p).stat().st_size > 1000 for p in written)
+    one_line_error(cli("trajectory", str(tmp_path / "epoch_0.pt")), "at least 2 checkpoints")
+    one_line_error(cli("trajectory", str(tmp_path / "none_*.pt")), "matches no file")
+
+
+def test_path_job_with_a_missing_model_file(tmp_path):
+    job = write_job(tmp_path, grid="x = 5",
+                    directions=f'kind = "interpolation"\nmodels = ["{tmp_path}/a.pt", "{tmp_path}/b.pt"]')
+    one_line_error(cli("run", str(job)), "directions.models")

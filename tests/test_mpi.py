@@ -122,3 +122,26 @@ def test_user_errors_shared_by_all_ranks_print_once(tmp_path, problem, fragment)
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("error: ") and fragment in errors[0], proc.stderr
     assert "Abort" not in proc.stderr
+
+
+def test_model_path_with_comparison_line_is_identical_across_sizes(tmp_path):
+    import torch
+
+    from mpiland.demo import digits_cnn
+
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        p = tmp_path / f"m{seed}.pt"
+        torch.save(digits_cnn(channels=4, hidden=16).state_dict(), p)
+        paths.append(f'"{p}"')
+    job = write_job(tmp_path, model='factory = "mpiland.demo:digits_cnn"\nkwargs = { channels = 4, hidden = 16 }',
+                    directions=f'kind = "bezier"\nmodels = [{", ".join(paths)}]', grid="x = [-0.2, 1.2, 9]")
+    assert cli("run", str(job), "--output", str(tmp_path / "one.h5")).returncode == 0
+    proc = mpirun(2, "run", str(job), "--output", str(tmp_path / "two.h5"), "--chunk-size", "2")
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(tmp_path / "one.h5", "r") as a, h5py.File(tmp_path / "two.h5", "r") as b:
+        assert "line_test_loss" in a and a["done"][...].all()
+        for k in ("test_loss", "line_test_loss", "test_acc", "line_test_acc", "done"):
+            np.testing.assert_array_equal(a[k][...], b[k][...], err_msg=k)
+        assert a.attrs["test_loss_barrier"] == b.attrs["test_loss_barrier"]

@@ -319,3 +319,23 @@ def test_missing_and_collinear_models_are_user_errors(tmp_path, split):
     torch.save(a.state_dict(), tmp_path / "copy.pt")
     with pytest.raises(JobFileError, match="same model"):
         make_directions(a, spec("interpolation", [paths[0], str(tmp_path / "copy.pt")]), 1)
+
+
+def test_changing_a_model_file_is_another_job(tmp_path):
+    a, b = net(1), net(2)
+    paths = save(tmp_path, [a, b])
+    model = 'factory = "mpiland.demo:digits_cnn"\nkwargs = { channels = 4, hidden = 16, batchnorm = false }'
+    job = write_job(tmp_path, model=model, grid="x = 5",
+                    directions=f'kind = "interpolation"\nmodels = ["{paths[0]}", "{paths[1]}"]')
+    first = run_job(load_job(job))
+    with h5py.File(first.path, "r") as f:
+        np.testing.assert_allclose(f["xcoordinates"][...], [-0.25, 0.125, 0.5, 0.875, 1.25])
+        np.testing.assert_array_equal(f["models/coordinates"][...], [[0.0], [1.0]])
+        assert list(f["models"].attrs["labels"]) == ["m0", "m1"]
+        np.testing.assert_array_equal(f.attrs["endpoints"], [0.0, 1.0])
+        assert "test_loss_barrier" in f.attrs and f["directions"].attrs["coefficient_map"] == "axes"
+    assert run_job(load_job(job)).points_evaluated == 0  # same job: resumed, nothing left
+    torch.save(net(3).state_dict(), paths[1])
+    from mpiland.errors import SurfaceFileError
+    with pytest.raises(SurfaceFileError, match="different job"):
+        run_job(load_job(job))
