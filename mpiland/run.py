@@ -188,6 +188,18 @@ def _open_surface(comm: Any, job: Job, path: Path, grid: Grid, directions: Direc
     return np.zeros(grid.shape, dtype=np.uint8), points_per_pass
 
 
+def _store_derived(path: Path) -> None:
+    """Store barrier and flatness numbers of a finished surface as root attributes (docs/schema.md)."""
+    import h5py
+
+    from .report import derived_attributes, load_surface
+
+    values = derived_attributes(load_surface(path))
+    with h5py.File(path, "r+") as f:
+        for key, value in values.items():
+            f.attrs[key] = value
+
+
 def run_job(job: Job, comm: Any = None, progress: str | None = None, stop: StopFlag | None = None) -> RunSummary:
     """Evaluate ``job`` over all ranks of ``comm`` (None: COMM_WORLD, or one process without MPI).
 
@@ -305,6 +317,8 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
     eval_seconds = comm.bcast(eval_seconds, root=0)
     summary = RunSummary(path, grid.size, already, evaluated, outcome.points_evaluated, time.perf_counter() - t_start,
                          eval_seconds, bool(interrupted), writer_kind, size)
+    if rank == 0 and not interrupted and already + evaluated == grid.size:
+        _store_derived(path)
     if rank == 0:
         remaining = grid.size - already - evaluated
         if interrupted:

@@ -2,42 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import h5py
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+from matplotlib import colors as mcolors
 
 from mpiland.errors import SurfaceFileError
-from mpiland.plots import KINDS_2D, plot_surface, render
+from mpiland.plots import KINDS_2D, andrews_curves, plot_surface, plot_trajectory, render, trajectory_figures
 from mpiland.report import load_surface
-
-JOB = {"name": "digits-mlp", "model": {"factory": "mpiland.models:mlp"}}
-
-
-def write_surface(path, x, y=None, metrics=None, done=None, mpiland=True, schema=1, job=JOB):
-    """Write a small surface file the way `mpiland run` (or, mpiland=False, the reference tool) does."""
-    with h5py.File(path, "w") as f:
-        f["xcoordinates"] = np.asarray(x, dtype=np.float64)
-        if y is not None:
-            f["ycoordinates"] = np.asarray(y, dtype=np.float64)
-        for name, arr in (metrics or {}).items():
-            f[name] = np.asarray(arr, dtype=np.float64)
-        if done is not None:
-            f["done"] = np.asarray(done, dtype=np.uint8)
-            f["seconds"] = np.where(np.asarray(done, bool), 0.25, np.nan)
-        if mpiland:
-            f.attrs["mpiland_schema"] = schema
-            f.attrs["dims"] = 1 if y is None else 2
-            f.attrs["metrics"] = list(metrics or {})
-            f.attrs["splits"] = list(dict.fromkeys(n.split("_")[0] for n in metrics or {}))
-            f.attrs["x_label"] = "direction x"
-            if y is not None:
-                f.attrs["y_label"] = "direction y"
-            if job is not None:
-                f.attrs["job_json"] = json.dumps(job)
-    return path
+from surfaces import T, bump_path, quadratic, write_curve_surface, write_pca_surface, write_surface
 
 
 def bowl(nx=25, ny=19):
@@ -146,6 +120,7 @@ def test_curve_options(surf_1d, tmp_path):
                                              "test_loss \u00b1 stderr"}
     notes = [t.get_text() for t in ax.texts]
     assert any("min 0.05" in n and "x=0.15" in n for n in notes)
+    assert not any("barrier" in n for n in notes)  # a convex curve through θ* has none to show
     assert len(fig.axes) == 2  # twin axis for accuracy
     (p,) = plot_surface(surf_1d, metric="test_acc")
     assert_image(p)
@@ -271,3 +246,170 @@ def test_nothing_computed(tmp_path):
     with pytest.raises(SurfaceFileError, match="every computed point of test_loss is inf or NaN"):
         plot_surface(dead)
     assert not list(tmp_path.glob("*.png"))
+
+
+# ---------------------------------------------------------------------------
+# what the file knows: models, trajectory, line_ metrics, barriers, Hessian maps
+
+
+def lines_at(ax, x):
+    """Line2D objects whose x data are all equal to ``x`` (vertical lines and bars)."""
+    return [l for l in ax.get_lines() if len(l.get_xdata()) and np.allclose(np.asarray(l.get_xdata(), float), x)]
+
+
+def test_curve_with_straight_line_barriers_and_models(tmp_path):
+    s = load_surface(write_curve_surface(tmp_path / "bezier.h5"))
+    fig = render(s, "curve")
+    ax = fig.axes[0]
+    by_label = {l.get_label(): l for l in ax.get_lines()}
+    curve, line = by_label["test_loss"], by_label["line_test_loss"]
+    assert line.get_linestyle() == "--" and curve.get_linestyle() == "-"
+    assert line.get_color() == curve.get_color()  # same colour as its curve counterpart
+    notes = [t.get_text() for t in ax.texts]
+    assert "barrier 0.3 at t=0.45" in notes
+    assert "straight line: barrier 0.8 at t=0.5" in notes
+    bar = [l for l in lines_at(ax, 0.45) if l.get_linewidth() > 2][0]  # chord (1.225) up to the curve (1.525)
+    np.testing.assert_allclose(bar.get_ydata(), [1.225, 1.525])
+    assert {"A", "B"} <= set(notes)
+    for t in (0.0, 1.0):
+        assert any(l.get_linestyle() == "-." for l in lines_at(ax, t)), t  # the models' vertical lines
+    assert not any(n.startswith("min") and "x=-0.5" in n for n in notes)
+    twin = fig.axes[1]
+    assert {l.get_label(): l.get_linestyle() for l in twin.get_lines()} == {"test_acc": "-.", "line_test_acc": ":"}
+    # a chosen loss brings its straight-line counterpart; markers add to the models
+    ax = render(s, "curve", metric="test_loss", markers={"C": (0.7, 0.0)}).axes[0]
+    assert {l.get_label() for l in ax.get_lines()} >= {"test_loss", "line_test_loss"}
+    assert {"A", "B", "C"} <= {t.get_text() for t in ax.texts}
+    ax = render(s, "curve", metric="test_loss", log=True).axes[0]
+    assert ax.get_yscale() == "log" and "barrier 0.3 at t=0.45" in {t.get_text() for t in ax.texts}
+    # without end models: a barrier between the grid ends is shown only where there is one
+    bump = write_surface(tmp_path / "bump.h5", T[10:31], None, {"test_loss": bump_path(T[10:31])}, done=np.ones(21))
+    assert "barrier 0.3 at t=0.45" in {t.get_text() for t in render(load_surface(bump), "curve").axes[0].texts}
+
+
+def test_2d_plots_show_models_trajectory_and_variance(tmp_path):
+    s = load_surface(write_pca_surface(tmp_path / "pca.h5"))
+    for kind in ("contour", "contourf", "heatmap"):
+        ax = render(s, kind, markers={"mine": (0.5, 0.5)}).axes[0]
+        assert ax.get_xlabel() == "PC1 (83.1 % of variance)" and ax.get_ylabel() == "PC2 (10.2 % of variance)"
+        path = [l for l in ax.get_lines() if l.get_label() == "training trajectory"][0]
+        np.testing.assert_allclose(path.get_xdata(), s.trajectory.coordinates[:, 0])
+        np.testing.assert_allclose(path.get_ydata(), s.trajectory.coordinates[:, 1])
+        models = [l for l in ax.get_lines() if l.get_label() == "models"][0]
+        np.testing.assert_allclose(np.column_stack([models.get_xdata(), models.get_ydata()]), [[0.0, 0.0]])
+        legend = {t.get_text() for t in ax.get_legend().get_texts()}
+        assert {"start (epoch_000)", "end (epoch_005)"} <= legend
+        notes = {t.get_text() for t in ax.texts}
+        assert {"final", "mine", "epoch_000", "epoch_005"} <= notes
+    ax3 = render(s, "surface3d").axes[0]
+    assert "final" not in {t.get_text() for t in ax3.texts}  # 3D: the models are left out
+    assert "PC1 (83.1 % of variance)" == ax3.get_xlabel()
+    (p,) = plot_surface(s.path, kind="contourf")
+    assert_image(p)
+
+
+def test_hessian_maps(tmp_path):
+    x, y, loss = quadratic(nx=31, ny=25)
+    X, Y = np.meshgrid(x, y, indexing="ij")
+    ratio = 0.01 + 0.02 * X ** 2  # |λmin/λmax|: mostly small ...
+    ratio[3, 4] = 50.0  # ... with a spike where λmax is near 0
+    path = write_surface(tmp_path / "h.h5", x, y, {"test_loss": loss, "test_hess_ratio": ratio,
+                                                  "test_hess_min": X - 0.5, "test_loss_stderr": 0.01 + 0 * X},
+                         done=np.ones(loss.shape))
+    s = load_surface(path)
+    ax = render(s, "heatmap", metric="test_hess_ratio").axes[0]
+    norm = ax.collections[0].norm
+    assert norm.vmin == 0.0 and 0.02 < norm.vmax < 0.04  # anchored at 0; the spike does not flatten it
+    star = [l for l in ax.get_lines() if l.get_marker() == "*"][0]
+    assert star.get_label().startswith("max 50 at")
+    assert (star.get_xdata()[0], star.get_ydata()[0]) == pytest.approx((x[3], y[4]))
+    mesh = render(s, "heatmap", metric="test_hess_min").axes[0].collections[0]
+    assert isinstance(mesh.norm, mcolors.TwoSlopeNorm) and mesh.norm.vcenter == 0.0  # negative vs positive
+    assert mesh.get_cmap().name == "RdBu_r"
+    ax = render(s, "contour", metric="test_loss_stderr").axes[0]
+    assert not [l for l in ax.get_lines() if l.get_marker() == "*"]  # no "best" for a standard error
+    cs = render(s, "contourf", metric="test_hess_ratio", log=True).axes[0].collections[0]
+    assert isinstance(cs.norm, mcolors.LogNorm) and 0.01 <= cs.levels[0] < cs.levels[-1] < 0.04
+    one = write_surface(tmp_path / "h1.h5", x, None, {"test_loss": 1 + x ** 2, "test_hess_ratio": 0.1 + 0 * x},
+                        done=np.ones(x.size))
+    notes = [t.get_text() for t in render(load_surface(one), "curve", metric="test_hess_ratio").axes[0].texts]
+    assert notes and all(not n.startswith("min") for n in notes)
+
+
+# ---------------------------------------------------------------------------
+# training trajectories
+
+
+def test_andrews_curves_values():
+    s = np.array([0.0, np.pi / 2, np.pi, -np.pi / 4])
+    f = andrews_curves(np.array([[1.0, 2.0, 3.0, 4.0, 5.0], [0.0, 0.0, 0.0, 0.0, 1.0]]), s)
+    assert f.shape == (2, 4)
+    r2 = 1 / np.sqrt(2)
+    expected = [r2 + 3 + 5, r2 + 2 + 4 * 0 - 5, r2 - 3 + 5, r2 - 2 * r2 + 3 * r2 - 4 + 0]
+    np.testing.assert_allclose(f[0], expected, atol=1e-12)
+    np.testing.assert_allclose(f[1], np.cos(2 * s), atol=1e-12)
+    np.testing.assert_allclose(andrews_curves(np.array([[np.sqrt(2), 1.0]]), s)[0], 1 + np.sin(s))
+    with pytest.raises(SurfaceFileError, match="coords must be a 2D array"):
+        andrews_curves(np.zeros(3), s)
+
+
+def trajectory(t=20, k=4):
+    steps = np.linspace(0, 1, t)
+    coords = np.column_stack([10 * steps - 5, 3 * np.sin(3 * steps)] + [np.cos((j + 2) * steps) for j in range(k - 2)])
+    explained = np.array([0.7, 0.2, 0.06, 0.02, 0.01, 0.01][:k])
+    return coords, [f"epoch_{i:03d}" for i in range(t)], explained
+
+
+def test_trajectory_figures():
+    coords, labels, explained = trajectory()
+    figs = trajectory_figures(coords, labels, explained)
+    pca = figs["pca"].axes[0]
+    assert pca.get_xlabel() == "PC1 (70.0 % of variance)" and pca.get_ylabel() == "PC2 (20.0 % of variance)"
+    np.testing.assert_allclose(pca.collections[0].get_offsets(), coords[:, :2])
+    np.testing.assert_allclose(pca.collections[0].get_array(), np.arange(20))  # coloured by training order
+    assert {"start: epoch_000", "end: epoch_019"} <= {t.get_text() for t in pca.texts}
+    andrews = figs["andrews"].axes[0].collections[0]
+    s, f = np.asarray(andrews.get_segments()[7]).T
+    np.testing.assert_allclose(f, andrews_curves(coords[7:8], s)[0])
+    assert len(andrews.get_segments()) == 20 and len(figs["andrews"].axes) == 2  # with a colourbar
+    radar = figs["radar"].axes[0]
+    assert [l.get_label() for l in radar.get_lines()] == [labels[i] for i in (0, 3, 5, 8, 11, 14, 16, 19)]
+    assert "8 of 20 checkpoints" in radar.get_title()
+    assert len(radar.get_xticks()) == 4
+    few = trajectory_figures(*trajectory(t=3, k=2))["radar"].axes[0]
+    assert "all 3 checkpoints" in few.get_title() and len(few.get_lines()) == 3
+
+
+def test_plot_trajectory_files(tmp_path):
+    coords, labels, explained = trajectory(t=6, k=3)
+    paths = plot_trajectory(coords, labels, explained, tmp_path / "figs" / "run", formats=("png", "pdf", "svg"))
+    assert [p.name for p in paths] == [f"run_{part}.{fmt}" for part in ("pca", "andrews", "radar")
+                                       for fmt in ("png", "pdf", "svg")]
+    for p in paths:
+        if p.suffix == ".svg":
+            assert p.stat().st_size > 5000 and b"<svg" in p.read_bytes()[:1000]
+        else:
+            assert_image(p)
+    paths = plot_trajectory(coords, labels, explained, f"{tmp_path}/new/", formats="svg")  # a directory
+    assert paths == [tmp_path / "new" / f"trajectory_{part}.svg" for part in ("pca", "andrews", "radar")]
+    assert all(p.stat().st_size > 5000 for p in paths)
+
+
+def test_plot_trajectory_errors(tmp_path):
+    coords, labels, explained = trajectory(t=5, k=3)
+    out = tmp_path / "t"
+    with pytest.raises(SurfaceFileError, match="at least 2 checkpoints on at least 2 principal components, got 1 x 3"):
+        plot_trajectory(coords[:1], labels[:1], explained, out)
+    with pytest.raises(SurfaceFileError, match="got 5 x 1"):
+        plot_trajectory(coords[:, :1], labels, explained[:1], out)
+    with pytest.raises(SurfaceFileError, match="4 labels for 5 checkpoints"):
+        plot_trajectory(coords, labels[:4], explained, out)
+    with pytest.raises(SurfaceFileError, match="explained must hold 3 non-negative variance ratios"):
+        plot_trajectory(coords, labels, explained[:2], out)
+    bad = coords.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(SurfaceFileError, match="finite numbers.*with inf/NaN"):
+        plot_trajectory(bad, labels, explained, out)
+    with pytest.raises(SurfaceFileError, match="unsupported image format 'gif'"):
+        plot_trajectory(coords, labels, explained, out, formats=("gif",))
+    assert not list(tmp_path.iterdir())

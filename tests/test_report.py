@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -11,46 +12,9 @@ import numpy as np
 import pytest
 
 from mpiland.errors import SurfaceFileError
-from mpiland.report import SCHEMA_VERSION, format_summary, load_surface, summarize
-
-JOB = {
-    "name": "digits-mlp",
-    "model": {"factory": "mpiland.models:mlp", "kwargs": {}, "checkpoint": "ckpt/mlp.pt", "seed": 0},
-    "data": {"dataset": "digits", "splits": ["train", "test"]},
-    "directions": {"kind": "random", "norm": "filter", "seed": 7, "ignore": "biasbn"},
-    "grid": {"x": {"min": -1.0, "max": 1.0, "num": 11}, "y": {"min": -0.5, "max": 1.0, "num": 7}},
-}
-
-
-def write_surface(path, x, y=None, metrics=None, done=None, seconds=None, mpiland=True,
-                  schema=SCHEMA_VERSION, job=JOB, labels=True):
-    """Write a small surface file the way `mpiland run` (or the reference tool) lays it out."""
-    with h5py.File(path, "w") as f:
-        f["xcoordinates"] = np.asarray(x, dtype=np.float64)
-        if y is not None:
-            f["ycoordinates"] = np.asarray(y, dtype=np.float64)
-        for name, arr in (metrics or {}).items():
-            f[name] = np.asarray(arr, dtype=np.float64)
-        if done is not None:
-            f["done"] = np.asarray(done, dtype=np.uint8)
-        if seconds is not None:
-            f["seconds"] = np.asarray(seconds, dtype=np.float64)
-        if mpiland:
-            f.attrs["mpiland_schema"] = schema
-            f.attrs["mpiland_version"] = "0.1.0"
-            f.attrs["created"] = "2024-05-01T12:00:00+00:00"
-            f.attrs["fingerprint"] = "ab12cd34ef56" + "0" * 52
-            f.attrs["dims"] = 1 if y is None else 2
-            names = list(metrics or {})
-            f.attrs["metrics"] = names
-            f.attrs["splits"] = list(dict.fromkeys(n.split("_")[0] for n in names))
-            if labels:
-                f.attrs["x_label"] = "random direction x (filter-normalised)"
-                if y is not None:
-                    f.attrs["y_label"] = "random direction y (filter-normalised)"
-            if job is not None:
-                f.attrs["job_json"] = json.dumps(job)
-    return path
+from mpiland.report import (SCHEMA_VERSION, barrier, derived_attributes, flatness, format_summary, load_surface,
+                            summarize)
+from surfaces import JOB, T, bump_path, quadratic, write_curve_surface, write_pca_surface, write_surface
 
 
 def bowl_2d(nx=11, ny=7):
@@ -223,3 +187,289 @@ def test_report_stays_light():
             "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------
+# new schema members: models, trajectory, endpoints, line_ and Hessian metrics
+
+@pytest.fixture
+def curve_file(tmp_path):
+    return write_curve_surface(tmp_path / "bezier.h5")
+
+
+@pytest.fixture
+def pca_file(tmp_path):
+    return write_pca_surface(tmp_path / "pca.h5")
+
+
+def test_barrier_convex_path():
+    t = np.linspace(0, 1, 21)
+    b = barrier(t, 1.0 + (t - 0.5) ** 2)
+    assert b["height"] <= 0
+    assert b["height"] == pytest.approx((0.05 - 0.5) ** 2 - 0.25)  # next to the ends, below the chord
+    assert b["at"] == pytest.approx(0.05)
+    assert (b["t0"], b["t1"], b["loss0"], b["loss1"]) == pytest.approx((0.0, 1.0, 1.25, 1.25))
+    assert b["monotonic"] is False and b["ignored"] == 0 and b["points"] == 21
+
+
+def test_barrier_of_a_bump_between_extrapolated_end_points():
+    b = barrier(T, bump_path(), endpoints=(0.0, 1.0))
+    assert b["height"] == pytest.approx(0.3, abs=1e-12)
+    assert b["at"] == pytest.approx(0.45)
+    assert (b["t0"], b["t1"]) == pytest.approx((0.0, 1.0))
+    assert (b["loss0"], b["loss1"]) == pytest.approx((1.0, 1.5))
+    assert b["points"] == 21  # the 20 extrapolated points are not used
+    whole = barrier(T, bump_path())  # without end points: the grid ends, walls included
+    assert (whole["t0"], whole["t1"]) == pytest.approx((-0.5, 1.5))
+    assert whole["points"] == 41 and whole["height"] != pytest.approx(0.3)
+    # end points given in reverse order: same barrier, the order of t0/t1 kept
+    rev = barrier(T, bump_path(), endpoints=(1.0, 0.0))
+    assert rev["height"] == pytest.approx(0.3) and (rev["t0"], rev["t1"]) == pytest.approx((1.0, 0.0))
+
+
+def test_barrier_monotonic():
+    t = np.linspace(0, 1, 11)
+    down = 2.0 - t
+    down[3:6] = down[3]  # a flat stretch is still monotonic
+    assert barrier(t, down + 1e-13 * np.cos(40 * t))["monotonic"] is True
+    assert barrier(t, np.exp(t))["monotonic"] is True
+    assert barrier(t, np.exp(t))["height"] < 0  # convex
+    up_down = np.exp(t)
+    up_down[-1] = 1.0
+    assert barrier(t, up_down)["monotonic"] is False
+    # only the part between the end points counts: a wall outside does not break monotonicity
+    assert barrier(T, 1.0 + 0.5 * T + 5.0 * (T > 1.01), endpoints=(0, 1))["monotonic"] is True
+
+
+def test_barrier_ignores_nonfinite_points():
+    loss = bump_path()
+    i = {round(float(v), 2): k for k, v in enumerate(T)}
+    loss[i[0.2]], loss[i[0.8]], loss[i[-0.4]] = np.nan, np.inf, np.nan
+    b = barrier(T, loss, endpoints=(0, 1))
+    assert b["ignored"] == 2  # the NaN at t=-0.4 is outside the end points
+    assert b["height"] == pytest.approx(0.3) and b["points"] == 19
+    loss[i[0.0]] = np.nan  # the end model itself: the nearest finite point stands in
+    b = barrier(T, loss, endpoints=(0, 1))
+    assert b["t0"] == pytest.approx(0.05) and b["ignored"] == 3
+
+
+def test_barrier_errors():
+    t = np.linspace(0, 1, 5)
+    with pytest.raises(SurfaceFileError, match="5 coordinates but 4 loss values"):
+        barrier(t, t[:4])
+    with pytest.raises(SurfaceFileError, match="1 finite loss values, at least 2"):
+        barrier(t, np.array([1.0, np.nan, np.nan, np.inf, np.nan]))
+    with pytest.raises(SurfaceFileError, match="end point t=3.0 lies outside"):
+        barrier(t, t, endpoints=(0.0, 3.0))
+    with pytest.raises(SurfaceFileError, match="same finite grid point"):
+        barrier(t, t, endpoints=(0.5, 0.52))
+    two = barrier(t[:2], t[:2])
+    assert two["height"] is None and two["at"] is None and two["monotonic"] is True
+
+
+def test_flatness_of_a_quadratic(tmp_path):
+    a, b, eps = 1.5, 4.0, 0.1
+    x, y, loss = quadratic(a, b)
+    s = load_surface(write_surface(tmp_path / "q.h5", x, y, {"test_loss": loss}, done=np.ones(loss.shape)))
+    f = flatness(s, epsilon=eps)
+    assert f["metric"] == "test_loss" and f["centre"] == (0.0, 0.0) and f["loss"] == pytest.approx(0.25)
+    assert f["threshold"] == pytest.approx(0.35)
+    assert f["curvature"]["x"] == pytest.approx(2 * a, rel=1e-9)
+    assert f["curvature"]["y"] == pytest.approx(2 * b, rel=1e-9)
+    h = x[1] - x[0]
+    for axis, k in (("x", a), ("y", b)):
+        w = f["basin_width"][axis]
+        assert w["width"] == pytest.approx(2 * math.sqrt(eps / k), abs=h / 4)
+        assert w["lower"] == pytest.approx(-w["upper"]) and w["at_edge"] is False
+    area = f["basin_area"]
+    assert area["area"] == pytest.approx(math.pi * eps / math.sqrt(a * b), rel=0.03)
+    assert area["fraction"] == pytest.approx(area["area"] / (2 * 1.6))
+    assert area["at_edge"] is False
+    assert f["radius"] == pytest.approx(0.8)  # the largest disc inside [-1, 1] x [-0.8, 0.8]
+    assert f["sharpness"] == pytest.approx(b * 0.8 ** 2)  # the steeper axis, at the rim
+    assert f["sharpness_at"] == pytest.approx((0.0, 0.8)) or f["sharpness_at"] == pytest.approx((0.0, -0.8))
+    assert f["sharpness_relative"] == pytest.approx(100 * b * 0.64 / 1.25)
+    r = flatness(s, epsilon=eps, radius=0.5)
+    assert r["sharpness"] == pytest.approx(b * 0.25) and r["radius"] == 0.5
+    wide = flatness(s, epsilon=100.0)  # everything is inside: lower bounds flagged
+    assert wide["basin_width"]["x"] == {"width": 2.0, "lower": -1.0, "upper": 1.0, "at_edge": True}
+    assert wide["basin_area"]["fraction"] == pytest.approx(1.0) and wide["basin_area"]["at_edge"] is True
+
+
+def test_flatness_counts_only_the_centre_basin(tmp_path):
+    """Two equally deep wells: the basin is the one around the centre, not both."""
+    x = np.linspace(-1, 1, 201)
+    y = np.linspace(-0.5, 0.5, 101)
+    X, Y = np.meshgrid(x, y, indexing="ij")
+    loss = 0.1 + 10 * np.minimum(X ** 2, (X - 0.7) ** 2) + 10 * Y ** 2
+    s = load_surface(write_surface(tmp_path / "w.h5", x, y, {"test_loss": loss}, done=np.ones(loss.shape)))
+    f = flatness(s, epsilon=0.1)
+    assert f["basin_area"]["area"] == pytest.approx(math.pi * 0.1 / 10, rel=0.03)
+    assert f["basin_width"]["x"]["width"] == pytest.approx(0.2, abs=0.003)
+
+
+def test_flatness_centre_off_zero_and_on_the_edge(tmp_path):
+    x = np.linspace(0.0, 1.0, 11)  # the centre (t=0) is the first grid point
+    s = load_surface(write_surface(tmp_path / "e.h5", x, None, {"test_loss": 1 + x ** 2}, done=np.ones(11)))
+    f = flatness(s, epsilon=0.25)
+    assert f["centre"] == (0.0,) and f["curvature"]["x"] is None
+    assert f["basin_width"]["x"]["width"] == pytest.approx(0.5, abs=0.01) and f["basin_area"] is None
+    assert f["radius"] == 0.0 and f["sharpness"] is None
+    assert flatness(s, radius=0.3)["sharpness"] == pytest.approx(0.09)
+    x = np.linspace(-0.93, 1.07, 21)  # no 0 on the grid: the nearest point is the centre, any spacing works
+    x[10:] = -0.03 + (x[10:] + 0.03) * 2  # neighbours of the centre at -0.1 and +0.2
+    s = load_surface(write_surface(tmp_path / "o.h5", x, None, {"test_loss": 2 + 3 * x ** 2}, done=np.ones(21)))
+    f = flatness(s)
+    assert f["centre"] == pytest.approx((-0.03,))
+    assert f["curvature"]["x"] == pytest.approx(6.0)  # exact for a quadratic, also with uneven spacing
+
+
+def test_flatness_errors(tmp_path):
+    x, y, loss = quadratic(nx=21, ny=17)
+    bad = loss.copy()
+    bad[10, 8] = np.inf
+    s = load_surface(write_surface(tmp_path / "b.h5", x, y, {"test_loss": bad, "test_acc": 1 - loss},
+                                   done=np.ones(loss.shape)))
+    with pytest.raises(SurfaceFileError, match=r"test_loss at the centre \(0.0, 0.0\) is not a finite"):
+        flatness(s)
+    with pytest.raises(SurfaceFileError, match="epsilon must be a finite number ≥ 0"):
+        flatness(s, "test_acc", epsilon=-1)
+    with pytest.raises(SurfaceFileError, match="radius must be a finite number > 0"):
+        flatness(s, "test_acc", radius=0)
+    with pytest.raises(SurfaceFileError, match="no metric 'train_loss'"):
+        flatness(s, "train_loss")
+
+
+def test_metric_order_with_line_and_hessian_metrics(tmp_path):
+    n = 5
+    names = ["test_hess_ratio", "line_test_loss_stderr", "test_acc", "line_test_acc", "test_hess_max",
+             "test_loss", "line_test_loss", "test_loss_stderr", "test_hess_min"]
+    for mpiland in (True, False):  # with and without the splits attribute
+        path = write_surface(tmp_path / f"m{mpiland}.h5", np.linspace(0, 1, n), None,
+                             {m: np.linspace(1, 2, n) for m in names}, done=np.ones(n), mpiland=mpiland)
+        s = load_surface(path)
+        assert list(s.metrics) == ["test_loss", "line_test_loss", "test_acc", "line_test_acc", "test_loss_stderr",
+                                   "line_test_loss_stderr", "test_hess_max", "test_hess_min", "test_hess_ratio"]
+        assert s.splits == ["test"]
+        assert s.loss_metrics() == ["test_loss", "line_test_loss"]
+        assert s.split_losses() == ["test_loss"] and s.default_metric() == "test_loss"
+
+
+def test_models_trajectory_and_endpoints_are_read(curve_file, pca_file):
+    c = load_surface(curve_file)
+    assert c.endpoints == (0.0, 1.0)
+    assert c.models.labels == ["A", "B"] and c.models.coordinates.tolist() == [[0.0], [1.0]]
+    assert c.trajectory is None and c.explained_variance_ratio is None
+    p = load_surface(pca_file)
+    assert p.endpoints is None and p.models.labels == ["final"]
+    assert len(p.trajectory) == 6 and p.trajectory.labels[-1] == "epoch_005"
+    np.testing.assert_allclose(p.trajectory.coordinates[0], [-0.8, 0.25])
+    np.testing.assert_allclose(p.explained_variance_ratio, [0.831, 0.102])
+
+
+def test_damaged_new_members(tmp_path):
+    x, y, loss = quadratic(nx=5, ny=4)
+    base = dict(metrics={"test_loss": loss}, done=np.ones(loss.shape))
+    path = write_surface(tmp_path / "a.h5", x, y, **base, models=([[0.0], [1.0]], ["A", "B"]))
+    with pytest.raises(SurfaceFileError, match=r"models/coordinates has shape \(2, 1\).*expected \(n, 2\)"):
+        load_surface(path)
+    path = write_surface(tmp_path / "b.h5", x, y, **base, models=([[0.0, 0.0]], ["A", "B"]))
+    with pytest.raises(SurfaceFileError, match="models has 1 coordinates but 2 labels"):
+        load_surface(path)
+    path = write_surface(tmp_path / "c.h5", x, None, metrics={"test_loss": x}, done=np.ones(5), endpoints=[0, 1, 2])
+    with pytest.raises(SurfaceFileError, match="attribute endpoints .* not 2 finite numbers"):
+        load_surface(path)
+    path = write_surface(tmp_path / "d.h5", x, None, metrics={"test_loss": x}, done=np.ones(5),
+                         models=([0.0, 1.0], ["A", "B"]))  # 1D positions as a flat array are fine
+    assert load_surface(path).models.coordinates.shape == (2, 1)
+
+
+def test_derived_attributes_1d(curve_file, tmp_path):
+    s = load_surface(curve_file)
+    attrs = derived_attributes(s)
+    assert set(attrs) == {
+        "test_loss_barrier", "test_loss_barrier_at", "test_loss_monotonic",
+        "line_test_loss_barrier", "line_test_loss_barrier_at", "line_test_loss_monotonic",
+        "test_loss_curvature_x", "test_loss_basin_width_x", "test_loss_basin_width_x_edge",
+        "test_loss_sharpness", "test_loss_sharpness_relative",
+        "flatness_epsilon", "flatness_radius", "flatness_centre"}
+    assert attrs["test_loss_barrier"] == pytest.approx(0.3) and attrs["test_loss_barrier_at"] == pytest.approx(0.45)
+    assert attrs["test_loss_monotonic"] == 0 and isinstance(attrs["test_loss_monotonic"], int)
+    assert attrs["line_test_loss_barrier"] == pytest.approx(0.8) and attrs["line_test_loss_barrier_at"] == 0.5
+    f = flatness(s)
+    assert attrs["test_loss_curvature_x"] == pytest.approx(f["curvature"]["x"])
+    assert attrs["flatness_epsilon"] == 0.1 and attrs["flatness_radius"] == pytest.approx(0.5)
+    assert attrs["test_loss_sharpness"] == pytest.approx(f["sharpness"])
+    with h5py.File(tmp_path / "attrs.h5", "w") as h:  # all of it fits HDF5 attributes
+        h.attrs.update(attrs)
+        assert h.attrs["test_loss_monotonic"] == 0
+        np.testing.assert_allclose(h.attrs["flatness_centre"], [0.0])
+
+
+def test_derived_attributes_2d(tmp_path):
+    x, y, loss = quadratic()
+    edge = np.where(np.arange(x.size)[:, None] == 80, np.nan, loss)  # the centre's row not computed
+    path = write_surface(tmp_path / "q.h5", x, y, {"train_loss": loss, "test_loss": edge, "test_acc": 1 - loss},
+                         done=np.ones(loss.shape))
+    attrs = derived_attributes(load_surface(path))
+    assert not any(k.endswith("barrier") for k in attrs)
+    assert attrs["train_loss_curvature_x"] == pytest.approx(3.0)
+    assert attrs["train_loss_curvature_y"] == pytest.approx(8.0)
+    assert attrs["train_loss_basin_area"] == pytest.approx(math.pi * 0.1 / math.sqrt(6), rel=0.03)
+    assert attrs["train_loss_basin_area_edge"] == 0 and attrs["train_loss_basin_width_y_edge"] == 0
+    assert attrs["train_loss_sharpness"] == pytest.approx(2.56)
+    for k in ("curvature_x", "curvature_y", "basin_width_x", "basin_width_y", "basin_area", "basin_area_fraction",
+              "sharpness", "sharpness_relative"):
+        assert math.isnan(attrs[f"test_loss_{k}"]), k  # undefined: NaN, never a made-up number
+    assert attrs["test_loss_basin_area_edge"] == 0
+    np.testing.assert_allclose(attrs["flatness_centre"], [0.0, 0.0])
+    assert "test_acc_curvature_x" not in attrs
+
+
+def test_summary_of_a_curve_file(curve_file):
+    s = summarize(curve_file)
+    json.dumps(s, allow_nan=False)  # plain JSON, no NaN
+    assert s["endpoints"] == [0.0, 1.0]
+    assert s["models"] == [{"label": "A", "coordinates": (0.0,)}, {"label": "B", "coordinates": (1.0,)}]
+    assert list(s["barriers"]) == ["test_loss", "line_test_loss"]
+    b = s["barriers"]["test_loss"]
+    assert b["height"] == pytest.approx(0.3) and b["at"] == pytest.approx(0.45) and b["monotonic"] is False
+    assert list(s["flatness"]) == ["test_loss"]
+    assert s["flatness"]["test_loss"]["basin_width"]["x"]["at_edge"] is False
+    rows = [line for line in format_summary(s).splitlines() if line.startswith(("barrier", "models", "endpoints"))]
+    assert any("test_loss: 0.3 at t=0.45 between t=0 (1) and t=1 (1.5), not monotonic" in r for r in rows)
+    assert any(r.split()[1] == "line_test_loss:" for r in rows if r.startswith("barrier"))
+    assert any("A at x=0, B at x=1" in r for r in rows)
+    assert any("t0=0, t1=1" in r for r in rows)
+
+
+def test_summary_of_a_pca_file(pca_file):
+    s = summarize(pca_file, epsilon=0.2, radius=0.5)
+    json.dumps(s, allow_nan=False)
+    assert s["barriers"] == {} and s["endpoints"] is None
+    t = s["trajectory"]
+    assert t["points"] == 6 and t["labels"][0] == "epoch_000"
+    assert t["explained_variance_ratio"] == pytest.approx([0.831, 0.102])
+    f = s["flatness"]["test_loss"]
+    assert f["epsilon"] == 0.2 and f["radius"] == 0.5
+    assert f["sharpness"] == pytest.approx(4.0 * 0.25)
+    assert s["metrics"]["test_hess_ratio"]["argmax"] is not None  # Hessian maps: the max is the point of note
+    text = format_summary(s)
+    assert "PC1 83.1 %, PC2 10.2 %" in text
+    assert "6 checkpoints, epoch_000 .. epoch_005" in text
+    flat = [r for r in text.splitlines() if r.startswith("flatness")][0]
+    assert "test_loss at (0, 0) = 0.25, ε 0.2: curvature x 3, y 8" in flat and "within r=0.5" in flat
+    with pytest.raises(SurfaceFileError, match="epsilon must be"):
+        summarize(pca_file, epsilon=float("nan"))
+
+
+def test_summary_of_a_partial_file_has_no_made_up_measures(tmp_path):
+    x = np.linspace(-1, 1, 11)
+    loss = np.where(x < -0.5, x ** 2, np.nan)
+    done = ~np.isnan(loss)
+    path = write_surface(tmp_path / "p.h5", x, None, {"test_loss": loss}, done=done)
+    s = summarize(path)
+    json.dumps(s, allow_nan=False)
+    assert s["flatness"]["test_loss"] is None  # the centre is not computed yet
+    assert s["barriers"]["test_loss"]["points"] == 3
+    assert "no finite value at the centre" in format_summary(s)
