@@ -85,19 +85,22 @@ def cli() -> None:
 @click.option("--channels-last/--no-channels-last", default=None, help="channels_last activations (run.channels_last).")
 @click.option("--bn", type=click.Choice(["eval", "recompute"]),
               help="BatchNorm statistics: as loaded, or recomputed at every point (model.bn).")
+@click.option("--hessian/--no-hessian", default=None,
+              help="Hessian λmax, λmin and |λmin/λmax| at every point (hessian.enabled).")
 @click.option("--verbose", "-v", is_flag=True, help="Let every rank log, not only rank 0.")
 @debug_option
 def run(job_file: str, output: str | None, overwrite: bool | None, overrides: tuple[str, ...], device: str | None,
         chunk_size: int | None, writer: str | None, threads: int | None, progress: str | None,
         points_per_pass: int | None, autocast: str | None, compile_: bool | None, channels_last: bool | None,
-        bn: str | None, verbose: bool, debug: bool) -> None:
+        bn: str | None, hessian: bool | None, verbose: bool, debug: bool) -> None:
     """Evaluate the landscape JOB_FILE describes (single process, mpiexec or srun alike)."""
     from .job import load_job
 
     flags = {"output.path": output, "run.device": device, "run.chunk_size": chunk_size,
              "run.writer": writer, "run.threads": threads, "output.overwrite": overwrite,
              "run.points_per_pass": points_per_pass, "run.autocast": autocast, "run.compile": compile_,
-             "run.channels_last": channels_last, "model.bn": bn}
+             "run.channels_last": channels_last, "model.bn": bn,
+             "hessian.enabled": hessian}
     values = {key: value for key, value in flags.items() if value is not None}
     from .environment import StopFlag, world
 

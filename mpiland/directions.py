@@ -354,6 +354,8 @@ def make_directions(model: torch.nn.Module, spec: DirectionsSpec, dims: int) -> 
         return random_directions(model, spec, dims)
     if spec.kind == "file":
         return file_directions(model, spec, dims)
+    if spec.kind == "hessian":
+        raise ValueError("Hessian directions need data and a loss: use mpiland.curvature.hessian_directions")
     from .paths import path_directions
 
     return path_directions(model, spec, dims)

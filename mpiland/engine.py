@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from .data import Split
 from .directions import Directions, ParamLayout
 from .errors import JobFileError, ModelError
-from .job import LossSpec
+from .job import HessianSpec, LossSpec
 from .loader import resolve_callable
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -111,8 +111,12 @@ class Evaluator:
     def __init__(self, model: torch.nn.Module, directions: Directions, splits: list[Split], loss: LossSpec,
                  device: torch.device, *, dtype: torch.dtype = torch.float32, batch_size: int = 512,
                  memory_budget_mb: float = 1024.0, mode: str = "eval", options: EngineOptions | None = None,
-                 bn_data: torch.Tensor | None = None) -> None:
-        """``bn_data``: training inputs for ``bn = "recompute"`` (None: running statistics as loaded)."""
+                 bn_data: torch.Tensor | None = None, hessian: HessianSpec | None = None) -> None:
+        """``bn_data``: training inputs for ``bn = "recompute"`` (None: running statistics as loaded).
+
+        ``hessian``: curvature at the origin (:meth:`origin_curvature`) and, with
+        ``enabled``, λmax, λmin and |λmin/λmax| at every point (:mod:`mpiland.curvature`).
+        """
         self.options = options or EngineOptions()
         self.device = device
         self.dtype = dtype
@@ -123,6 +127,10 @@ class Evaluator:
         self.split_names = [s.name for s in splits]
         self.directions = directions
         self.base_metrics = metric_names(self.split_names, self.accuracy)
+        if hessian is not None and hessian.enabled:
+            from .curvature import metric_names as curvature_metrics
+
+            self.base_metrics += curvature_metrics(hessian)
         self.metrics = [v + m for v in directions.variants for m in self.base_metrics]
         self.model = model.to(device=device, dtype=dtype)
         self.model.train(mode == "train")
@@ -145,6 +153,13 @@ class Evaluator:
         total = sum(s.nbytes for s in splits)
         resident = total <= memory_budget_mb * 2**20
         self.data = [self._place(s, resident) for s in splits]
+        self.curvature = None
+        self._per_point_curvature = hessian is not None and hessian.enabled
+        if hessian is not None:
+            from .curvature import Curvature
+
+            self.curvature = Curvature(self.model, {s.name: (s.inputs, s.targets) for s in splits}, self.loss_fn,
+                                       hessian, batch_size, device, dtype)
         self._autocast = AUTOCAST.get(self.options.autocast)
         self.fallback_reason = ""
         self.points_per_pass = 1
@@ -431,8 +446,28 @@ class Evaluator:
             group = coefficients[start: start + self.points_per_pass]
             t0 = time.perf_counter()
             metrics = self._metrics(self._pass(group))
+            if self._per_point_curvature:
+                metrics.update(self._curvature(group))
             synchronize(self.device)
             seconds[start: start + len(group)] = (time.perf_counter() - t0) / len(group)
             for m in self.base_metrics:
                 values[m][start: start + len(group)] = metrics[m]
         return values, seconds
+
+    def _curvature(self, coefficients: np.ndarray) -> dict[str, np.ndarray]:
+        """Hessian extreme eigenvalues at each point of a group (one point at a time: HVPs need autograd)."""
+        assert self.curvature is not None
+        rows = []
+        for c in coefficients:
+            self.set_point(c)
+            rows.append(self.curvature.at_point(self.flat))
+        return {m: np.array([r[m] for r in rows]) for m in rows[0]}
+
+    def origin_curvature(self) -> dict[str, float]:
+        """Trace and directional curvatures at the origin (root attributes of a new file)."""
+        if self.curvature is None:
+            return {}
+        from .curvature import axis_labels
+
+        self.set_point(np.zeros(self.directions.dims))
+        return self.curvature.at_origin(self.flat, self.basis.t(), axis_labels(self.directions))

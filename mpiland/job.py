@@ -21,7 +21,7 @@ from .errors import GridError, JobFileError
 
 NORMS = ("auto", "filter", "layer", "weight", "model", "none")
 IGNORES = ("auto", "biasbn", "none")
-DIRECTION_KINDS = ("random", "file", "interpolation", "plane", "bilinear", "bezier", "polychain", "pca")
+DIRECTION_KINDS = ("random", "file", "hessian", "interpolation", "plane", "bilinear", "bezier", "polychain", "pca")
 # kind -> (number of models: exact, or a minimum when negative; grid dims it needs: 1, 2 or 0 for either)
 PATH_KINDS = {"interpolation": (2, 1), "plane": (3, 2), "bilinear": (4, 2), "bezier": (-3, 1),
               "polychain": (-3, 1), "pca": (-1, 0)}
@@ -97,6 +97,8 @@ class DirectionsSpec:
             keys += ["seed", "orthogonalize"]
         elif self.kind == "file":
             keys += ["file", "orthogonalize"]
+        elif self.kind == "hessian":
+            pass
         else:
             keys += ["models"]
         if self.kind in ("bezier", "polychain"):
@@ -105,6 +107,20 @@ class DirectionsSpec:
             keys.append("states")
         d = asdict(self)
         return {k: list(d[k]) if isinstance(d[k], tuple) else d[k] for k in keys}
+
+
+@dataclass(frozen=True)
+class HessianSpec:
+    """Curvature settings: per-point extreme eigenvalues (``enabled``), Hessian directions, trace at the origin."""
+
+    enabled: bool = False
+    splits: tuple[str, ...] = ()
+    subset: int = 0
+    tol: float = 1e-3
+    max_iter: int = 100
+    dtype: str = "float32"
+    seed: int = 0
+    trace_samples: int = 100
 
 
 @dataclass(frozen=True)
@@ -176,6 +192,7 @@ class Job:
     output: OutputSpec
     run: RunSpec
     train: TrainSpec | None = None
+    hessian: HessianSpec = field(default_factory=HessianSpec)
     name: str = ""
     text: str = ""
     source: str = ""
@@ -381,6 +398,16 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
         "y": (_opt_axis, None),
         "margin": (lambda k, v: _num(k, v) if _num(k, v) >= 0 else _fail_neg(k, v), 0.25),
     },
+    "hessian": {
+        "enabled": (_bool, False),
+        "splits": (lambda k, v: _splits(k, v), ()),
+        "subset": (lambda k, v: _int(k, v, 0), 0),
+        "tol": (lambda k, v: _num(k, v, positive=True), 1e-3),
+        "max_iter": (lambda k, v: _int(k, v, 2), 100),
+        "dtype": (_choice(DTYPES), "float32"),
+        "seed": (_int, 0),
+        "trace_samples": (lambda k, v: _int(k, v, 0), 100),
+    },
     "output": {
         "path": (_str, "surface.h5"),
         "overwrite": (_bool, False),
@@ -487,6 +514,14 @@ def parse_job(text: str, overrides: list[str] | None = None, source: str = "<job
     directions = sections["directions"]
     grid = sections["grid"]
     _check_directions(directions, grid, sections["model"])
+    hessian = sections["hessian"]
+    if not hessian["splits"]:
+        hessian["splits"] = tuple(data["splits"])
+    missing = [sp for sp in hessian["splits"] if sp not in data["splits"]]
+    if missing:
+        raise _fail("hessian.splits", f"{missing[0]} is not evaluated; add it to data.splits or remove it here")
+    if (hessian["enabled"] or directions["kind"] == "hessian") and sections["model"]["mode"] == "train":
+        raise _fail("hessian.enabled", 'curvature is taken in eval mode; it cannot be combined with model.mode = "train"')
     return Job(
         model=ModelSpec(**sections["model"]),
         train=TrainSpec(**sections["train"]) if "train" in sections else None,
@@ -496,6 +531,7 @@ def parse_job(text: str, overrides: list[str] | None = None, source: str = "<job
         grid=GridSpec(**grid),
         output=OutputSpec(**sections["output"]),
         run=RunSpec(**sections["run"]),
+        hessian=HessianSpec(**hessian),
         name=name,
         text=text,
         source=source,
@@ -536,7 +572,7 @@ def _check_directions(d: dict[str, Any], grid: dict[str, Any], model: dict[str, 
         if kind == "file" and not d["file"]:
             raise _fail("directions.file", 'kind = "file" needs a file: an .h5 file with directions (ours or the '
                         'loss-landscape tool\'s), or one state_dict-shaped .pt file per axis')
-        if kind == "random" and d["file"]:
+        if kind != "file" and d["file"]:
             raise _fail("directions.file", 'is for kind = "file"; remove it or set kind = "file"')
         if kind == "file" and len(d["file"]) > 1 and len(d["file"]) != dims:
             raise _fail("directions.file", f"give one .h5 file, or one .pt file per axis ({dims}); got {len(d['file'])}")
@@ -544,6 +580,8 @@ def _check_directions(d: dict[str, Any], grid: dict[str, Any], model: dict[str, 
             if grid[key] is not None and grid[key].auto:
                 raise GridError(f"grid.{key}: a bare num takes its range from the models of a path; "
                                 f"{kind} directions need [min, max, num]")
+        if kind == "hessian" and d["states"]:
+            raise _fail("directions.states", "Hessian directions are over the parameters; remove it")
         if d["norm"] == "auto":
             d["norm"] = "filter" if kind == "random" else "none"
         if d["ignore"] == "auto":

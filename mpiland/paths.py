@@ -138,7 +138,7 @@ def resolve_grid(spec: GridSpec, directions: Directions) -> GridSpec:
 
 def base_checkpoint(spec: DirectionsSpec) -> str | None:
     """The checkpoint whose buffers a path job uses when model.checkpoint is not given (the path's origin)."""
-    if spec.kind == "random" or spec.kind == "file":
+    if not spec.models:
         return None
     paths = expand_checkpoints(spec.models)
     return paths[-1] if spec.kind == "pca" else paths[0]

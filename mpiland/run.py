@@ -10,6 +10,7 @@ leaves ranks waiting for each other.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -22,13 +23,13 @@ import numpy as np
 import torch
 
 from . import surface
-from .data import load_split
+from .data import Split, load_split
 from .directions import Directions, make_directions
 from .engine import EngineOptions, Evaluator
 from .environment import Placement, StopFlag, check_launch, mpi_module, place, world
 from .errors import CheckpointError, JobFileError, MpilandError
 from .grid import Chunks, Grid, make_chunks
-from .job import Job
+from .job import HessianSpec, Job
 from .models import build_model, file_digest, load_checkpoint
 from .paths import base_checkpoint, resolve_grid
 from .progress import Progress
@@ -99,6 +100,8 @@ def fingerprint(job: Job, checkpoint_digest: str | None, source_digests: list[st
     }
     if source_digests:
         content["sources"] = list(source_digests)
+    if _curvature_spec(job) is not None:
+        content["hessian"] = d["hessian"]
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=list).encode()).hexdigest()
 
 
@@ -146,6 +149,22 @@ def _bn_inputs(job: Job) -> torch.Tensor | None:
     return split.inputs[order]
 
 
+def _curvature_spec(job: Job) -> HessianSpec | None:
+    """The [hessian] settings when the job uses curvature (per point, or Hessian directions)."""
+    return job.hessian if job.hessian.enabled or job.directions.kind == "hessian" else None
+
+
+def _hessian_directions(job: Job, model: torch.nn.Module, splits: list[Split], placement: Placement) -> Directions:
+    """Rank 0: the top Hessian eigenvectors at θ* (broadcast, so every rank uses the same vectors)."""
+    from .curvature import hessian_directions
+    from .engine import resolve_loss
+
+    split = next(s for s in splits if s.name == job.hessian.splits[0])
+    scratch = copy.deepcopy(model)
+    return hessian_directions(scratch, job.directions, job.hessian, split, resolve_loss(job.loss), job.grid.dims,
+                             job.data.batch_size, placement.device, getattr(torch, job.model.dtype))
+
+
 def engine_options(job: Job) -> EngineOptions:
     """The engine settings of a job's [run] section."""
     r = job.run
@@ -165,7 +184,7 @@ def _choose_writer(requested: str, size: int) -> str:
     return requested
 
 
-def _open_surface(comm: Any, job: Job, path: Path, grid: Grid, directions: Directions, metrics: list[str],
+def _open_surface(comm: Any, job: Job, path: Path, grid: Grid, directions: Directions, evaluator: Evaluator,
                   fp: str, points_per_pass: int) -> tuple[np.ndarray, int] | None:
     """Rank 0: resume or create the file; return its done mask and the points per pass to use.
 
@@ -182,9 +201,10 @@ def _open_surface(comm: Any, job: Job, path: Path, grid: Grid, directions: Direc
             points_per_pass = stored
         return done, points_per_pass
     labels = (directions.labels[0], directions.labels[1] if grid.dims == 2 else "")
-    surface.create(path, grid=grid, metrics=metrics, splits=list(job.data.splits), directions=directions,
+    extra = evaluator.origin_curvature()
+    surface.create(path, grid=grid, metrics=evaluator.metrics, splits=list(job.data.splits), directions=directions,
                    fingerprint=fp, job_text=job.text, job_json=job.to_json(), labels=labels,
-                   points_per_pass=points_per_pass, bn=(job.model.bn, job.model.bn_batches))
+                   points_per_pass=points_per_pass, bn=(job.model.bn, job.model.bn_batches), attrs=extra)
     return np.zeros(grid.shape, dtype=np.uint8), points_per_pass
 
 
@@ -223,7 +243,10 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
     def _setup() -> tuple[Evaluator, Directions, str]:
         model = _prepare_model(job)
         splits = [load_split(job.data, s) for s in job.data.splits]
-        directions = make_directions(model, job.directions, job.grid.dims)
+        if job.directions.kind == "hessian":
+            directions = comm.bcast(_hessian_directions(job, model, splits, placement) if rank == 0 else None, root=0)
+        else:
+            directions = make_directions(model, job.directions, job.grid.dims)
         digest, sources = None, []
         if rank == 0:
             if job.model.checkpoint is not None:
@@ -232,7 +255,7 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
         evaluator = Evaluator(model, directions, splits, job.loss, placement.device,
                               dtype=getattr(torch, job.model.dtype), batch_size=job.data.batch_size,
                               memory_budget_mb=job.data.memory_budget_mb, mode=job.model.mode,
-                              options=engine_options(job), bn_data=_bn_inputs(job))
+                              options=engine_options(job), bn_data=_bn_inputs(job), hessian=_curvature_spec(job))
         return evaluator, directions, fingerprint(job, digest, sources)
 
     evaluator, directions, fp = agree(comm, _setup)
@@ -240,7 +263,7 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
     grid = Grid.from_spec(resolve_grid(job.grid, directions))
     metrics = evaluator.metrics
     path = Path(job.output.path)
-    done, k = comm.bcast(agree(comm, lambda: _open_surface(comm, job, path, grid, directions, metrics, fp,
+    done, k = comm.bcast(agree(comm, lambda: _open_surface(comm, job, path, grid, directions, evaluator, fp,
                                                          evaluator.points_per_pass)), root=0)
     if k != evaluator.points_per_pass:
         evaluator.use_points_per_pass(k)
@@ -266,7 +289,12 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
     elif rank == 0:
         writer = surface.SurfaceWriter(path)
 
-    bar = Progress(grid.size, already, progress or job.run.progress) if rank == 0 else None
+    label = "(with Hessian eigenvalues) " if job.hessian.enabled else ""
+    if rank == 0 and job.hessian.enabled:
+        log.info("curvature at every point: λmax and λmin by Lanczos (tol %g, at most %d HVPs) on %s; "
+                 "expect each point to cost tens of loss evaluations", job.hessian.tol, job.hessian.max_iter,
+                 ", ".join(job.hessian.splits))
+    bar = Progress(grid.size, already, progress or job.run.progress, label=label) if rank == 0 else None
     evaluated = 0
 
     def evaluate_chunk(chunk: int, poll: Callable[[], bool]) -> ChunkResult:

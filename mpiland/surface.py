@@ -67,8 +67,11 @@ def check_existing(path: Path, fingerprint: str, overwrite: bool) -> bool:
 
 def create(path: Path, *, grid: Grid, metrics: list[str], splits: list[str], directions: Directions,
            fingerprint: str, job_text: str, job_json: str, labels: tuple[str, str], points_per_pass: int = 1,
-           bn: tuple[str, int] = ("eval", 0)) -> None:
-    """Write a new, empty surface file (all values NaN, nothing done) atomically at ``path``."""
+           bn: tuple[str, int] = ("eval", 0), attrs: dict[str, Any] | None = None) -> None:
+    """Write a new, empty surface file (all values NaN, nothing done) atomically at ``path``.
+
+    ``attrs``: further root attributes (curvature at the origin).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
@@ -88,6 +91,8 @@ def create(path: Path, *, grid: Grid, metrics: list[str], splits: list[str], dir
             a["bn"] = bn[0]
             if bn[0] == "recompute":
                 a["bn_batches"] = bn[1]
+            for key, value in (attrs or {}).items():
+                a[key] = value
             if directions.endpoints is not None:
                 a["endpoints"] = np.asarray(directions.endpoints, dtype=np.float64)
             f.create_dataset("xcoordinates", data=grid.x)

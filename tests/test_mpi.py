@@ -145,3 +145,16 @@ def test_model_path_with_comparison_line_is_identical_across_sizes(tmp_path):
         for k in ("test_loss", "line_test_loss", "test_acc", "line_test_acc", "done"):
             np.testing.assert_array_equal(a[k][...], b[k][...], err_msg=k)
         assert a.attrs["test_loss_barrier"] == b.attrs["test_loss_barrier"]
+
+
+def test_hessian_eigenvalues_are_identical_across_sizes(tmp_path):
+    job = write_job(tmp_path, grid="x = [-1.0, 1.0, 4]\ny = [-1.0, 1.0, 3]",
+                    extra="points_per_pass = 1\n[hessian]\nenabled = true\nsubset = 60\ntrace_samples = 10\n")
+    assert cli("run", str(job), "--output", str(tmp_path / "one.h5")).returncode == 0
+    proc = mpirun(2, "run", str(job), "--output", str(tmp_path / "two.h5"), "--chunk-size", "2")
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(tmp_path / "one.h5", "r") as a, h5py.File(tmp_path / "two.h5", "r") as b:
+        assert a["done"][...].all() and np.isfinite(a["test_hess_max"][...]).all()
+        for k in ("test_loss", "test_hess_max", "test_hess_min", "test_hess_ratio"):
+            np.testing.assert_array_equal(a[k][...], b[k][...], err_msg=k)
+        assert a.attrs["test_hess_trace"] == b.attrs["test_hess_trace"]
