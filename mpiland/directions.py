@@ -317,15 +317,10 @@ def _read_h5_directions(path: Path, model: torch.nn.Module, layout: ParamLayout,
 
 
 def _read_pt_direction(path: Path, layout: ParamLayout) -> torch.Tensor:
-    from .models import extract_state_dict
+    from .models import read_state_dict
 
     where = f"directions.file {str(path)!r}"
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise JobFileError(f"{where}: cannot be read as a torch file ({exc.__class__.__name__}); give a "
-                           "state_dict-shaped .pt file per axis") from None
-    state = extract_state_dict(obj, where)
+    state = read_state_dict(path, where, JobFileError, "give a state_dict-shaped .pt file per axis")
     return _place(layout, state, where, set(layout.names[: layout.n_params]))
 
 

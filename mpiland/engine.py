@@ -158,7 +158,8 @@ class Evaluator:
         if hessian is not None:
             from .curvature import Curvature
 
-            self.curvature = Curvature(self.model, {s.name: (s.inputs, s.targets) for s in splits}, self.loss_fn,
+            # Resident splits are already on the device: the operators share them.
+            self.curvature = Curvature(self.model, {d.name: (d.inputs, d.targets) for d in self.data}, self.loss_fn,
                                        hessian, batch_size, device, dtype)
         self._autocast = AUTOCAST.get(self.options.autocast)
         self.fallback_reason = ""

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError, ModelError
+from .errors import CheckpointError, ModelError, MpilandError
 from .job import ModelSpec
 from .loader import resolve_callable
 
@@ -61,6 +61,17 @@ def extract_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+def read_state_dict(path: str | Path, where: str, error: type[MpilandError] = CheckpointError,
+                    fix: str = "save model.state_dict()") -> dict[str, torch.Tensor]:
+    """Read a torch file safely (``weights_only``) and find the state_dict in it; ``where`` names it in errors."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise error(f"{where}: cannot be read as a torch checkpoint ({exc.__class__.__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}); {fix}") from None
+    return extract_state_dict(obj, where)
+
+
 def load_checkpoint(model: torch.nn.Module, path: str | Path, key: str = "model.checkpoint") -> None:
     """Load ``path`` into ``model`` strictly; the error lists missing, unexpected and mismatched keys.
 
@@ -71,11 +82,7 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path, key: str = "model.
     if not p.is_file():
         fix = "add a [train] section to create it" if key == "model.checkpoint" else "train that model first"
         raise CheckpointError(f"{where}: file not found; check the path or {fix}")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{where}: cannot be read as a torch checkpoint ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
-    state = extract_state_dict(obj, where)
+    state = read_state_dict(p, where)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

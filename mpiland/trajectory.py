@@ -95,15 +95,9 @@ def state_dict_vector(path: str, skip_statistics: bool = True) -> tuple[list[str
 
     ``skip_statistics`` leaves out BatchNorm running statistics, which are not parameters.
     """
-    from .models import extract_state_dict
+    from .models import read_state_dict
 
-    where = f"checkpoint {path!r}"
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{where}: cannot be read as a torch checkpoint ({exc.__class__.__name__}); "
-                              "give state_dict files") from None
-    state = extract_state_dict(obj, where)
+    state = read_state_dict(path, f"checkpoint {path!r}", fix="give state_dict files")
     names = [n for n, v in state.items() if v.is_floating_point()
              and not (skip_statistics and fnmatch.fnmatch(n, "*running_[mv][ea][ar]*"))]
     return names, torch.cat([state[n].reshape(-1).to(torch.float64) for n in names])
