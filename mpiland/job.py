@@ -341,6 +341,13 @@ def _axis(key: str, v: Any) -> Axis:
     return Axis(float(lo), float(hi), num)
 
 
+def _nonneg(key: str, v: Any) -> float:
+    value = _num(key, v)
+    if value < 0:
+        raise _fail(key, f"expected a number >= 0, got {v}")
+    return value
+
+
 def _opt_axis(key: str, v: Any) -> Axis | None:
     return None if v is None else _axis(key, v)
 
@@ -396,7 +403,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
     "grid": {
         "x": (_axis, None),
         "y": (_opt_axis, None),
-        "margin": (lambda k, v: _num(k, v) if _num(k, v) >= 0 else _fail_neg(k, v), 0.25),
+        "margin": (_nonneg, 0.25),
     },
     "hessian": {
         "enabled": (_bool, False),
@@ -427,10 +434,6 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
 }
 _REQUIRED = {"model": ("factory",), "grid": ("x",)}
 _TOP = {"name"}
-
-
-def _fail_neg(key: str, v: Any) -> float:
-    raise _fail(key, f"expected a number >= 0, got {v}")
 
 
 def _device(key: str, v: Any) -> str:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .directions import Directions, ParamLayout, Trajectory, checkpoint_vector, parameter_mask, state_vector
 from .errors import JobFileError
-from .job import DirectionsSpec, GridSpec, Axis
+from .job import Axis, DirectionsSpec, GridSpec
 from .trajectory import expand_checkpoints, pca
 
 EPS = 1e-12
@@ -96,7 +97,7 @@ def path_directions(model: torch.nn.Module, spec: DirectionsSpec, dims: int) -> 
 
 
 def _pca(model: torch.nn.Module, scratch: torch.nn.Module, layout: ParamLayout, spec: DirectionsSpec,
-         paths: list[str], dims: int, settings: dict) -> Directions:
+         paths: list[str], dims: int, settings: dict[str, Any]) -> Directions:
     """PCA directions around the model's own state (θ_final); checkpoints projected onto them."""
     final = state_vector(model, layout)
     mask = torch.cat([torch.full((layout.numel_of(i),), keep, dtype=torch.bool)
