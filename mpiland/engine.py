@@ -154,7 +154,6 @@ class Evaluator:
         resident = total <= memory_budget_mb * 2**20
         self.data = [self._place(s, resident) for s in splits]
         self.curvature = None
-        self._per_point_curvature = hessian is not None and hessian.enabled
         if hessian is not None:
             from .curvature import Curvature
 
@@ -447,7 +446,7 @@ class Evaluator:
             group = coefficients[start: start + self.points_per_pass]
             t0 = time.perf_counter()
             metrics = self._metrics(self._pass(group))
-            if self._per_point_curvature:
+            if self.curvature is not None and self.curvature.spec.enabled:
                 metrics.update(self._curvature(group))
             synchronize(self.device)
             seconds[start: start + len(group)] = (time.perf_counter() - t0) / len(group)
@@ -456,11 +455,16 @@ class Evaluator:
         return values, seconds
 
     def _curvature(self, coefficients: np.ndarray) -> dict[str, np.ndarray]:
-        """Hessian extreme eigenvalues at each point of a group (one point at a time: HVPs need autograd)."""
+        """Hessian extreme eigenvalues at each point of a group (one point at a time: HVPs need autograd).
+
+        After a one-point pass the model already holds the point (and its recomputed
+        BatchNorm statistics); a batched pass wrote its K×n buffer, so each point is set here.
+        """
         assert self.curvature is not None
         rows = []
         for c in coefficients:
-            self.set_point(c)
+            if self._pbuf is not None:
+                self.set_point(c)
             rows.append(self.curvature.at_point(self.flat))
         return {m: np.array([r[m] for r in rows]) for m in rows[0]}
 

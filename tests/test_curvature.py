@@ -41,10 +41,11 @@ def full_hessian(job):
     return torch.autograd.functional.hessian(loss, theta)
 
 
-def test_quadratic_loss_gives_the_exact_eigenvalues_everywhere(tmp_path):
+@pytest.mark.parametrize("points_per_pass", [1, 3])
+def test_quadratic_loss_gives_the_exact_eigenvalues_everywhere(tmp_path, points_per_pass):
     job_path = write_job(tmp_path, model=f'factory = "tests/models.py:linear"\n{F64}',
                          data='splits = ["test"]\nsubset = 80\nbatch_size = 30',
-                         extra='[loss]\nname = "mse"\n[hessian]\nenabled = true\ntol = 1e-9\nmax_iter = 400\n'
+                         extra=f'points_per_pass = {points_per_pass}\n[loss]\nname = "mse"\n[hessian]\nenabled = true\ntol = 1e-9\nmax_iter = 400\n'
                                'dtype = "float64"\ntrace_samples = 0\n', grid="x = [-1.0, 1.0, 3]\ny = [-1.0, 1.0, 2]")
     job = load_job(job_path)
     eig = torch.linalg.eigvalsh(full_hessian(job))
@@ -92,3 +93,17 @@ def test_curvature_job_errors(tmp_path, extra, fragment):
     path.write_text(text + extra)
     with pytest.raises(JobFileError, match=fragment):
         load_job(path)
+
+
+def test_batched_passes_give_the_eigenvalues_of_each_point(tmp_path):
+    files = {}
+    for k in (1, 3):
+        job = write_job(tmp_path, name=f"k{k}.toml", output=f"k{k}.h5", grid="x = [-1.0, 1.0, 3]\ny = [-1.0, 1.0, 2]",
+                        extra=f"points_per_pass = {k}\n[hessian]\nenabled = true\nsubset = 60\ntrace_samples = 0\n")
+        files[k] = run_job(load_job(job)).path
+    with h5py.File(files[1], "r") as one, h5py.File(files[3], "r") as three:
+        assert three.attrs["points_per_pass"] == 3
+        hess = one["test_hess_max"][...]
+        assert np.unique(np.round(hess, 3)).size == hess.size  # the points differ
+        for m in ("test_hess_max", "test_hess_min"):
+            np.testing.assert_allclose(three[m][...], one[m][...], rtol=1e-6)
