@@ -53,7 +53,7 @@ class ParamLayout:
     shapes: tuple[tuple[int, ...], ...]
     offsets: tuple[int, ...]
     numel: int
-    n_params: int = -1
+    n_params: int
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, states: bool = False) -> "ParamLayout":
@@ -62,13 +62,17 @@ class ParamLayout:
         n_params = len(entries)
         if states:
             entries += [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
-        names, shapes, offsets, total = [], [], [], 0
-        for name, t in entries:
-            names.append(name)
-            shapes.append(tuple(t.shape))
+        return cls.from_shapes([n for n, _ in entries], [tuple(t.shape) for _, t in entries], n_params)
+
+    @classmethod
+    def from_shapes(cls, names: list[str], shapes: list[tuple[int, ...]], n_params: int = -1) -> "ParamLayout":
+        """The layout of tensors with these names and shapes, packed in this order."""
+        offsets, total = [], 0
+        for shape in shapes:
             offsets.append(total)
-            total += t.numel()
-        return cls(tuple(names), tuple(shapes), tuple(offsets), total, n_params)
+            total += math.prod(shape)
+        return cls(tuple(names), tuple(tuple(s) for s in shapes), tuple(offsets), total,
+                   len(names) if n_params < 0 else n_params)
 
     @property
     def states(self) -> bool:
@@ -282,18 +286,9 @@ def _read_h5_directions(path: Path, model: torch.nn.Module, layout: ParamLayout,
             if len(axes) < dims:
                 raise JobFileError(f"{where}: holds {len(axes)} direction(s), the grid needs {dims}; "
                                    "use a 2D file or a 1D grid")
-            out = []
-            for a in axes:
-                flat = np.asarray(g[a][()], dtype=np.float64)
-                shapes = [tuple(s) for s in json.loads(g.attrs["shapes"])]
-                parts, off = {}, 0
-                for n, shape in zip(names, shapes):
-                    size = math.prod(shape)
-                    parts[n] = flat[off: off + size].reshape(shape)
-                    off += size
-                out.append(_place(layout, parts, where, params))
-            return out
-        groups = [g for g in ("xdirection", "ydirection")[:dims]]
+            stored = ParamLayout.from_shapes(names, [tuple(s) for s in json.loads(g.attrs["shapes"])])
+            return [_place(layout, dict(zip(names, stored.views(torch.from_numpy(g[a][()])))), where, params)
+                    for a in axes]
         if "xdirection" not in f:
             raise JobFileError(f"{where}: has neither a directions group (mpiland) nor an xdirection group "
                                "(loss-landscape tool); give a direction file")
@@ -302,7 +297,7 @@ def _read_h5_directions(path: Path, model: torch.nn.Module, layout: ParamLayout,
         weights = [n for n, _ in model.named_parameters()]
         state_keys = list(model.state_dict().keys())
         out = []
-        for g in groups:
+        for g in ("xdirection", "ydirection")[:dims]:
             grp = f[g]
             arrays = [grp[str(i)][()] for i in range(len(grp))]
             if len(arrays) == len(weights):

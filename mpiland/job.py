@@ -159,6 +159,11 @@ class GridSpec:
     def shape(self) -> tuple[int, ...]:
         return (self.x.num,) if self.y is None else (self.x.num, self.y.num)
 
+    @property
+    def auto(self) -> bool:
+        """Whether an axis takes its range from the models' positions (a bare num)."""
+        return self.x.auto or (self.y is not None and self.y.auto)
+
 
 @dataclass(frozen=True)
 class OutputSpec:

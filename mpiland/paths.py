@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .directions import Directions, ParamLayout, Trajectory, checkpoint_vector, parameter_mask, state_vector
+from .directions import (Directions, ParamLayout, Trajectory, checkpoint_vector, normalize, parameter_mask,
+                         state_vector)
 from .errors import JobFileError
 from .job import Axis, DirectionsSpec, GridSpec
 from .trajectory import expand_checkpoints, pca
@@ -100,12 +101,11 @@ def _pca(model: torch.nn.Module, scratch: torch.nn.Module, layout: ParamLayout, 
          paths: list[str], dims: int, settings: dict[str, Any]) -> Directions:
     """PCA directions around the model's own state (θ_final); checkpoints projected onto them."""
     final = state_vector(model, layout)
-    mask = torch.cat([torch.full((layout.numel_of(i),), keep, dtype=torch.bool)
-                      for i, keep in enumerate(parameter_mask(layout, spec))])
+    mask = parameter_mask(layout, spec)
     rows = []
     for p in paths:
         d = checkpoint_vector(scratch, p, layout, "directions.models") - final
-        rows.append(torch.where(mask, d, torch.zeros_like(d)).to(torch.float32))
+        rows.append(normalize(d, final, layout, mask, "none").to(torch.float32))
     result = pca(torch.stack(rows), dims)
     ratio = result.explained_variance_ratio
     labels = tuple(f"principal direction {i + 1} of the trajectory" for i in range(dims))
@@ -118,9 +118,9 @@ def _pca(model: torch.nn.Module, scratch: torch.nn.Module, layout: ParamLayout, 
 
 def resolve_grid(spec: GridSpec, directions: Directions) -> GridSpec:
     """Fill bare-``num`` axes with a range covering the models (and trajectory), widened by ``margin``."""
-    axes = [spec.x, spec.y]
-    if not any(a is not None and a.auto for a in axes):
+    if not spec.auto:
         return spec
+    axes = [spec.x, spec.y]
     points = [np.asarray(pos, dtype=np.float64) for _, pos in directions.models]
     if directions.trajectory is not None:
         points += list(np.asarray(directions.trajectory.coordinates, dtype=np.float64))

@@ -88,8 +88,7 @@ def fingerprint(job: Job, checkpoint_digest: str | None, source_digests: list[st
     model = {**d["model"], "checkpoint": checkpoint_digest}
     if model["bn"] == "eval":
         del model["bn"], model["bn_batches"]
-    grid = {k: v for k, v in d["grid"].items() if k != "margin" or job.grid.x.auto or
-            (job.grid.y is not None and job.grid.y.auto)}
+    grid = {k: v for k, v in d["grid"].items() if k != "margin" or job.grid.auto}
     content = {
         "model": model,
         "data": {k: v for k, v in d["data"].items() if k != "memory_budget_mb"},
