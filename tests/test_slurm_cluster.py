@@ -116,6 +116,15 @@ def _wait_done(cluster: SlurmCluster, job_id: str, workdir: Path) -> dict[str, s
     return info
 
 
+def _two_task_job(cluster: SlurmCluster, workdir: Path, name: str, command: str) -> str:
+    """Submit a two-task batch script running ``command``, wait for it, and return its output."""
+    script = workdir / f"{name}.sh"
+    script.write_text(f"#!/bin/bash\n#SBATCH --ntasks=2\n#SBATCH --output={name}-%j.out\n{command}\n")
+    job_id = cluster.run(["sbatch", "--parsable", str(script)], cwd=workdir).stdout.strip()
+    _wait_done(cluster, job_id, workdir)
+    return (workdir / f"{name}-{job_id}.out").read_text()
+
+
 def _read_surface(path: Path) -> dict:
     import h5py
     import numpy as np
@@ -138,24 +147,15 @@ def test_wrap_job(cluster_env, tmp_path):
 def test_srun_pmi2_makes_one_mpi_world(cluster_env, tmp_path):
     mpi_list = cluster_env.run(["srun", "--mpi=list"]).stdout
     assert "pmi2" in mpi_list, mpi_list
-    script = tmp_path / "mpi.sh"
-    script.write_text(
-        "#!/bin/bash\n#SBATCH --ntasks=2\n#SBATCH --output=mpi-%j.out\n"
-        f'srun --mpi=pmi2 -n 2 {PYTHON} -c "from mpi4py import MPI; print(MPI.COMM_WORLD.Get_size())"\n')
-    job_id = cluster_env.run(["sbatch", "--parsable", str(script)], cwd=tmp_path).stdout.strip()
-    _wait_done(cluster_env, job_id, tmp_path)
-    assert (tmp_path / f"mpi-{job_id}.out").read_text().split() == ["2", "2"], _log_text(tmp_path)
+    out = _two_task_job(cluster_env, tmp_path, "mpi",
+                        f'srun --mpi=pmi2 -n 2 {PYTHON} -c "from mpi4py import MPI; print(MPI.COMM_WORLD.Get_size())"')
+    assert out.split() == ["2", "2"], _log_text(tmp_path)
 
 
 def test_plain_srun_singletons_are_named(cluster_env, tmp_path):
     (tmp_path / "job.toml").write_text(JOB_TOML)
-    script = tmp_path / "single.sh"
-    script.write_text(
-        "#!/bin/bash\n#SBATCH --ntasks=2\n#SBATCH --output=singletons-%j.out\n"
-        f"srun --mpi=none -n 2 {PYTHON} -m mpiland run job.toml; echo \"status $?\"\n")
-    job_id = cluster_env.run(["sbatch", "--parsable", str(script)], cwd=tmp_path).stdout.strip()
-    _wait_done(cluster_env, job_id, tmp_path)
-    out = (tmp_path / f"singletons-{job_id}.out").read_text()
+    out = _two_task_job(cluster_env, tmp_path, "singletons",
+                        f'srun --mpi=none -n 2 {PYTHON} -m mpiland run job.toml; echo "status $?"')
     assert out.count("error: launched 2 singleton processes") == 2, out
     assert "srun --mpi=pmi2" in out and "status 2" in out
     assert not (tmp_path / "surface.h5").exists()
