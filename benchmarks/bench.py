@@ -49,7 +49,7 @@ progress = "none"
 
 def grid_worker(n: int, tmp: str) -> None:
     """In its own process: run the MLP job on an n×n grid; print points/s and peak RSS as JSON."""
-    from mpiland.job import parse_job
+    from mpiland.jobfile import parse_job
     from mpiland.run import run_job
 
     job = parse_job(GRID_JOB.format(n=n, out=f"{tmp}/grid{n}.h5"), source="grid.toml")

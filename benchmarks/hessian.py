@@ -34,9 +34,9 @@ sys.path.insert(0, str(REPO))
 
 from mpiland.data import load_split  # noqa: E402
 from mpiland.demo import digits_cnn, digits_mlp  # noqa: E402
-from mpiland.directions import ParamLayout  # noqa: E402
-from mpiland.hessian import HessianOperator, extreme_eigenvalues  # noqa: E402
-from mpiland.job import DataSpec  # noqa: E402
+from mpiland.layout import ParamLayout  # noqa: E402
+from mpiland.curvature import HessianOperator, extreme_eigenvalues  # noqa: E402
+from mpiland.spec import DataSpec  # noqa: E402
 
 MODELS = {"mlp": digits_mlp, "cnn": digits_cnn}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def worker(job_path: str, output: str, threads: int, axis: int) -> None:
     """Run inside mpiexec: evaluate the job and print rank 0's summary as JSON."""
-    from mpiland.job import load_job
+    from mpiland.jobfile import load_job
     from mpiland.run import run_job
 
     job = load_job(job_path, values={"output.path": output, "output.overwrite": True, "run.threads": threads,

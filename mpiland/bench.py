@@ -21,7 +21,7 @@ from .data import Split, digits_split
 from .demo import digits_cnn, digits_mlp, resnet20, synthetic_cifar
 from .directions import random_directions
 from .engine import EngineOptions, Evaluator, synchronize
-from .job import DirectionsSpec, LossSpec
+from .spec import DirectionsSpec, LossSpec
 
 SAMPLES = 1024
 

@@ -94,7 +94,7 @@ def run(job_file: str, output: str | None, overwrite: bool | None, overrides: tu
         points_per_pass: int | None, autocast: str | None, compile_: bool | None, channels_last: bool | None,
         bn: str | None, hessian: bool | None, verbose: bool, debug: bool) -> None:
     """Evaluate the landscape JOB_FILE describes (single process, mpiexec or srun alike)."""
-    from .job import load_job
+    from .jobfile import load_job
 
     flags = {"output.path": output, "run.device": device, "run.chunk_size": chunk_size,
              "run.writer": writer, "run.threads": threads, "output.overwrite": overwrite,
@@ -180,7 +180,8 @@ def trajectory(checkpoints: tuple[str, ...], final: str | None, components: int,
     """PCA projection, Andrews curves and radar chart of training CHECKPOINTS (paths or globs, in training order)."""
     from .errors import JobFileError
     from .plots import plot_trajectory
-    from .trajectory import checkpoint_pca, expand_checkpoints
+    from .models import expand_checkpoints
+    from .trajectory import checkpoint_pca
 
     def _run() -> list[Any]:
         paths = expand_checkpoints(list(checkpoints), key="checkpoints")

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from .errors import DataError
-from .job import DataSpec
-from .loader import resolve_callable
+from .spec import DataSpec
+from .userimport import resolve_callable
 
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 20180101

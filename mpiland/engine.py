@@ -33,10 +33,11 @@ import torch
 import torch.nn.functional as F
 
 from .data import Split
-from .directions import Directions, ParamLayout
+from .directions import Directions
+from .layout import ParamLayout
 from .errors import JobFileError, ModelError
-from .job import HessianSpec, LossSpec
-from .loader import resolve_callable
+from .spec import HessianSpec, LossSpec
+from .userimport import resolve_callable
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 log = logging.getLogger("mpiland")
@@ -475,4 +476,4 @@ class Evaluator:
         from .curvature import axis_labels
 
         self.set_point(np.zeros(self.directions.dims))
-        return self.curvature.at_origin(self.flat, self.basis.t(), axis_labels(self.directions))
+        return self.curvature.at_origin(self.flat, self.basis.t(), axis_labels(self.directions.dims))

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .job import GridSpec
+from .spec import Axis, GridSpec
+
+if TYPE_CHECKING:
+    from .directions.base import Directions
 
 MIN_CHUNKS_PER_RANK = 4
 MAX_CHUNK = 64
@@ -120,3 +124,24 @@ def row_runs(points: np.ndarray, shape: tuple[int, ...]) -> list[tuple[int, int,
             runs.append((row, col, col + (i - start), start, i))
             start = i
     return runs
+
+
+def resolve_grid(spec: GridSpec, directions: "Directions") -> GridSpec:
+    """Fill bare-``num`` axes with a range covering the models (and trajectory), widened by ``margin``."""
+    if not spec.auto:
+        return spec
+    axes = [spec.x, spec.y]
+    points = [np.asarray(pos, dtype=np.float64) for _, pos in directions.models]
+    if directions.trajectory is not None:
+        points += list(np.asarray(directions.trajectory.coordinates, dtype=np.float64))
+    pts = np.array(points).reshape(len(points), -1)
+    out = []
+    for i, axis in enumerate(axes):
+        if axis is None or not axis.auto:
+            out.append(axis)
+            continue
+        lo, hi = float(pts[:, i].min()), float(pts[:, i].max())
+        span = hi - lo if hi > lo else max(abs(hi), 1.0)
+        pad = spec.margin * span
+        out.append(Axis(lo - pad, hi + pad, axis.num))
+    return GridSpec(out[0], out[1], spec.margin)

@@ -1,16 +1,18 @@
-"""Build the model from its factory and load a checkpoint with strict key and shape checks."""
+"""Models and checkpoints: build the model from its factory, load checkpoints strictly, list checkpoint globs."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import CheckpointError, ModelError, MpilandError
-from .job import ModelSpec
-from .loader import resolve_callable
+from .spec import DirectionsSpec, ModelSpec
+from .userimport import resolve_callable
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights")
 
@@ -96,3 +98,34 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path, key: str = "model.
                 parts.append(f"{label}: {shown}")
         raise CheckpointError(f"{where} does not fit the model ({'; '.join(parts)}); check model.factory and model.kwargs")
     model.load_state_dict(state, strict=True)
+
+
+def _natural_key(path: str) -> list[object]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
+
+
+def expand_checkpoints(patterns: list[str] | tuple[str, ...], key: str = "directions.models") -> list[str]:
+    """Paths and globs to a list of files: globs in natural order (epoch_2 before epoch_10), duplicates dropped."""
+    out: list[str] = []
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern), key=_natural_key)
+            if not matches:
+                raise CheckpointError(f"{key}: {pattern!r} matches no file; check the pattern or train the model first")
+            out += matches
+        else:
+            if not Path(pattern).is_file():
+                raise CheckpointError(f"{key} {pattern!r}: file not found; check the path or train that model first")
+            out.append(pattern)
+    unique: dict[str, str] = {}
+    for p in out:
+        unique.setdefault(str(Path(p).resolve()), p)
+    return list(unique.values())
+
+
+def base_checkpoint(spec: DirectionsSpec) -> str | None:
+    """The checkpoint whose buffers a path job uses when model.checkpoint is not given (the path's origin)."""
+    if not spec.models:
+        return None
+    paths = expand_checkpoints(spec.models)
+    return paths[-1] if spec.kind == "pca" else paths[0]

@@ -24,14 +24,15 @@ import torch
 
 from . import surface
 from .data import Split, load_split
-from .directions import Directions, make_directions
-from .engine import EngineOptions, Evaluator
+from .directions import CurvatureInputs, Directions, make_directions
+from .engine import EngineOptions, Evaluator, resolve_loss
 from .environment import Placement, StopFlag, check_launch, mpi_module, place, world
 from .errors import CheckpointError, JobFileError, MpilandError
 from .grid import Chunks, Grid, make_chunks
-from .job import HessianSpec, Job
+from .spec import HessianSpec, Job
 from .models import build_model, file_digest, load_checkpoint
-from .paths import base_checkpoint, resolve_grid
+from .grid import resolve_grid
+from .models import base_checkpoint
 from .progress import Progress
 from .protocol import ChunkResult, run_protocol
 from .train import train_model
@@ -155,13 +156,10 @@ def _curvature_spec(job: Job) -> HessianSpec | None:
 
 def _hessian_directions(job: Job, model: torch.nn.Module, splits: list[Split], placement: Placement) -> Directions:
     """Rank 0: the top Hessian eigenvectors at θ* (broadcast, so every rank uses the same vectors)."""
-    from .curvature import hessian_directions
-    from .engine import resolve_loss
-
     split = next(s for s in splits if s.name == job.hessian.splits[0])
-    scratch = copy.deepcopy(model)
-    return hessian_directions(scratch, job.directions, job.hessian, split, resolve_loss(job.loss), job.grid.dims,
-                             job.data.batch_size, placement.device, getattr(torch, job.model.dtype))
+    inputs = CurvatureInputs(job.hessian, split, resolve_loss(job.loss), job.data.batch_size, placement.device,
+                             getattr(torch, job.model.dtype))
+    return make_directions(copy.deepcopy(model), job.directions, job.grid.dims, inputs)
 
 
 def engine_options(job: Job) -> EngineOptions:

@@ -16,7 +16,7 @@ import torch
 
 from .data import Split
 from .engine import resolve_loss
-from .job import Job
+from .spec import Job
 
 log = logging.getLogger("mpiland")
 

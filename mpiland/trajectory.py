@@ -11,15 +11,13 @@ the surface (θ_final at the origin).
 from __future__ import annotations
 
 import fnmatch
-import glob
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import CheckpointError
+from .models import read_state_dict
 
 EPS = 1e-12
 
@@ -31,29 +29,6 @@ class PCAResult:
     components: torch.Tensor
     explained_variance_ratio: np.ndarray
     coordinates: np.ndarray
-
-
-def _natural_key(path: str) -> list[object]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
-
-
-def expand_checkpoints(patterns: list[str] | tuple[str, ...], key: str = "directions.models") -> list[str]:
-    """Paths and globs to a list of files: globs in natural order (epoch_2 before epoch_10), duplicates dropped."""
-    out: list[str] = []
-    for pattern in patterns:
-        if glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern), key=_natural_key)
-            if not matches:
-                raise CheckpointError(f"{key}: {pattern!r} matches no file; check the pattern or train the model first")
-            out += matches
-        else:
-            if not Path(pattern).is_file():
-                raise CheckpointError(f"{key} {pattern!r}: file not found; check the path or train that model first")
-            out.append(pattern)
-    unique: dict[str, str] = {}
-    for p in out:
-        unique.setdefault(str(Path(p).resolve()), p)
-    return list(unique.values())
 
 
 def pca(differences: torch.Tensor, k: int = 2) -> PCAResult:
@@ -95,8 +70,6 @@ def state_dict_vector(path: str, skip_statistics: bool = True) -> tuple[list[str
 
     ``skip_statistics`` leaves out BatchNorm running statistics, which are not parameters.
     """
-    from .models import read_state_dict
-
     state = read_state_dict(path, f"checkpoint {path!r}", fix="give state_dict files")
     names = [n for n, v in state.items() if v.is_floating_point()
              and not (skip_statistics and fnmatch.fnmatch(n, "*running_[mv][ea][ar]*"))]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from mpiland.data import load_split
 from mpiland.errors import JobFileError
-from mpiland.job import load_job
+from mpiland.jobfile import load_job
 from mpiland.models import build_model
 from mpiland.run import run_job
 

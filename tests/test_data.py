@@ -3,7 +3,7 @@ import torch
 
 from mpiland.data import digits_split, load_digits_arrays, load_split
 from mpiland.errors import DataError
-from mpiland.job import DataSpec
+from mpiland.spec import DataSpec
 
 
 def test_digits_is_the_real_set():

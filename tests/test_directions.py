@@ -2,9 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from mpiland.directions import ParamLayout, flat_parameters, random_directions
+from mpiland.directions import random_directions
+from mpiland.layout import ParamLayout, flat_parameters
 from mpiland.errors import JobFileError
-from mpiland.job import DirectionsSpec
+from mpiland.spec import DirectionsSpec
 
 
 def model():

@@ -7,9 +7,10 @@ from torch import nn
 
 from mpiland.data import Split, digits_split
 from mpiland.demo import digits_cnn, digits_mlp
-from mpiland.directions import ParamLayout, random_directions
+from mpiland.directions import random_directions
+from mpiland.layout import ParamLayout
 from mpiland.engine import Evaluator
-from mpiland.job import DirectionsSpec, LossSpec
+from mpiland.spec import DirectionsSpec, LossSpec
 
 from util import plain_metrics
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from mpiland.directions import ParamLayout
-from mpiland.hessian import (HessianOperator, directional_curvature, exact_trace, extreme_eigenvalues,
+from mpiland.layout import ParamLayout
+from mpiland.curvature import (HessianOperator, directional_curvature, exact_trace, extreme_eigenvalues,
                              hutchinson_trace, lanczos, top_eigenvectors)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

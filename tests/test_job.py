@@ -1,7 +1,7 @@
 import pytest
 
 from mpiland.errors import GridError, JobFileError
-from mpiland.job import parse_job
+from mpiland.jobfile import parse_job
 
 BASE = """
 [model]

@@ -10,10 +10,12 @@ from torch import nn
 
 from mpiland.data import Split, digits_split
 from mpiland.demo import digits_cnn
-from mpiland.directions import ParamLayout, make_directions, state_vector
+from mpiland.directions import make_directions
+from mpiland.layout import ParamLayout, state_vector
 from mpiland.engine import Evaluator
 from mpiland.errors import CheckpointError, GridError, JobFileError, ModelError
-from mpiland.job import DirectionsSpec, LossSpec, load_job
+from mpiland.jobfile import load_job
+from mpiland.spec import DirectionsSpec, LossSpec
 from mpiland.run import run_job
 from mpiland.trajectory import pca
 

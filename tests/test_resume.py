@@ -7,7 +7,7 @@ import pytest
 import numpy as np
 
 from mpiland.errors import EXIT_INTERRUPTED
-from mpiland.job import load_job
+from mpiland.jobfile import load_job
 from mpiland.run import run_job
 from mpiland.surface import read_done
 

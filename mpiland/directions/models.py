@@ -1,7 +1,7 @@
 """Landscapes defined by models: interpolation, planes, bilinear patches, curves between modes, PCA.
 
 Each kind turns its checkpoints into an origin, a basis and a coefficient map
-(see :mod:`mpiland.directions`), plus the models' positions in grid coordinates:
+(see :mod:`mpiland.directions.base`), plus the models' positions in grid coordinates:
 
 - ``interpolation`` [A, B] (Goodfellow et al. 2015): θ(t) = A + t·(B − A); A at 0, B at 1.
 - ``plane`` [θ0, θ1, θ2] (Garipov et al. 2018): orthonormal basis u, v from θ1 − θ0 and
@@ -25,11 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .directions import (Directions, ParamLayout, Trajectory, checkpoint_vector, normalize, parameter_mask,
-                         state_vector)
-from .errors import JobFileError
-from .job import Axis, DirectionsSpec, GridSpec
-from .trajectory import expand_checkpoints, pca
+from ..errors import JobFileError
+from ..layout import ParamLayout, checkpoint_vector, state_vector
+from ..models import expand_checkpoints
+from ..spec import DirectionsSpec
+from ..trajectory import pca
+from .axes import normalize, parameter_mask
+from .base import Directions, Trajectory
 
 EPS = 1e-12
 
@@ -114,32 +116,3 @@ def _pca(model: torch.nn.Module, scratch: torch.nn.Module, layout: ParamLayout, 
     settings["explained_variance_ratio"] = [float(r) for r in ratio]
     return Directions(result.components.float(), layout, settings, labels=labels,
                       models=(("θ*", (0.0,) * dims),), trajectory=trajectory, sources=tuple(paths))
-
-
-def resolve_grid(spec: GridSpec, directions: Directions) -> GridSpec:
-    """Fill bare-``num`` axes with a range covering the models (and trajectory), widened by ``margin``."""
-    if not spec.auto:
-        return spec
-    axes = [spec.x, spec.y]
-    points = [np.asarray(pos, dtype=np.float64) for _, pos in directions.models]
-    if directions.trajectory is not None:
-        points += list(np.asarray(directions.trajectory.coordinates, dtype=np.float64))
-    pts = np.array(points).reshape(len(points), -1)
-    out = []
-    for i, axis in enumerate(axes):
-        if axis is None or not axis.auto:
-            out.append(axis)
-            continue
-        lo, hi = float(pts[:, i].min()), float(pts[:, i].max())
-        span = hi - lo if hi > lo else max(abs(hi), 1.0)
-        pad = spec.margin * span
-        out.append(Axis(lo - pad, hi + pad, axis.num))
-    return GridSpec(out[0], out[1], spec.margin)
-
-
-def base_checkpoint(spec: DirectionsSpec) -> str | None:
-    """The checkpoint whose buffers a path job uses when model.checkpoint is not given (the path's origin)."""
-    if not spec.models:
-        return None
-    paths = expand_checkpoints(spec.models)
-    return paths[-1] if spec.kind == "pca" else paths[0]

@@ -1,15 +1,7 @@
-"""Directions in parameter space: what a grid coordinate means as a parameter vector.
+"""Axis directions around θ*: seeded random ones and ones read from files, normalised (Li et al. 2018).
 
-Every kind of landscape is an origin θ₀ plus a basis v₁…v_m with a coefficient
-map c(a, b) from grid coordinates to m coefficients: θ(a, b) = θ₀ + Σ c_k(a, b)·v_k.
-Random, file, PCA and plane directions use the coordinates themselves (``axes``);
-model paths use ``bilinear`` (a, b, ab), ``bezier`` (Bernstein weights) or
-``polychain`` (piecewise-linear weights); see :mod:`mpiland.paths`. The engine
-writes θ(a, b) with one fused ``addmv``/``addmm`` whatever the kind.
-
-Vectors are flat over the model's parameters in ``named_parameters()`` order (the
-layout of :class:`ParamLayout`), followed, with ``states = true``, by its floating
-buffers (BatchNorm running statistics) in ``named_buffers()`` order.
+Vectors follow :class:`~mpiland.layout.ParamLayout`: the model's parameters,
+then, with ``states = true``, its floating buffers (BatchNorm running statistics).
 
 Normalisations of random and file directions (Li et al. 2018):
 
@@ -32,152 +24,20 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 
-from .errors import CheckpointError, JobFileError, ModelError
-from .job import DirectionsSpec
+from ..errors import JobFileError, ModelError
+from ..layout import ParamLayout, state_vector
+from ..models import read_state_dict
+from ..spec import DirectionsSpec
+from .base import Directions, axis_label
 
 EPS = 1e-10
-
-
-@dataclass(frozen=True)
-class ParamLayout:
-    """Names, shapes and offsets of the parameters in the flat vector."""
-
-    names: tuple[str, ...]
-    shapes: tuple[tuple[int, ...], ...]
-    offsets: tuple[int, ...]
-    numel: int
-    n_params: int
-
-    @classmethod
-    def from_model(cls, model: torch.nn.Module, states: bool = False) -> "ParamLayout":
-        """Parameters in ``named_parameters()`` order; with ``states``, then the floating buffers."""
-        entries = [(n, p) for n, p in model.named_parameters()]
-        n_params = len(entries)
-        if states:
-            entries += [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
-        return cls.from_shapes([n for n, _ in entries], [tuple(t.shape) for _, t in entries], n_params)
-
-    @classmethod
-    def from_shapes(cls, names: list[str], shapes: list[tuple[int, ...]], n_params: int = -1) -> "ParamLayout":
-        """The layout of tensors with these names and shapes, packed in this order."""
-        offsets, total = [], 0
-        for shape in shapes:
-            offsets.append(total)
-            total += math.prod(shape)
-        return cls(tuple(names), tuple(tuple(s) for s in shapes), tuple(offsets), total,
-                   len(names) if n_params < 0 else n_params)
-
-    @property
-    def states(self) -> bool:
-        """Whether the layout includes buffers (running statistics) after the parameters."""
-        return len(self.names) > self.n_params
-
-    def numel_of(self, i: int) -> int:
-        return math.prod(self.shapes[i])
-
-    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        """Per-parameter views into a flat vector (no copies)."""
-        out = []
-        for shape, off in zip(self.shapes, self.offsets):
-            n = 1
-            for s in shape:
-                n *= s
-            out.append(flat[off: off + n].view(shape))
-        return out
-
-
-COEFFICIENT_MAPS = ("axes", "bilinear", "bezier", "polychain")
-
-
-@dataclass(frozen=True)
-class Trajectory:
-    """Checkpoints of a training run projected on the plot axes (PCA directions)."""
-
-    coordinates: np.ndarray
-    labels: tuple[str, ...]
-    explained_variance_ratio: np.ndarray
-
-
-@dataclass(frozen=True)
-class Directions:
-    """θ(a, b) = origin + Σ_k c_k(a, b)·vectors[k], with c the named coefficient map.
-
-    ``origin`` None means the model's own state (θ*). ``variants`` are metric-name
-    prefixes of paths evaluated at every grid point: "" is the path itself, "line_"
-    the straight line between its end models (Bézier curves and polygonal chains).
-    ``models`` are labelled positions of models in grid coordinates; ``sources`` are
-    the files the directions were built from (their digests join the fingerprint).
-    """
-
-    vectors: torch.Tensor
-    layout: ParamLayout
-    settings: dict[str, Any]
-    origin: torch.Tensor | None = None
-    coefficient_map: str = "axes"
-    variants: tuple[str, ...] = ("",)
-    labels: tuple[str, ...] = ()
-    models: tuple[tuple[str, tuple[float, ...]], ...] = ()
-    endpoints: tuple[float, float] | None = None
-    trajectory: Trajectory | None = None
-    sources: tuple[str, ...] = ()
-
-    @property
-    def dims(self) -> int:
-        """Number of basis vectors (m)."""
-        return int(self.vectors.shape[0])
-
-    def coefficients(self, coords: np.ndarray, variant: str = "") -> np.ndarray:
-        """Coefficients (n × m) of the basis vectors at grid coordinates ``coords`` (n × dims)."""
-        coords = np.asarray(coords, dtype=np.float64)
-        m = self.dims
-        if variant == "line_":
-            out = np.zeros((coords.shape[0], m))
-            out[:, -1] = coords[:, 0]
-            return out
-        if self.coefficient_map == "axes":
-            return coords
-        if self.coefficient_map == "bilinear":
-            a, b = coords[:, 0], coords[:, 1]
-            return np.stack([a, b, a * b], axis=1)
-        t = coords[:, 0]
-        if self.coefficient_map == "bezier":
-            return np.stack([math.comb(m, i) * t**i * (1 - t) ** (m - i) for i in range(1, m + 1)], axis=1)
-        if self.coefficient_map == "polychain":
-            seg = np.clip(np.floor(t * m), 0, m - 1).astype(np.int64)
-            s = t * m - seg
-            weights = np.zeros((t.size, m + 1))
-            rows = np.arange(t.size)
-            weights[rows, seg] = 1 - s
-            weights[rows, seg + 1] += s
-            return weights[:, 1:]
-        raise ValueError(f"unknown coefficient map {self.coefficient_map!r}")
-
-
-def flat_parameters(model: torch.nn.Module, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """θ as one flat CPU vector in ``named_parameters()`` order."""
-    return torch.cat([p.detach().reshape(-1).to("cpu", dtype) for p in model.parameters()])
-
-
-def state_vector(model: torch.nn.Module, layout: ParamLayout, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """The model's parameters (and, for a states layout, floating buffers) as one flat CPU vector."""
-    tensors = dict(model.named_parameters())
-    tensors.update(model.named_buffers())
-    return torch.cat([tensors[n].detach().reshape(-1).to("cpu", dtype) for n in layout.names])
-
-
-def checkpoint_vector(scratch: torch.nn.Module, path: str, layout: ParamLayout, key: str) -> torch.Tensor:
-    """Load checkpoint ``path`` into the scratch model and return its state vector (float64)."""
-    from .models import load_checkpoint
-
-    load_checkpoint(scratch, path, key=key)
-    return state_vector(scratch, layout)
 
 
 def parameter_mask(layout: ParamLayout, spec: DirectionsSpec) -> list[bool]:
@@ -269,8 +129,6 @@ def _place(layout: ParamLayout, arrays: dict[str, Any], where: str, required: se
 
 
 def _read_h5_directions(path: Path, model: torch.nn.Module, layout: ParamLayout, dims: int) -> list[torch.Tensor]:
-    import h5py
-
     where = f"directions.file {str(path)!r}"
     params = set(layout.names[: layout.n_params])
     try:
@@ -312,8 +170,6 @@ def _read_h5_directions(path: Path, model: torch.nn.Module, layout: ParamLayout,
 
 
 def _read_pt_direction(path: Path, layout: ParamLayout) -> torch.Tensor:
-    from .models import read_state_dict
-
     where = f"directions.file {str(path)!r}"
     state = read_state_dict(path, where, JobFileError, "give a state_dict-shaped .pt file per axis")
     return _place(layout, state, where, set(layout.names[: layout.n_params]))
@@ -338,26 +194,3 @@ def file_directions(model: torch.nn.Module, spec: DirectionsSpec, dims: int) -> 
     return _finish_axes(raw, model, layout, spec, sources=tuple(str(p) for p in paths))
 
 
-def make_directions(model: torch.nn.Module, spec: DirectionsSpec, dims: int) -> Directions:
-    """The directions of any kind for ``model`` (whose state is θ* for random and file kinds)."""
-    if spec.kind == "random":
-        return random_directions(model, spec, dims)
-    if spec.kind == "file":
-        return file_directions(model, spec, dims)
-    if spec.kind == "hessian":
-        raise ValueError("Hessian directions need data and a loss: use mpiland.curvature.hessian_directions")
-    from .paths import path_directions
-
-    return path_directions(model, spec, dims)
-
-
-def axis_label(axis: str, settings: dict[str, Any]) -> str:
-    """Human-readable axis name for plots, e.g. ``random direction x (filter-normalised)``."""
-    norm = settings.get("norm", "none")
-    suffix = "not normalised" if norm == "none" else f"{norm}-normalised"
-    kind = settings.get("kind", "random")
-    if kind == "file":
-        files = settings.get("file") or []
-        src = Path(files[0] if len(files) == 1 or axis == "x" else files[-1]).name if files else "file"
-        return f"direction {axis} from {src} ({suffix})"
-    return f"{kind} direction {axis} ({suffix})"

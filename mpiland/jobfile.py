@@ -13,205 +13,14 @@ import copy
 import json
 import math
 import tomllib
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import GridError, JobFileError
-
-NORMS = ("auto", "filter", "layer", "weight", "model", "none")
-IGNORES = ("auto", "biasbn", "none")
-DIRECTION_KINDS = ("random", "file", "hessian", "interpolation", "plane", "bilinear", "bezier", "polychain", "pca")
-# kind -> (number of models: exact, or a minimum when negative; grid dims it needs: 1, 2 or 0 for either)
-PATH_KINDS = {"interpolation": (2, 1), "plane": (3, 2), "bilinear": (4, 2), "bezier": (-3, 1),
-              "polychain": (-3, 1), "pca": (-1, 0)}
-BN_MODES = ("eval", "recompute")
-LOSSES = ("cross_entropy", "mse", "nll")
-SPLITS = ("train", "test")
-WRITERS = ("auto", "gather", "mpio")
-PROGRESS = ("auto", "bar", "lines", "none")
-DTYPES = ("float32", "float64")
-MODEL_MODES = ("eval", "train")
-AUTOCASTS = ("none", "bf16", "fp16")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    factory: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    checkpoint: str | None = None
-    seed: int = 0
-    dtype: str = "float32"
-    mode: str = "eval"
-    bn: str = "eval"
-    bn_batches: int = 10
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    epochs: int = 8
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    seed: int = 0
-    checkpoint_dir: str | None = None
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    dataset: str | None = "digits"
-    factory: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    splits: tuple[str, ...] = ("test",)
-    subset: int = 0
-    seed: int = 0
-    batch_size: int = 512
-    memory_budget_mb: float = 1024.0
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    name: str = "cross_entropy"
-    accuracy: str = "auto"
-
-
-@dataclass(frozen=True)
-class DirectionsSpec:
-    kind: str = "random"
-    seed: int = 0
-    norm: str = "filter"
-    ignore: str = "biasbn"
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    orthogonalize: bool = False
-    models: tuple[str, ...] = ()
-    file: tuple[str, ...] = ()
-    states: bool = False
-    compare_line: bool = True
-
-    def relevant(self) -> dict[str, Any]:
-        """The settings that determine this kind's directions (what the fingerprint and the file record)."""
-        keys = ["kind", "norm", "ignore", "include", "exclude"]
-        if self.kind == "random":
-            keys += ["seed", "orthogonalize"]
-        elif self.kind == "file":
-            keys += ["file", "orthogonalize"]
-        elif self.kind == "hessian":
-            pass
-        else:
-            keys += ["models"]
-        if self.kind in ("bezier", "polychain"):
-            keys.append("compare_line")
-        if self.states:
-            keys.append("states")
-        d = asdict(self)
-        return {k: list(d[k]) if isinstance(d[k], tuple) else d[k] for k in keys}
-
-
-@dataclass(frozen=True)
-class HessianSpec:
-    """Curvature settings: per-point extreme eigenvalues (``enabled``), Hessian directions, trace at the origin."""
-
-    enabled: bool = False
-    splits: tuple[str, ...] = ()
-    subset: int = 0
-    tol: float = 1e-3
-    max_iter: int = 100
-    dtype: str = "float32"
-    seed: int = 0
-    trace_samples: int = 100
-
-
-@dataclass(frozen=True)
-class Axis:
-    """``num`` evenly spaced values from min to max; min/max None: taken from the models' positions."""
-
-    min: float | None
-    max: float | None
-    num: int
-
-    @property
-    def auto(self) -> bool:
-        return self.min is None
-
-    def values(self) -> list[float]:
-        """The axis coordinates: ``num`` evenly spaced values from min to max."""
-        if self.min is None or self.max is None:
-            raise GridError("internal: the axis range has not been resolved from the models' positions")
-        if self.num == 1:
-            return [self.min]
-        step = (self.max - self.min) / (self.num - 1)
-        return [self.min + i * step for i in range(self.num - 1)] + [self.max]
-
-
-@dataclass(frozen=True)
-class GridSpec:
-    x: Axis
-    y: Axis | None = None
-    margin: float = 0.25
-
-    @property
-    def dims(self) -> int:
-        return 1 if self.y is None else 2
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (self.x.num,) if self.y is None else (self.x.num, self.y.num)
-
-    @property
-    def auto(self) -> bool:
-        """Whether an axis takes its range from the models' positions (a bare num)."""
-        return self.x.auto or (self.y is not None and self.y.auto)
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    path: str = "surface.h5"
-    overwrite: bool = False
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    device: str = "auto"
-    chunk_size: int = 0
-    writer: str = "auto"
-    threads: int = 0
-    progress: str = "auto"
-    points_per_pass: int = 0
-    batch_memory_mb: float = 512.0
-    autocast: str = "none"
-    channels_last: bool = False
-    compile: bool = False
-
-
-@dataclass(frozen=True)
-class Job:
-    """A validated job; ``text`` is the job file as written, before overrides."""
-
-    model: ModelSpec
-    data: DataSpec
-    loss: LossSpec
-    directions: DirectionsSpec
-    grid: GridSpec
-    output: OutputSpec
-    run: RunSpec
-    train: TrainSpec | None = None
-    hessian: HessianSpec = field(default_factory=HessianSpec)
-    name: str = ""
-    text: str = ""
-    source: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """The resolved job as plain data (what the surface file stores as ``job_json``)."""
-        d = asdict(self)
-        d.pop("text")
-        d.pop("source")
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
+from .spec import (AUTOCASTS, BN_MODES, DIRECTION_KINDS, DTYPES, IGNORES, LOSSES, MODEL_MODES, NORMS, PATH_KINDS,
+                   PROGRESS, SPLITS, WRITERS, Axis, DataSpec, DirectionsSpec, GridSpec, HessianSpec, Job, LossSpec,
+                   ModelSpec, OutputSpec, RunSpec, TrainSpec, defaults,
+                   resolve_directions)
 
 def _fail(key: str, msg: str) -> JobFileError:
     return JobFileError(f"{key}: {msg}")
@@ -357,86 +166,89 @@ def _opt_axis(key: str, v: Any) -> Axis | None:
     return None if v is None else _axis(key, v)
 
 
-# section -> key -> (checker, default)
-_SCHEMA: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
+# section -> key -> checker; the defaults are the spec dataclasses' (mpiland.spec), never repeated here.
+_SCHEMA: dict[str, dict[str, Callable[[str, Any], Any]]] = {
     "model": {
-        "factory": (_factory, None),
-        "kwargs": (_table, {}),
-        "checkpoint": (_opt_str, None),
-        "seed": (_int, 0),
-        "dtype": (_choice(DTYPES), "float32"),
-        "mode": (_choice(MODEL_MODES), "eval"),
-        "bn": (_choice(BN_MODES), "eval"),
-        "bn_batches": (lambda k, v: _int(k, v, 1), 10),
+        "factory": _factory,
+        "kwargs": _table,
+        "checkpoint": _opt_str,
+        "seed": _int,
+        "dtype": _choice(DTYPES),
+        "mode": _choice(MODEL_MODES),
+        "bn": _choice(BN_MODES),
+        "bn_batches": lambda k, v: _int(k, v, 1),
     },
     "train": {
-        "epochs": (lambda k, v: _int(k, v, 1), 8),
-        "lr": (lambda k, v: _num(k, v, positive=True), 0.05),
-        "momentum": (_num, 0.9),
-        "weight_decay": (_num, 0.0),
-        "batch_size": (lambda k, v: _int(k, v, 1), 64),
-        "seed": (_int, 0),
-        "checkpoint_dir": (_opt_str, None),
+        "epochs": lambda k, v: _int(k, v, 1),
+        "lr": lambda k, v: _num(k, v, positive=True),
+        "momentum": _num,
+        "weight_decay": _num,
+        "batch_size": lambda k, v: _int(k, v, 1),
+        "seed": _int,
+        "checkpoint_dir": _opt_str,
     },
     "data": {
-        "dataset": (_opt_str, "digits"),
-        "factory": (lambda k, v: None if v in (None, "") else _factory(k, v), None),
-        "kwargs": (_table, {}),
-        "splits": (_splits, ("test",)),
-        "subset": (lambda k, v: _int(k, v, 0), 0),
-        "seed": (_int, 0),
-        "batch_size": (lambda k, v: _int(k, v, 1), 512),
-        "memory_budget_mb": (lambda k, v: _num(k, v, positive=True), 1024.0),
+        "dataset": _opt_str,
+        "factory": lambda k, v: None if v in (None, "") else _factory(k, v),
+        "kwargs": _table,
+        "splits": _splits,
+        "subset": lambda k, v: _int(k, v, 0),
+        "seed": _int,
+        "batch_size": lambda k, v: _int(k, v, 1),
+        "memory_budget_mb": lambda k, v: _num(k, v, positive=True),
     },
     "loss": {
-        "name": (_loss_name, "cross_entropy"),
-        "accuracy": (_accuracy, "auto"),
+        "name": _loss_name,
+        "accuracy": _accuracy,
     },
     "directions": {
-        "kind": (_choice(DIRECTION_KINDS), "random"),
-        "seed": (_int, 0),
-        "norm": (_choice(NORMS), "auto"),
-        "ignore": (_choice(IGNORES), "auto"),
-        "include": (_regex_list, ()),
-        "exclude": (_regex_list, ()),
-        "orthogonalize": (_bool, False),
-        "models": (_str_list, ()),
-        "file": (_str_list, ()),
-        "states": (_bool, False),
-        "compare_line": (_bool, True),
+        "kind": _choice(DIRECTION_KINDS),
+        "seed": _int,
+        "norm": _choice(NORMS),
+        "ignore": _choice(IGNORES),
+        "include": _regex_list,
+        "exclude": _regex_list,
+        "orthogonalize": _bool,
+        "models": _str_list,
+        "file": _str_list,
+        "states": _bool,
+        "compare_line": _bool,
     },
     "grid": {
-        "x": (_axis, None),
-        "y": (_opt_axis, None),
-        "margin": (_nonneg, 0.25),
+        "x": _axis,
+        "y": _opt_axis,
+        "margin": _nonneg,
     },
     "hessian": {
-        "enabled": (_bool, False),
-        "splits": (lambda k, v: _splits(k, v), ()),
-        "subset": (lambda k, v: _int(k, v, 0), 0),
-        "tol": (lambda k, v: _num(k, v, positive=True), 1e-3),
-        "max_iter": (lambda k, v: _int(k, v, 2), 100),
-        "dtype": (_choice(DTYPES), "float32"),
-        "seed": (_int, 0),
-        "trace_samples": (lambda k, v: _int(k, v, 0), 100),
+        "enabled": _bool,
+        "splits": lambda k, v: _splits(k, v),
+        "subset": lambda k, v: _int(k, v, 0),
+        "tol": lambda k, v: _num(k, v, positive=True),
+        "max_iter": lambda k, v: _int(k, v, 2),
+        "dtype": _choice(DTYPES),
+        "seed": _int,
+        "trace_samples": lambda k, v: _int(k, v, 0),
     },
     "output": {
-        "path": (_str, "surface.h5"),
-        "overwrite": (_bool, False),
+        "path": _str,
+        "overwrite": _bool,
     },
     "run": {
-        "device": (lambda k, v: _device(k, v), "auto"),
-        "chunk_size": (lambda k, v: _int(k, v, 0), 0),
-        "writer": (_choice(WRITERS), "auto"),
-        "threads": (lambda k, v: _int(k, v, 0), 0),
-        "progress": (_choice(PROGRESS), "auto"),
-        "points_per_pass": (lambda k, v: _int(k, v, 0), 0),
-        "batch_memory_mb": (lambda k, v: _num(k, v, positive=True), 512.0),
-        "autocast": (_choice(AUTOCASTS), "none"),
-        "channels_last": (_bool, False),
-        "compile": (_bool, False),
+        "device": lambda k, v: _device(k, v),
+        "chunk_size": lambda k, v: _int(k, v, 0),
+        "writer": _choice(WRITERS),
+        "threads": lambda k, v: _int(k, v, 0),
+        "progress": _choice(PROGRESS),
+        "points_per_pass": lambda k, v: _int(k, v, 0),
+        "batch_memory_mb": lambda k, v: _num(k, v, positive=True),
+        "autocast": _choice(AUTOCASTS),
+        "channels_last": _bool,
+        "compile": _bool,
     },
 }
+_SPECS: dict[str, type] = {"model": ModelSpec, "train": TrainSpec, "data": DataSpec, "loss": LossSpec,
+                           "directions": DirectionsSpec, "grid": GridSpec, "hessian": HessianSpec,
+                           "output": OutputSpec, "run": RunSpec}
 _REQUIRED = {"model": ("factory",), "grid": ("x",)}
 _TOP = {"name"}
 
@@ -457,14 +269,15 @@ def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
     if unknown:
         raise _fail(f"{name}.{unknown[0]}", f"unknown key; known keys of [{name}]: {', '.join(schema)}")
     out: dict[str, Any] = {}
-    for key, (check, default) in schema.items():
+    default = defaults(_SPECS[name])
+    for key, check in schema.items():
         path = f"{name}.{key}"
         if key in table:
             out[key] = check(path, table[key])
         elif key in _REQUIRED.get(name, ()):
             raise _fail(path, "missing required key")
         else:
-            out[key] = copy.deepcopy(default)
+            out[key] = copy.deepcopy(default[key])
     return out
 
 
@@ -535,7 +348,7 @@ def parse_job(text: str, overrides: list[str] | None = None, source: str = "<job
         train=TrainSpec(**sections["train"]) if "train" in sections else None,
         data=DataSpec(**data),
         loss=LossSpec(**sections["loss"]),
-        directions=DirectionsSpec(**directions),
+        directions=resolve_directions(DirectionsSpec(**directions)),
         grid=GridSpec(**grid),
         output=OutputSpec(**sections["output"]),
         run=RunSpec(**sections["run"]),
@@ -547,7 +360,7 @@ def parse_job(text: str, overrides: list[str] | None = None, source: str = "<job
 
 
 def _check_directions(d: dict[str, Any], grid: dict[str, Any], model: dict[str, Any]) -> None:
-    """Cross-key rules of [directions]: models/file per kind, grid dimensions, defaults of norm/ignore."""
+    """Cross-key rules of [directions]: models/file per kind, grid dimensions, where norm/ignore apply."""
     kind = d["kind"]
     dims = 1 if grid["y"] is None else 2
     if d["orthogonalize"] and (dims == 1 or kind not in ("random", "file")):
@@ -569,10 +382,7 @@ def _check_directions(d: dict[str, Any], grid: dict[str, Any], model: dict[str, 
                         "its models, remove the key")
         if d["file"]:
             raise _fail("directions.file", f"is for kind = \"file\", not {kind}; remove it")
-        d["norm"] = "none"
-        if d["ignore"] == "auto":
-            d["ignore"] = "none"
-        if kind != "pca" and d["ignore"] != "none":
+        if kind != "pca" and d["ignore"] not in ("auto", "none"):
             raise _fail("directions.ignore", f"applies to random, file and pca directions, not {kind}; remove it")
     else:
         if d["models"]:
@@ -590,10 +400,6 @@ def _check_directions(d: dict[str, Any], grid: dict[str, Any], model: dict[str, 
                                 f"{kind} directions need [min, max, num]")
         if kind == "hessian" and d["states"]:
             raise _fail("directions.states", "Hessian directions are over the parameters; remove it")
-        if d["norm"] == "auto":
-            d["norm"] = "filter" if kind == "random" else "none"
-        if d["ignore"] == "auto":
-            d["ignore"] = "biasbn" if kind == "random" else "none"
     if model["bn"] == "recompute" and model["mode"] == "train":
         raise _fail("model.bn", 'recompute evaluates with recomputed running statistics; it cannot be combined with '
                     'model.mode = "train" (batch statistics): drop one')

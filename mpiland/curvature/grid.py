@@ -1,4 +1,4 @@
-"""Curvature on the grid: the glue between a job's [hessian] settings and :mod:`mpiland.hessian`.
+"""Curvature on the grid: the glue between a job's [hessian] settings and the operator and Lanczos routines.
 
 Per grid point (``hessian.enabled``): λmax and λmin of the loss Hessian by Lanczos,
 and |λmin/λmax| (Li et al. 2018, Fig. 7: large where the surface only looks convex),
@@ -17,11 +17,10 @@ import math
 
 import torch
 
-from .data import Split
-from .directions import Directions, ParamLayout
-from .hessian import (HessianOperator, directional_curvature, extreme_eigenvalues, hutchinson_trace,
-                      top_eigenvectors)
-from .job import DirectionsSpec, HessianSpec
+from ..layout import ParamLayout
+from ..spec import HessianSpec
+from .linalg import directional_curvature, extreme_eigenvalues, hutchinson_trace
+from .operator import HessianOperator
 
 
 def metric_names(spec: HessianSpec) -> list[str]:
@@ -31,7 +30,7 @@ def metric_names(spec: HessianSpec) -> list[str]:
     return [f"{s}_hess_{what}" for s in spec.splits for what in ("max", "min", "ratio")]
 
 
-def _batches(inputs: torch.Tensor, targets: torch.Tensor, spec: HessianSpec, batch_size: int,
+def hessian_batches(inputs: torch.Tensor, targets: torch.Tensor, spec: HessianSpec, batch_size: int,
              device: torch.device, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
     if spec.subset and spec.subset < inputs.shape[0]:
         order = torch.randperm(inputs.shape[0], generator=torch.Generator().manual_seed(spec.seed))[: spec.subset]
@@ -51,7 +50,7 @@ class Curvature:
         self.layout = ParamLayout.from_model(model)
         dtype = getattr(torch, spec.dtype)
         self.ops = {name: HessianOperator(model, self.layout,
-                                          _batches(x, y, spec, batch_size, device, model_dtype), loss_fn, dtype)
+                                          hessian_batches(x, y, spec, batch_size, device, model_dtype), loss_fn, dtype)
                     for name, (x, y) in splits.items() if name in spec.splits}
 
     def theta(self, flat: torch.Tensor) -> torch.Tensor:
@@ -90,27 +89,7 @@ class Curvature:
         return out
 
 
-def hessian_directions(model: torch.nn.Module, spec: DirectionsSpec, hspec: HessianSpec, split: Split,
-                       loss_fn: object, dims: int, batch_size: int, device: torch.device,
-                       dtype: torch.dtype) -> Directions:
-    """The top-``dims`` Hessian eigenvectors at θ* (unit vectors) on the first of ``hessian.splits``."""
-    layout = ParamLayout.from_model(model)
-    work = model.to(device=device, dtype=dtype)
-    op = HessianOperator(work, layout, _batches(split.inputs, split.targets, hspec, batch_size, device, dtype),
-                         loss_fn, getattr(torch, hspec.dtype))
-    theta = torch.cat([p.detach().reshape(-1) for p in work.parameters()])
-    pairs = top_eigenvectors(op, k=dims, theta=theta, tol=hspec.tol, max_iter=hspec.max_iter, seed=hspec.seed)
-    op.clear_cache()
-    settings = spec.relevant()
-    settings["eigenvalues"] = [float(v) for v in pairs.values]
-    settings["split"] = split.name
-    labels = tuple(f"Hessian eigenvector {i + 1} (λ = {float(v):.4g}, {split.name})"
-                   for i, v in enumerate(pairs.values))
-    vectors = pairs.vectors.detach().to("cpu", torch.float32)
-    return Directions(vectors, layout, settings, labels=labels, models=(("θ*", (0.0,) * dims),))
-
-
-def axis_labels(directions: Directions) -> tuple[str, ...]:
-    """Axis names for the origin attributes (x, y, then basis_2 …)."""
-    return tuple("xy"[i] if i < 2 else f"basis_{i}" for i in range(directions.dims))
+def axis_labels(dims: int) -> tuple[str, ...]:
+    """Axis names for the origin attributes (x, y, then basis_2 …) of ``dims`` basis vectors."""
+    return tuple("xy"[i] if i < 2 else f"basis_{i}" for i in range(dims))
 

@@ -1,40 +1,23 @@
-"""Curvature of the loss at a point given as a flat parameter vector: Hessian-vector products, eigenvalues, traces.
+"""Linear algebra on a symmetric operator given only as v ↦ A·v: Lanczos, extreme eigenpairs, traces.
 
-Everything here works on a model whose parameters are described by a
-:class:`~mpiland.directions.ParamLayout`, at a point θ given as one flat vector,
-so the engine can call it at every grid point without copying the model:
-
-- :class:`HessianOperator` gives H(θ)·v of the mean loss over resident batches
-  (double backward through ``torch.func.functional_call``), never the Hessian.
-- :func:`lanczos` (full reorthogonalisation, tridiagonal maths in float64) gives
-  :func:`extreme_eigenvalues` (λmax and the algebraically smallest λmin) and
-  :func:`top_eigenvectors` (the largest algebraic eigenpairs, as PyHessian uses).
-- :func:`hutchinson_trace`, :func:`exact_trace` and :func:`directional_curvature`.
-
-The routines take either a :class:`HessianOperator` with θ, a :class:`BoundHessian`
-(``operator.at(theta)``), or any callable v ↦ A·v of a symmetric A with its size n.
-Random vectors come from a seeded CPU generator: every device starts from the same
-vectors, and a run repeats exactly for a fixed seed.
+Nothing here knows about models: the routines take a :class:`HessianOperator`
+with θ, a :class:`BoundHessian` (``operator.at(theta)``), or any callable v ↦ A·v
+of a symmetric A with its size n. Tridiagonal maths is in float64; random vectors
+come from a seeded CPU generator, so every device starts from the same vectors.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
-from torch import nn
-from torch.func import functional_call
 
-from .directions import ParamLayout
+from .operator import BoundHessian, HessianOperator, MatVec
 
 log = logging.getLogger("mpiland")
-
-MatVec = Callable[[torch.Tensor], torch.Tensor]
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 FLOOR = 1e-2
 """Ritz values smaller than this fraction of the spectral radius are judged on an absolute scale."""
@@ -42,6 +25,9 @@ BREAKDOWN = 100.0
 """A Lanczos residual below BREAKDOWN · eps(dtype) · ‖T‖ is treated as an exact invariant subspace."""
 EXTREMES = "extremes"
 LARGEST = "largest"
+
+Operator = HessianOperator | MatVec
+"""What the routines accept: an operator (with θ), a bound operator, or a plain matvec callable."""
 
 
 class ExtremeEigenvalues(NamedTuple):
@@ -67,211 +53,9 @@ class TraceEstimate(NamedTuple):
     stderr: float
 
 
-@dataclass
-class _Graph:
-    """One batch's gradient at the cached θ, with the graph that differentiates it once more."""
-
-    loss: torch.Tensor
-    grad: torch.Tensor
-    nbytes: int
 
 
-@contextmanager
-def _eval_mode(modules: Sequence[nn.Module]) -> Iterator[None]:
-    """Run the modules with ``training`` off and switch it back on afterwards where it was on."""
-    training = [m for m in modules if m.training]
-    for m in training:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m in training:
-            m.training = True
-
-
-class HessianOperator:
-    """H(θ)·v of the mean loss of ``model`` over ``batches``, for θ given as a flat vector.
-
-    The model runs through ``torch.func.functional_call`` with parameter views of θ
-    and (copies, when cast, of) its buffers, in eval mode (BatchNorm running
-    statistics, no dropout): its parameters, buffers and training flags are left
-    as they were. Batches are weighted by their sample counts: a built-in loss
-    returns per-sample losses, a user loss may return the batch mean; either way
-    the batch's mean loss counts ``len(batch) / samples``.
-
-    HVPs are double backward (reverse over reverse): measured faster on CPU than
-    forward-over-reverse ``jvp(grad(f))`` (trained digits MLP 2.0 vs 4.0 ms,
-    digits CNN 17.7 vs 24.8 ms per HVP over 359 samples, float32, 2 threads).
-    The gradient graph of each batch is kept for the current θ while it fits
-    ``cache_mb``, so repeated HVPs at one point (Lanczos, Hutchinson) cost one
-    backward pass each instead of forward + backward + backward (1.0 and 10.1 ms
-    above); a change of θ's values, or :meth:`clear_cache`, frees it.
-
-    ``dtype=torch.float64`` evaluates in double precision without touching the
-    caller's model: θ, the inputs and floating buffers are cast copies (the data
-    costs twice its float32 memory) and each HVP is about 1.5× (MLP) to 4–5× (CNN)
-    slower on a CPU, far more on GPUs with slow float64 arithmetic.
-    """
-
-    def __init__(self, model: nn.Module, layout: ParamLayout, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                 loss_fn: LossFn, dtype: torch.dtype = torch.float32, *, cache_mb: float = 512.0) -> None:
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-        if layout != ParamLayout.from_model(model):
-            raise ValueError("the layout does not describe this model's parameters (names or shapes differ)")
-        if not batches:
-            raise ValueError("at least one batch is needed")
-        self.model = model
-        self._submodules = list(model.modules())
-        self.layout = layout
-        self.loss_fn = loss_fn
-        self.dtype = dtype
-        self.device = batches[0][0].device
-        with torch.inference_mode(False):
-            self.batches = [(self._cast(x), self._cast(y)) for x, y in batches]
-            self.buffers = {name: self._cast(b) for name, b in model.named_buffers()}
-        self.samples = sum(int(x.shape[0]) for x, _ in self.batches)
-        self.cache_bytes = int(cache_mb * 2**20)
-        self.hvps = 0
-        self._key: torch.Tensor | None = None
-        self._leaf: torch.Tensor | None = None
-        self._graphs: dict[int, _Graph] = {}
-        self._cached = 0
-
-    @property
-    def n(self) -> int:
-        """Number of parameters (the size of θ and of the Hessian)."""
-        return self.layout.numel
-
-    def _cast(self, t: torch.Tensor) -> torch.Tensor:
-        """``t`` on the device, in the operator's dtype when floating, never an inference tensor (autograd saves it)."""
-        dtype = self.dtype if t.is_floating_point() else t.dtype
-        if t.dtype != dtype or t.device != self.device:
-            return t.to(device=self.device, dtype=dtype)
-        return t.clone() if t.is_inference() else t
-
-    def at(self, theta: torch.Tensor) -> BoundHessian:
-        """v ↦ H(θ)·v at a fixed θ, for the Lanczos and trace routines."""
-        return BoundHessian(self, theta)
-
-    def clear_cache(self) -> None:
-        """Free the gradient graphs kept for the current θ."""
-        self._graphs.clear()
-        self._cached = 0
-        self._key = None
-        self._leaf = None
-
-    @contextmanager
-    def _autograd(self) -> Iterator[None]:
-        with torch.inference_mode(False), torch.enable_grad(), _eval_mode(self._submodules):
-            yield
-
-    def _point(self, theta: torch.Tensor) -> torch.Tensor:
-        """The leaf that stands for θ; a θ other than the last one drops the cached graphs."""
-        if theta.shape != (self.n,):
-            raise ValueError(f"theta must be a flat vector of {self.n} parameters, got shape {tuple(theta.shape)}")
-        key = self._key
-        same = (key is not None and key.dtype == theta.dtype and key.device == theta.device
-                and torch.equal(key, theta))
-        if not same or self._leaf is None:
-            self.clear_cache()
-            self._key = theta.detach().clone()
-            self._leaf = self._key.to(device=self.device, dtype=self.dtype).detach().requires_grad_(True)
-        assert self._leaf is not None
-        return self._leaf
-
-    def _batch_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The batch's mean loss weighted by its share of all samples."""
-        params = dict(zip(self.layout.names, self.layout.views(theta)))
-        out = functional_call(self.model, (params, self.buffers), (x,))
-        return self.loss_fn(out, y).mean() * (x.shape[0] / self.samples)
-
-    def _graph(self, i: int, leaf: torch.Tensor) -> _Graph:
-        """Batch ``i``'s weighted loss and gradient with its graph; kept while the cache budget allows."""
-        cached = self._graphs.get(i)
-        if cached is not None:
-            return cached
-        x, y = self.batches[i]
-        storages: dict[int, int] = {}
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            storage = t.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()
-            return t
-
-        measure = self._cached < self.cache_bytes
-        hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if measure else nullcontext()
-        with hooks:
-            loss = self._batch_loss(leaf, x, y)
-            (grad,) = torch.autograd.grad(loss, leaf, create_graph=True, allow_unused=True)
-        if grad is None:
-            grad = torch.zeros_like(leaf, requires_grad=False)
-        for t in (x, leaf):
-            storages.pop(t.untyped_storage().data_ptr(), None)
-        graph = _Graph(loss, grad, sum(storages.values()) + grad.nbytes)
-        if measure and self._cached + graph.nbytes <= self.cache_bytes:
-            self._graphs[i] = graph
-            self._cached += graph.nbytes
-        return graph
-
-    def matvec(self, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """H(θ)·v of the mean loss over all samples, in the operator's dtype; one HVP."""
-        with self._autograd():
-            leaf = self._point(theta)
-            v = v.detach().to(device=self.device, dtype=self.dtype)
-            if v.shape != leaf.shape:
-                raise ValueError(f"v must have shape {tuple(leaf.shape)}, got {tuple(v.shape)}")
-            out = torch.zeros_like(v)
-            for i in range(len(self.batches)):
-                graph = self._graph(i, leaf)
-                if graph.grad.requires_grad:
-                    (hv,) = torch.autograd.grad(graph.grad, leaf, v, retain_graph=i in self._graphs,
-                                                allow_unused=True)
-                    if hv is not None:
-                        out += hv
-        self.hvps += 1
-        return out
-
-    def loss_and_grad(self, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
-        """Mean loss and its gradient at θ (free after HVPs at the same θ whose graphs are cached)."""
-        with self._autograd():
-            leaf = self._point(theta)
-            loss = 0.0
-            grad = torch.zeros_like(leaf, requires_grad=False)
-            for i in range(len(self.batches)):
-                graph = self._graph(i, leaf)
-                loss += float(graph.loss.detach())
-                grad += graph.grad.detach()
-        return loss, grad
-
-
-@dataclass(frozen=True)
-class BoundHessian:
-    """v ↦ H(θ)·v at a fixed θ, with the size, dtype and device the routines below need."""
-
-    operator: HessianOperator
-    theta: torch.Tensor
-
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        return self.operator.matvec(self.theta, v)
-
-    @property
-    def n(self) -> int:
-        return self.operator.n
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.operator.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.operator.device
-
-
-Curvature = HessianOperator | MatVec
-
-
-def _bind(op: Curvature, theta: torch.Tensor | None, n: int | None, dtype: torch.dtype | None,
+def _bind(op: Operator, theta: torch.Tensor | None, n: int | None, dtype: torch.dtype | None,
           device: torch.device | str | None) -> tuple[MatVec, int, torch.dtype, torch.device]:
     """(matvec, n, dtype, device) for an operator with θ, a bound operator, or a plain callable with n."""
     if isinstance(op, HessianOperator):
@@ -422,7 +206,7 @@ def lanczos(matvec: MatVec, n: int, k_iter: int, tol: float = 1e-3, seed: int = 
                          basis[:m], residual, m, converged)
 
 
-def extreme_eigenvalues(op: Curvature, theta: torch.Tensor | None = None, n: int | None = None, *, tol: float = 1e-3,
+def extreme_eigenvalues(op: Operator, theta: torch.Tensor | None = None, n: int | None = None, *, tol: float = 1e-3,
                         max_iter: int = 100, seed: int = 0, floor: float = FLOOR, dtype: torch.dtype | None = None,
                         device: torch.device | str | None = None) -> ExtremeEigenvalues:
     """λmax and the algebraically smallest λmin (negative at a saddle) by one Lanczos run.
@@ -436,7 +220,7 @@ def extreme_eigenvalues(op: Curvature, theta: torch.Tensor | None = None, n: int
     return ExtremeEigenvalues(float(values[-1]), float(values[0]), result.iterations, result.converged)
 
 
-def top_eigenvectors(matvec: Curvature, n: int | None = None, k: int = 2, *, theta: torch.Tensor | None = None,
+def top_eigenvectors(matvec: Operator, n: int | None = None, k: int = 2, *, theta: torch.Tensor | None = None,
                      tol: float = 1e-3, max_iter: int = 100, seed: int = 0, floor: float = FLOOR,
                      dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> EigenPairs:
     """The k largest algebraic eigenpairs (PyHessian's top eigenvalues), as Lanczos Ritz pairs.
@@ -454,7 +238,7 @@ def top_eigenvectors(matvec: Curvature, n: int | None = None, k: int = 2, *, the
     return EigenPairs(values, vectors)
 
 
-def hutchinson_trace(matvec: Curvature, n: int | None = None, samples: int = 100, seed: int = 0, *,
+def hutchinson_trace(matvec: Operator, n: int | None = None, samples: int = 100, seed: int = 0, *,
                      theta: torch.Tensor | None = None, dtype: torch.dtype | None = None,
                      device: torch.device | str | None = None) -> TraceEstimate:
     """tr H ≈ mean of zᵀHz over ``samples`` seeded Rademacher probes z; stderr = std/√samples (NaN for one probe)."""
@@ -470,7 +254,7 @@ def hutchinson_trace(matvec: Curvature, n: int | None = None, samples: int = 100
     return TraceEstimate(float(values.mean()), stderr)
 
 
-def exact_trace(matvec: Curvature, n: int | None = None, *, theta: torch.Tensor | None = None,
+def exact_trace(matvec: Operator, n: int | None = None, *, theta: torch.Tensor | None = None,
                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> float:
     """tr H as Σ eᵢᵀHeᵢ over the n unit vectors: n HVPs, for small models and checks."""
     matvec, n, dtype, device = _bind(matvec, theta, n, dtype, device)
@@ -483,7 +267,7 @@ def exact_trace(matvec: Curvature, n: int | None = None, *, theta: torch.Tensor 
     return total
 
 
-def directional_curvature(matvec: Curvature, d: torch.Tensor, *, theta: torch.Tensor | None = None) -> float:
+def directional_curvature(matvec: Operator, d: torch.Tensor, *, theta: torch.Tensor | None = None) -> float:
     """dᵀHd / ‖d‖²: the second derivative of the loss along the unit direction d/‖d‖ (one HVP)."""
     bound = isinstance(matvec, (HessianOperator, BoundHessian))
     matvec, n, dtype, device = _bind(matvec, theta, d.numel(), None if bound else d.dtype, None if bound else d.device)
