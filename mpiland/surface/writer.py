@@ -14,15 +14,17 @@ import datetime as _dt
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
-from . import SCHEMA_VERSION, __version__
-from .directions import Directions
-from .errors import SurfaceFileError
-from .grid import Grid, row_runs
+from .. import SCHEMA_VERSION, __version__
+from ..errors import SurfaceFileError
+from ..grid import Grid, row_runs
+
+if TYPE_CHECKING:
+    from ..directions.base import Directions
 
 
 def _is_surface(f: h5py.File) -> bool:
