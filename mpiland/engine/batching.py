@@ -1,0 +1,100 @@
+"""Several grid points per forward pass: how many (K), and the forward pass that evaluates them.
+
+The parameters of K points sit in the rows of a K × n buffer and the model runs
+once over them with ``torch.func.vmap`` + ``functional_call``, which keeps a small
+model from leaving most of a GPU idle. K is a pure function of the job, the model
+and the device type, never of timings: values depend on K at rounding level, so
+K must not change between runs or ranks of one surface. Models vmap cannot run
+(in-place buffer updates, data-dependent control flow) fall back to one point
+per pass, with the reason logged.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..layout import ParamLayout
+
+MAX_POINTS_PER_PASS = 64
+
+Forward = Callable[[int, torch.Tensor], torch.Tensor]
+"""``forward(k, x)``: outputs of the k points now set, shape (k, batch, ...)."""
+
+
+def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of all module outputs for one batch of one point (an upper bound of live activations)."""
+    total = 0
+
+    def hook(_m: nn.Module, _i: object, out: object) -> None:
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.element_size() * out.nelement()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def memory_bound(layout: ParamLayout, element_size: int, activations: int, budget_mb: float) -> int:
+    """The largest K whose parameter copies and activations fit ``budget_mb`` (at most MAX_POINTS_PER_PASS)."""
+    per_point = layout.numel * element_size + activations
+    return max(1, min(MAX_POINTS_PER_PASS, int(budget_mb * 2**20 // max(per_point, 1))))
+
+
+def vmapped(model: nn.Module, layout: ParamLayout) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
+    """``f(params, x)`` running ``model`` once per row of the batched ``params`` (buffers shared)."""
+    in_flat = set(layout.names)
+    buffers = {n: b for n, b in model.named_buffers() if n not in in_flat}
+
+    def one(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(model, (params, buffers), (x,))
+
+    return torch.func.vmap(one, in_dims=(0, None))
+
+
+def check_vmap(model: nn.Module, layout: ParamLayout, theta: torch.Tensor, x: torch.Tensor) -> None:
+    """Raise unless vmap runs ``model`` and reproduces its plain output at ``theta`` (the flat parameters)."""
+    params = {n: v.unsqueeze(0).expand(2, *v.shape) for n, v in zip(layout.names, layout.views(theta))}
+    with torch.inference_mode():
+        out = vmapped(model, layout)(params, x)
+        ref = model(x)
+    # Loose on purpose: this catches a model vmap runs wrongly, not TF32 rounding.
+    if not torch.allclose(out[0].float(), ref.float(), rtol=1e-2, atol=1e-3):
+        raise RuntimeError("batched and single outputs differ")
+
+
+def vmap_failure(model: nn.Module, layout: ParamLayout, theta: torch.Tensor, x: torch.Tensor) -> str:
+    """Why vmap cannot run this model ("" when it can)."""
+    try:
+        check_vmap(model, layout, theta, x)
+        return ""
+    except Exception as exc:  # any failure of the user's model under vmap means: one point per pass
+        return f"vmap cannot run this model ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+
+
+def make_forward(model: nn.Module, layout: ParamLayout, k: int, rows: Callable[[int], dict[str, torch.Tensor]],
+                 compile_: bool) -> Forward:
+    """The forward pass for ``k`` points per pass; ``rows(k)`` gives the batched parameter views."""
+    if k > 1:
+        fn: Callable[..., torch.Tensor] = vmapped(model, layout)
+        if compile_:
+            fn = torch.compile(fn)
+
+        def batched(n: int, x: torch.Tensor) -> torch.Tensor:
+            return fn(rows(n), x)
+
+        return batched
+    plain: Callable[..., torch.Tensor] = torch.compile(model) if compile_ else model
+
+    def single(_n: int, x: torch.Tensor) -> torch.Tensor:
+        return plain(x).unsqueeze(0)
+
+    return single

@@ -1,0 +1,140 @@
+"""Losses and metrics of one pass: per-unit losses, their weights, and the sums that become metrics.
+
+A built-in loss returns one loss per sample. A user loss may return one loss per
+sample (or per token), or one mean per batch, as most code writes
+``F.cross_entropy(outputs, targets)``. Per-unit losses count each unit once; a
+batch mean counts as many times as the batch has samples, so the mean loss over a
+split is the same whether the last batch is smaller or not, and agrees with the
+sample-weighted loss whose Hessian :mod:`mpiland.curvature` takes.
+
+Standard errors: per unit, that of the mean over units; for batch means, the
+standard error of the ratio estimator Σ wᵢ mᵢ / Σ wᵢ over batches (wᵢ the batch
+sizes), which is s/√n for equal weights.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import Split
+from ..errors import JobFileError
+from ..spec import LossSpec
+from ..userimport import resolve_callable
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+SUMS = 7
+"""Sums kept per split and point on the device: Σl, Σl² over units; Σw·m, Σw²·m², Σw²·m, Σw² over batch
+means m of weight w (the batch size); correct predictions. Unit, batch and sample counts are kept on the host."""
+
+
+def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if not targets.is_floating_point() and outputs.dim() == 2 and outputs.shape[1] > 1:
+        targets = F.one_hot(targets, outputs.shape[1])
+    targets = targets.to(outputs.dtype).reshape(outputs.shape)
+    return F.mse_loss(outputs, targets, reduction="none").reshape(outputs.shape[0], -1).mean(dim=1)
+
+
+BUILTIN_LOSSES: dict[str, LossFn] = {
+    "cross_entropy": lambda o, t: F.cross_entropy(o, t, reduction="none"),
+    "nll": lambda o, t: F.nll_loss(o, t, reduction="none"),
+    "mse": _mse,
+}
+CLASS_INDEX_LOSSES = ("cross_entropy", "nll")
+"""Built-in losses whose targets are class indices into the last dimension of the outputs."""
+
+
+def resolve_loss(spec: LossSpec) -> LossFn:
+    """The loss function named by ``loss.name``: per-sample for built-ins, as the user wrote it otherwise."""
+    if spec.name in BUILTIN_LOSSES:
+        return BUILTIN_LOSSES[spec.name]
+    return resolve_callable(spec.name, "loss.name", JobFileError)
+
+
+def metric_names(splits: list[str], accuracy: bool) -> list[str]:
+    """Dataset names of the metrics the engine produces, in a fixed order."""
+    names = []
+    for s in splits:
+        names += [f"{s}_loss", f"{s}_loss_stderr"] + ([f"{s}_acc"] if accuracy else [])
+    return names
+
+
+def wants_accuracy(spec: LossSpec, split: Split) -> bool:
+    """Accuracy applies to classification: integer class targets (``loss.accuracy = "auto"``)."""
+    if spec.accuracy != "auto":
+        return spec.accuracy == "true"
+    return not split.targets.is_floating_point() and split.targets.dim() == 1
+
+
+def predictions(out: torch.Tensor) -> torch.Tensor:
+    """Predicted classes of outputs (..., C): the arg-max, or ``logit > 0`` for a single output (binary)."""
+    if out.shape[-1] == 1:
+        return (out[..., 0] > 0).long()
+    return out.argmax(dim=-1)
+
+
+class LossSums:
+    """Per-point sums of one split's losses over its batches, kept on the device (no synchronisation)."""
+
+    def __init__(self, loss_fn: LossFn, builtin: bool, accuracy: bool, k: int, device: torch.device) -> None:
+        self.loss_fn = loss_fn
+        self.builtin = builtin
+        self.accuracy = accuracy
+        self.k = k
+        self.acc = torch.zeros(SUMS, k, device=device, dtype=torch.float64)
+        self.units = 0
+        self.batches = 0
+        self.samples = 0
+
+    def _losses(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Losses of k points (k, values): per sample for built-ins, as the user's loss returns them otherwise."""
+        k = out.shape[0]
+        if self.builtin:
+            targets = y.unsqueeze(0).expand(k, *y.shape).flatten(0, 1)
+            return self.loss_fn(out.flatten(0, 1), targets).reshape(k, -1)
+        return torch.stack([torch.as_tensor(self.loss_fn(out[i], y)).reshape(-1) for i in range(k)])
+
+    def add(self, out: torch.Tensor, y: torch.Tensor) -> None:
+        """Add one batch of k points' outputs (k, batch, ...) with its targets."""
+        batch = int(y.shape[0])
+        losses = self._losses(out, y).to(torch.float64)
+        if losses.shape[1] == 1 and (batch > 1 or self.batches):
+            m, w = losses[:, 0], float(batch)
+            self.acc[2:6] += torch.stack([m * w, (m * w).square(), m * (w * w), torch.full_like(m, w * w)])
+            self.batches += 1
+        else:
+            self.acc[:2] += torch.stack([losses.sum(dim=1), losses.square().sum(dim=1)])
+            self.units += losses.shape[1]
+        if self.accuracy:
+            self.acc[6] += (predictions(out) == y).sum(dim=1)
+        self.samples += batch
+
+    def result(self) -> torch.Tensor:
+        """The sums (k × SUMS+3): the accumulators, then the unit, batch and sample counts."""
+        counts = torch.tensor([self.units, self.batches, self.samples], dtype=torch.float64, device=self.acc.device)
+        return torch.cat([self.acc.t(), counts.unsqueeze(0).expand(self.k, 3)], dim=1)
+
+
+def split_metrics(name: str, sums: np.ndarray, accuracy: bool) -> dict[str, np.ndarray]:
+    """Loss, standard error and accuracy of one split from :meth:`LossSums.result` rows (k × SUMS+3)."""
+    s, s2, wm, w2m2, w2m, w2, correct, units, batches, samples = sums.T
+    out: dict[str, np.ndarray] = {}
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if not np.any(batches):
+            mean = s / units
+            var = np.where(units > 1, (s2 - units * mean * mean) / np.maximum(units - 1, 1), np.nan)
+            stderr = np.where(np.isfinite(var), np.sqrt(np.maximum(var, 0.0) / units), np.nan)
+        else:
+            mean = wm / samples
+            spread = np.maximum(w2m2 - 2 * mean * w2m + mean * mean * w2, 0.0)
+            se2 = np.where(batches > 1, batches / np.maximum(batches - 1, 1) * spread / (samples * samples), np.nan)
+            stderr = np.where(np.isfinite(se2), np.sqrt(se2), np.nan)
+    out[f"{name}_loss"] = mean
+    out[f"{name}_loss_stderr"] = stderr
+    if accuracy:
+        out[f"{name}_acc"] = correct / samples
+    return out
