@@ -159,7 +159,7 @@ def info(surface_file: str, as_json: bool, epsilon: float, radius: float | None,
     """Schema, job, progress, minima, barriers and flatness of SURFACE_FILE."""
     import json
 
-    from .report import format_summary, summarize
+    from .analysis.summary import format_summary, summarize
 
     summary = _guard(lambda: summarize(surface_file, epsilon=epsilon, radius=radius), debug)
     click.echo(json.dumps(summary, indent=2, default=str) if as_json else format_summary(summary))

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from . import surface
+from .analysis.measures import store_derived
 from .data import Split, load_split
 from .directions import CurvatureInputs, Directions, make_directions
 from .engine import EngineOptions, Evaluator, resolve_loss
@@ -207,14 +208,7 @@ def _open_surface(comm: Any, job: Job, path: Path, grid: Grid, directions: Direc
 
 def _store_derived(path: Path) -> None:
     """Store barrier and flatness numbers of a finished surface as root attributes (docs/schema.md)."""
-    import h5py
-
-    from .report import derived_attributes, load_surface
-
-    values = derived_attributes(load_surface(path))
-    with h5py.File(path, "r+") as f:
-        for key, value in values.items():
-            f.attrs[key] = value
+    store_derived(path)
 
 
 def run_job(job: Job, comm: Any = None, progress: str | None = None, stop: StopFlag | None = None) -> RunSummary:

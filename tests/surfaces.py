@@ -1,4 +1,4 @@
-"""Synthetic surface files for the tests of mpiland.report and mpiland.plots.
+"""Synthetic surface files for the tests of the surface reader, mpiland.analysis and mpiland.plots.
 
 :func:`write_surface` lays a file out the way `mpiland run` does (or, with
 ``mpiland=False``, the way the reference tool ``tomgoldstein/loss-landscape``

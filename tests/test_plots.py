@@ -10,7 +10,7 @@ from matplotlib import colors as mcolors
 
 from mpiland.errors import SurfaceFileError
 from mpiland.plots import KINDS_2D, andrews_curves, plot_surface, plot_trajectory, render, trajectory_figures
-from mpiland.report import load_surface
+from mpiland.surface.reader import load_surface
 from surfaces import T, bump_path, quadratic, write_curve_surface, write_pca_surface, write_surface
 
 

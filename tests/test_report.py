@@ -1,4 +1,5 @@
-"""Tests of mpiland.report: reading surface files and summarising them for `mpiland info`."""
+"""Tests of mpiland.surface.reader and mpiland.analysis: reading surface files, measuring them and
+summarising them for `mpiland info`."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import numpy as np
 import pytest
 
 from mpiland.errors import SurfaceFileError
-from mpiland.report import (SCHEMA_VERSION, barrier, derived_attributes, flatness, format_summary, load_surface,
-                            summarize)
+from mpiland import SCHEMA_VERSION
+from mpiland.analysis.measures import barrier, derived_attributes, flatness
+from mpiland.analysis.summary import format_summary, summarize
+from mpiland.surface.reader import load_surface
 from surfaces import JOB, T, bump_path, quadratic, write_curve_surface, write_pca_surface, write_surface
 
 
@@ -183,7 +186,7 @@ def test_nothing_done_yet(tmp_path):
 
 
 def test_report_stays_light():
-    code = ("import sys, mpiland.report; "
+    code = ("import sys, mpiland.surface.reader, mpiland.analysis.measures, mpiland.analysis.summary; "
             "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
