@@ -82,7 +82,7 @@ def main() -> None:
     import torch
 
     from mpiland.bench import CASES, bench_model, format_result
-    from mpiland.environment import threads_per_rank
+    from mpiland.launch import threads_per_rank
 
     torch.set_num_threads(threads_per_rank(0, 1))
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")

@@ -44,7 +44,7 @@ def worker(job_path: str, output: str, threads: int, axis: int) -> None:
         grid["grid.y"] = [job.grid.y.min, job.grid.y.max, axis]
     job = load_job(job_path, values={"output.path": output, "output.overwrite": True, "run.threads": threads,
                                      "run.progress": "none", **grid})
-    from mpiland.environment import world
+    from mpiland.comm import world
 
     comm = world()
     summary = run_job(job, comm=comm)

@@ -1,7 +1,8 @@
 """The ``mpiland`` command line: parses options and calls the library, nothing more.
 
 User errors print one line, ``error: <message>``, and exit with status 2 (no
-traceback unless ``--debug``). Under MPI, an error that not every rank shares, or
+traceback unless ``--debug``); so do bad options and arguments (click's usage
+errors), and a message with embedded newlines (HDF5's) is flattened to one line. Under MPI, an error that not every rank shares, or
 any unexpected exception, aborts the whole job so that no rank is left waiting.
 """
 
@@ -15,7 +16,11 @@ from typing import Any, Callable
 import click
 
 from . import __version__
+from .comm import Comm, agree, world
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, MpilandError
+from .jobfile import load_job
+from .launch import resolve_device, threads_per_rank
+from .signals import StopFlag
 
 log = logging.getLogger("mpiland")
 
@@ -30,7 +35,12 @@ def _setup_logging(rank: int, size: int, verbose: bool, debug: bool) -> None:
     log.propagate = False
 
 
-def _fail(exc: BaseException, debug: bool, comm: Any = None) -> None:
+def one_line(text: str) -> str:
+    """``text`` on one line: embedded newlines (an HDF5 message, a usage block) become single spaces."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _fail(exc: BaseException, debug: bool, comm: Comm | None = None) -> None:
     """Report an error and end the process (or the whole MPI job) with the right status."""
     size = comm.Get_size() if comm is not None else 1
     rank = comm.Get_rank() if comm is not None else 0
@@ -40,12 +50,12 @@ def _fail(exc: BaseException, debug: bool, comm: Any = None) -> None:
         traceback.print_exception(exc, file=sys.stderr)
     if user and (size == 1 or agreed):
         if rank == 0:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(str(exc))}", err=True)
         sys.exit(EXIT_USAGE)
     if user:
-        click.echo(f"error (rank {rank}): {exc}", err=True)
+        click.echo(f"error (rank {rank}): {one_line(str(exc))}", err=True)
     else:
-        click.echo(f"error (rank {rank}): {exc.__class__.__name__}: {exc}; aborting all ranks", err=True)
+        click.echo(f"error (rank {rank}): {exc.__class__.__name__}: {one_line(str(exc))}; aborting all ranks", err=True)
     sys.stderr.flush()
     if size > 1:
         comm.Abort(EXIT_USAGE if user else 1)
@@ -94,22 +104,18 @@ def run(job_file: str, output: str | None, overwrite: bool | None, overrides: tu
         points_per_pass: int | None, autocast: str | None, compile_: bool | None, channels_last: bool | None,
         bn: str | None, hessian: bool | None, verbose: bool, debug: bool) -> None:
     """Evaluate the landscape JOB_FILE describes (single process, mpiexec or srun alike)."""
-    from .jobfile import load_job
-
     flags = {"output.path": output, "run.device": device, "run.chunk_size": chunk_size,
              "run.writer": writer, "run.threads": threads, "output.overwrite": overwrite,
              "run.points_per_pass": points_per_pass, "run.autocast": autocast, "run.compile": compile_,
              "run.channels_last": channels_last, "model.bn": bn,
              "hessian.enabled": hessian}
     values = {key: value for key, value in flags.items() if value is not None}
-    from .environment import StopFlag, world
-
     _setup_logging(0, 1, verbose, debug)
     stop = StopFlag().__enter__()
     comm = world()
     _setup_logging(comm.Get_rank(), comm.Get_size(), verbose, debug)
     try:
-        from .run import agree, run_job
+        from .run import run_job  # torch: imported only by the commands that compute
 
         job = agree(comm, lambda: load_job(job_file, list(overrides), values))
         summary = run_job(job, comm=comm, progress=progress, stop=stop)
@@ -266,7 +272,6 @@ def bench(models: tuple[str, ...], device: str, threads: int, repeats: int, poin
 
     from .bench import CASES, bench_model, format_result
     from .engine import EngineOptions
-    from .environment import resolve_device, threads_per_rank
 
     dev = _guard(lambda: resolve_device(device, 0), debug)
     torch.set_num_threads(threads_per_rank(threads, 1))
@@ -278,8 +283,16 @@ def bench(models: tuple[str, ...], device: str, threads: int, repeats: int, poin
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="mpiland")
+    """Console-script entry point: click's usage errors also end as one ``error: ...`` line, status 2."""
+    try:
+        status = cli.main(prog_name="mpiland", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:  # UsageError, BadParameter, FileError...
+        click.echo(f"error: {one_line(exc.format_message())}", err=True)
+        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 if __name__ == "__main__":

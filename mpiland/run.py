@@ -27,15 +27,17 @@ from .analysis.measures import store_derived
 from .data import Split, load_split
 from .directions import CurvatureInputs, Directions, make_directions
 from .engine import EngineOptions, Evaluator, resolve_loss
-from .environment import Placement, StopFlag, check_launch, mpi_module, place, world
-from .errors import CheckpointError, JobFileError, MpilandError
+from .comm import agree, isolated, mpi_module, world
+from .errors import CheckpointError, JobFileError
 from .grid import Chunks, Grid, make_chunks
+from .launch import Placement, check_launch, place
 from .spec import HessianSpec, Job
 from .models import build_model, file_digest, load_checkpoint
 from .grid import resolve_grid
 from .models import base_checkpoint
 from .progress import Progress
 from .protocol import ChunkResult, run_protocol
+from .signals import StopFlag
 from .train import train_model
 
 log = logging.getLogger("mpiland")
@@ -57,25 +59,6 @@ class RunSummary:
     interrupted: bool
     writer: str
     ranks: int
-
-
-def agree(comm: Any, fn: Callable[[], T]) -> T:
-    """Run ``fn`` on every rank; if it raised a user error anywhere, raise it everywhere."""
-    try:
-        value, err = fn(), None
-    except MpilandError as exc:
-        value, err = None, exc
-    if comm.Get_size() > 1:
-        errors = comm.allgather(None if err is None else (type(err), str(err), comm.Get_rank()))
-        first = next((e for e in errors if e is not None), None)
-        if first is not None:
-            cls, msg, where = first
-            shared = cls(msg if where == 0 else f"rank {where}: {msg}")
-            shared.agreed = True  # every rank raises it: no abort needed, rank 0 reports it
-            raise shared
-    if err is not None:
-        raise err
-    return value  # type: ignore[return-value]
 
 
 def fingerprint(job: Job, checkpoint_digest: str | None, source_digests: list[str] | None = None) -> str:
@@ -214,13 +197,17 @@ def _store_derived(path: Path) -> None:
 def run_job(job: Job, comm: Any = None, progress: str | None = None, stop: StopFlag | None = None) -> RunSummary:
     """Evaluate ``job`` over all ranks of ``comm`` (None: COMM_WORLD, or one process without MPI).
 
+    The run talks on its own duplicate of ``comm`` (freed before returning), so a
+    message the caller has pending on ``comm`` is neither received nor disturbed.
     ``stop``: an already installed :class:`StopFlag` (the CLI installs one before set-up,
     so a signal during start-up also ends the run cleanly); None installs one here.
+    Raises :class:`~mpiland.errors.LaunchError` for an intercommunicator.
     """
-    if stop is not None:
-        return _run_job(job, world(comm), progress, stop)
-    with StopFlag() as own:
-        return _run_job(job, world(comm), progress, own)
+    with isolated(world(comm)) as own_comm:
+        if stop is not None:
+            return _run_job(job, own_comm, progress, stop)
+        with StopFlag() as own:
+            return _run_job(job, own_comm, progress, own)
 
 
 def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSummary:

@@ -1,6 +1,7 @@
 import pytest
 
-from mpiland.environment import SelfComm, check_launch, local_rank_and_size, resolve_device, threads_per_rank
+from mpiland.comm import SelfComm
+from mpiland.launch import check_launch, local_rank_and_size, resolve_device, threads_per_rank
 from mpiland.errors import LaunchError
 from mpiland.grid import Grid, auto_chunk_size, make_chunks, row_runs
 from mpiland.spec import Axis, GridSpec
