@@ -10,7 +10,6 @@ flags are never changed.
 from __future__ import annotations
 
 import logging
-import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -23,9 +22,7 @@ from ..layout import ParamLayout
 
 log = logging.getLogger("mpiland")
 
-MatVec = Callable[[torch.Tensor], torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
 
 
 @dataclass
@@ -70,7 +67,8 @@ class HessianOperator:
 
     ``dtype=torch.float64`` evaluates in double precision without touching the
     caller's model: θ, the inputs and floating buffers are cast copies (the data
-    costs twice its float32 memory) and each HVP is about 1.5× (MLP) to 4–5× (CNN)
+    costs twice its float32 memory; the buffers are cast again at each new point,
+    so recomputed BatchNorm statistics count) and each HVP is about 1.5× (MLP) to 4–5× (CNN)
     slower on a CPU, far more on GPUs with slow float64 arithmetic.
     """
 
@@ -91,6 +89,7 @@ class HessianOperator:
         with torch.inference_mode(False):
             self.batches = [(self._cast(x), self._cast(y)) for x, y in batches]
             self.buffers = {name: self._cast(b) for name, b in model.named_buffers()}
+        self._versions: tuple[tuple[int, int], ...] = ()
         self.samples = sum(int(x.shape[0]) for x, _ in self.batches)
         self.cache_bytes = int(cache_mb * 2**20)
         self.hvps = 0
@@ -116,7 +115,7 @@ class HessianOperator:
         return BoundHessian(self, theta)
 
     def clear_cache(self) -> None:
-        """Free the gradient graphs kept for the current θ."""
+        """Free the gradient graphs kept for the current θ; the next HVP reads the model's buffers again."""
         self._graphs.clear()
         self._cached = 0
         self._key = None
@@ -128,14 +127,25 @@ class HessianOperator:
             yield
 
     def _point(self, theta: torch.Tensor) -> torch.Tensor:
-        """The leaf that stands for θ; a θ other than the last one drops the cached graphs."""
+        """The leaf that stands for θ; a new point drops the cached graphs and takes the model's buffers afresh.
+
+        A new point: θ's values differ from the last ones, or a buffer was written in
+        place (a version counter moved: BatchNorm statistics reset and recomputed, or
+        a buffer that is a view of a flat state vector rewritten). The buffers are
+        read at each new point, so a float64 operator's cast copies are each point's
+        statistics, as the float32 operator (which uses the tensors themselves) sees them.
+        """
         if theta.shape != (self.n,):
             raise ValueError(f"theta must be a flat vector of {self.n} parameters, got shape {tuple(theta.shape)}")
+        sources = list(self.model.named_buffers())
+        versions = tuple((id(b), -1 if b.is_inference() else b._version) for _, b in sources)
         key = self._key
         same = (key is not None and key.dtype == theta.dtype and key.device == theta.device
-                and torch.equal(key, theta))
+                and versions == self._versions and torch.equal(key, theta))
         if not same or self._leaf is None:
             self.clear_cache()
+            self.buffers = {name: self._cast(b) for name, b in sources}
+            self._versions = versions
             self._key = theta.detach().clone()
             self._leaf = self._key.to(device=self.device, dtype=self.dtype).detach().requires_grad_(True)
         assert self._leaf is not None
