@@ -400,6 +400,9 @@ def _check_directions(d: dict[str, Any], grid: dict[str, Any], model: dict[str, 
                                 f"{kind} directions need [min, max, num]")
         if kind == "hessian" and d["states"]:
             raise _fail("directions.states", "Hessian directions are over the parameters; remove it")
+        if kind == "hessian" and d["norm"] not in ("auto", "none"):
+            raise _fail("directions.norm", "Hessian eigenvectors are unit vectors and are not normalised; remove the "
+                        "key (include/exclude/ignore choose the parameters whose Hessian block is used)")
     if model["bn"] == "recompute" and model["mode"] == "train":
         raise _fail("model.bn", 'recompute evaluates with recomputed running statistics; it cannot be combined with '
                     'model.mode = "train" (batch statistics): drop one')

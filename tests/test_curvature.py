@@ -1,5 +1,6 @@
 """Curvature on the grid: per-point Hessian eigenvalues, Hessian directions, trace and directional curvature."""
 
+import copy
 import json
 
 import h5py
@@ -9,10 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from mpiland.data import load_split
+from mpiland.demo import digits_cnn, digits_mlp
+from mpiland.directions import CurvatureInputs, make_directions, parameter_mask
 from mpiland.errors import JobFileError
 from mpiland.jobfile import load_job
+from mpiland.layout import ParamLayout
 from mpiland.models import build_model
 from mpiland.run import run_job
+from mpiland.spec import DataSpec, DirectionsSpec, HessianSpec, resolve_directions
 
 from util import write_job
 
@@ -107,3 +112,91 @@ def test_batched_passes_give_the_eigenvalues_of_each_point(tmp_path):
         assert np.unique(np.round(hess, 3)).size == hess.size  # the points differ
         for m in ("test_hess_max", "test_hess_min"):
             np.testing.assert_allclose(three[m][...], one[m][...], rtol=1e-6)
+
+
+def bn_cnn(seed):
+    """A small digits CNN with BatchNorm; running statistics far from what the data gives."""
+    torch.manual_seed(seed)
+    model = digits_cnn(channels=2, hidden=8)
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.3, 3.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("bn, states", [("recompute", "false"), ("eval", "true")], ids=["bn-recompute", "states"])
+def test_float64_curvature_uses_each_points_batchnorm_statistics(tmp_path, bn, states):
+    """Along an interpolation between two BatchNorm CNNs the statistics change at every point (re-estimated, or
+    interpolated with the parameters): float64 eigenvalues agree with float32 ones instead of using θ*'s statistics."""
+    paths = []
+    for i, seed in enumerate((1, 2)):
+        paths.append(tmp_path / f"m{i}.pt")
+        torch.save(bn_cnn(seed).state_dict(), paths[-1])
+    files = {}
+    for dtype in ("float32", "float64"):
+        job = write_job(tmp_path, name=f"{dtype}.toml", output=f"{dtype}.h5", grid="x = [0.0, 1.0, 3]",
+                        model=f'factory = "mpiland.demo:digits_cnn"\nkwargs = {{ channels = 2, hidden = 8 }}\n'
+                              f'bn = "{bn}"\nbn_batches = 2',
+                        data='splits = ["test"]\nsubset = 60\nbatch_size = 60',
+                        directions=f'kind = "interpolation"\nmodels = ["{paths[0]}", "{paths[1]}"]\nstates = {states}',
+                        extra=f'[hessian]\nenabled = true\ntol = 1e-6\nmax_iter = 400\ndtype = "{dtype}"\n'
+                              'trace_samples = 0\n')
+        files[dtype] = run_job(load_job(job)).path
+    with h5py.File(files["float32"], "r") as f32, h5py.File(files["float64"], "r") as f64:
+        lam = {m: (f32[m][...], f64[m][...]) for m in ("test_hess_max", "test_hess_min")}
+    assert np.unique(np.round(lam["test_hess_max"][1], 3)).size == 3  # the points differ
+    np.testing.assert_allclose(lam["test_hess_max"][1], lam["test_hess_max"][0], rtol=1e-4)
+    np.testing.assert_allclose(lam["test_hess_min"][1], lam["test_hess_min"][0], rtol=1e-3,
+                               atol=1e-4 * np.abs(lam["test_hess_max"][1]).max())
+
+
+def per_sample_ce(outputs, targets):
+    return F.cross_entropy(outputs, targets, reduction="none")
+
+
+def model_hessian(model, x, y):
+    """The exact float64 Hessian of the mean cross-entropy over the model's parameters (flat, in layout order)."""
+    ref = copy.deepcopy(model).double().eval()
+    layout = ParamLayout.from_model(ref)
+
+    def loss(theta):
+        out = torch.func.functional_call(ref, dict(zip(layout.names, layout.views(theta))), (x.double(),))
+        return per_sample_ce(out, y).mean()
+
+    return torch.autograd.functional.hessian(loss, torch.cat([p.detach().reshape(-1) for p in ref.parameters()]))
+
+
+@pytest.mark.parametrize("keys", [dict(include=("weight",)), dict(exclude=(r"^3\.",)),
+                                  dict(exclude=(r"^1\.weight",), ignore="biasbn")],
+                         ids=["include", "exclude", "exclude+biasbn"])
+def test_hessian_directions_are_eigenvectors_of_the_covered_block(keys):
+    """include/exclude/ignore select parameters: the directions are the top eigenpairs of H's block on them (P·H·P)
+    and vanish elsewhere."""
+    torch.manual_seed(0)
+    model = digits_mlp(hidden=4, depth=1)
+    split = load_split(DataSpec(dataset="digits", subset=80), "test")
+    layout = ParamLayout.from_model(model)
+    spec = DirectionsSpec(kind="hessian", **keys)
+    mask = parameter_mask(layout, resolve_directions(spec))
+    covered = torch.cat([torch.full((layout.numel_of(i),), keep) for i, keep in enumerate(mask)])
+    assert 0 < int(covered.sum()) < layout.numel
+    inputs = CurvatureInputs(HessianSpec(tol=1e-9, max_iter=400, dtype="float64"), split, per_sample_ce, 32,
+                             torch.device("cpu"), torch.float32)
+    d = make_directions(copy.deepcopy(model), spec, 2, inputs)
+    h = model_hessian(model, split.inputs, split.targets)
+    values, vectors = torch.linalg.eigh(h[covered][:, covered])
+    assert float(d.vectors[:, ~covered].abs().max()) == 0.0
+    np.testing.assert_allclose(d.settings["eigenvalues"], values.flip(0)[:2].numpy(), rtol=1e-6)
+    for axis in range(2):
+        assert abs(float(d.vectors[axis, covered].double() @ vectors[:, -1 - axis])) > 0.999
+    assert d.settings["parameters"] == int(covered.sum())
+
+
+def test_hessian_directions_refuse_norm(tmp_path):
+    path = write_job(tmp_path, directions='kind = "hessian"\nnorm = "filter"')
+    with pytest.raises(JobFileError, match=r"^directions\.norm: Hessian eigenvectors .*remove the key"):
+        load_job(path)
+    with pytest.raises(JobFileError, match=r"^directions\.norm:"):
+        make_directions(digits_mlp(hidden=4, depth=1), DirectionsSpec(kind="hessian", norm="layer"), 2,
+                        CurvatureInputs(HessianSpec(), load_split(DataSpec(dataset="digits", subset=20), "test"),
+                                        per_sample_ce, 20, torch.device("cpu"), torch.float32))
