@@ -61,34 +61,6 @@ class RunSummary:
     ranks: int
 
 
-def fingerprint(job: Job, checkpoint_digest: str | None, source_digests: list[str] | None = None) -> str:
-    """Hash of everything that determines the surface values (not output, device, chunking).
-
-    Mixed precision changes values well beyond rounding, so ``run.autocast`` counts;
-    the points per pass (rounding level only) is kept by the file instead. The
-    files directions are built from count by content (``source_digests``), and only
-    the settings that matter for the direction kind count.
-    """
-    d = job.to_dict()
-    model = {**d["model"], "checkpoint": checkpoint_digest}
-    if model["bn"] == "eval":
-        del model["bn"], model["bn_batches"]
-    grid = {k: v for k, v in d["grid"].items() if k != "margin" or job.grid.auto}
-    content = {
-        "model": model,
-        "data": {k: v for k, v in d["data"].items() if k != "memory_budget_mb"},
-        "loss": d["loss"],
-        "directions": job.directions.relevant(),
-        "grid": grid,
-        "autocast": d["run"]["autocast"],
-    }
-    if source_digests:
-        content["sources"] = list(source_digests)
-    if _curvature_spec(job) is not None:
-        content["hessian"] = d["hessian"]
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=list).encode()).hexdigest()
-
-
 def _train_if_needed(comm: Any, job: Job) -> None:
     ckpt = job.model.checkpoint
     missing = agree(comm, lambda: bool(comm.bcast(ckpt is not None and not Path(ckpt).exists(), root=0)))
@@ -153,40 +125,23 @@ def engine_options(job: Job) -> EngineOptions:
                          channels_last=r.channels_last, compile=r.compile)
 
 
-def _choose_writer(requested: str, size: int) -> str:
+def _choose_writer(requested: str, size: int, output: Path | None = None) -> str:
+    """The writer to use (surface.choose_writer); without ``output`` no file-system check can be made."""
     import h5py
 
     has_mpi = bool(h5py.get_config().mpi) and mpi_module() is not None
-    if requested == "mpio" and not has_mpi:
-        raise JobFileError("run.writer = mpio needs h5py built with MPI (h5py.get_config().mpi is False here); "
-                           "use writer = \"auto\" or \"gather\", or build h5py with docker/install-mpio-env.sh")
-    if requested == "auto":
+    if output is None and requested == "auto":
         return "mpio" if has_mpi and size > 1 else "gather"
-    return requested
+    return surface.choose_writer(requested, size, has_mpi, output or Path("surface.h5"))
 
 
 def _open_surface(comm: Any, job: Job, path: Path, grid: Grid, directions: Directions, evaluator: Evaluator,
-                  fp: str, points_per_pass: int) -> tuple[np.ndarray, int] | None:
-    """Rank 0: resume or create the file; return its done mask and the points per pass to use.
-
-    A resumed file keeps the points per pass it was started with (unless the job
-    sets one), so that its values do not depend on where each run happened.
-    """
+                  ident: surface.Identity, points_per_pass: int) -> tuple[np.ndarray, int] | None:
+    """Rank 0: take the output lock and resume, create or refuse the file (surface.open_surface)."""
     if comm.Get_rank() != 0:
         return None
-    if surface.check_existing(path, fp, job.output.overwrite):
-        done = surface.read_done(path)
-        stored = surface.read_points_per_pass(path)
-        log.info("resuming %s: %d of %d points already done", path, int(done.sum()), done.size)
-        if job.run.points_per_pass == 0 and stored is not None:
-            points_per_pass = stored
-        return done, points_per_pass
-    labels = (directions.labels[0], directions.labels[1] if grid.dims == 2 else "")
-    extra = evaluator.origin_curvature()
-    surface.create(path, grid=grid, metrics=evaluator.metrics, splits=list(job.data.splits), directions=directions,
-                   fingerprint=fp, job_text=job.text, job_json=job.to_json(), labels=labels,
-                   points_per_pass=points_per_pass, bn=(job.model.bn, job.model.bn_batches), attrs=extra)
-    return np.zeros(grid.shape, dtype=np.uint8), points_per_pass
+    return surface.open_surface(path, job, ident, grid, directions, evaluator.metrics, evaluator.origin_curvature,
+                                points_per_pass)
 
 
 def _store_derived(path: Path) -> None:
@@ -225,16 +180,12 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
             directions = comm.bcast(_hessian_directions(job, model, splits, placement) if rank == 0 else None, root=0)
         else:
             directions = make_directions(model, job.directions, job.grid.dims)
-        digest, sources = None, []
-        if rank == 0:
-            if job.model.checkpoint is not None:
-                digest = file_digest(job.model.checkpoint)
-            sources = [file_digest(p) for p in directions.sources]
+        ident = surface.job_identity(job, model, directions, splits) if rank == 0 else None
         evaluator = Evaluator(model, directions, splits, job.loss, placement.device,
                               dtype=getattr(torch, job.model.dtype), batch_size=job.data.batch_size,
                               memory_budget_mb=job.data.memory_budget_mb, mode=job.model.mode,
                               options=engine_options(job), bn_data=_bn_inputs(job), hessian=_curvature_spec(job))
-        return evaluator, directions, fingerprint(job, digest, sources)
+        return evaluator, directions, ident
 
     evaluator, directions, fp = agree(comm, _setup)
     fp = comm.bcast(fp, root=0)
@@ -260,12 +211,7 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
     log.debug("rank %d on %s (local rank %d/%d), %d thread(s)", rank, placement.device,
               placement.local_rank, placement.local_size, placement.threads)
 
-    writer = None
-    if writer_kind == "mpio":
-        comm.Barrier()
-        writer = surface.SurfaceWriter(path, comm=comm)
-    elif rank == 0:
-        writer = surface.SurfaceWriter(path)
+    writer = surface.open_writer(path, comm, writer_kind, evaluator.points_per_pass)
 
     label = "(with Hessian eigenvalues) " if job.hessian.enabled else ""
     if rank == 0 and job.hessian.enabled:
@@ -312,6 +258,8 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
         # an MPI-IO file cannot be closed by one failing rank (closing is collective).
         if writer is not None and not writer.parallel:
             writer.close()
+        if rank == 0:
+            surface.release_output(path)
         raise
     eval_seconds = time.perf_counter() - t_eval
     if bar is not None:

@@ -3,9 +3,17 @@
 All structure (datasets, attributes, the directions group) is written by one
 process when the file is created, into a temporary name that is renamed into
 place, so an existing file is never half-replaced. Afterwards only values and the
-``done`` mask change: by rank 0 alone (``gather`` writer, flushed after every
-chunk) or by every rank independently through MPI-IO (``mpio`` writer). Values are
-written before ``done``, so a point interrupted mid-write is simply recomputed.
+``done`` mask change: by rank 0 alone (``gather`` writer) or by every rank
+independently through MPI-IO (``mpio`` writer).
+
+Durability: the gather writer writes values at once but marks points done only
+after a flush (and fsync) that follows their values, at most every
+:data:`MARK_SECONDS` and at close; so ``done`` never claims a value that is not
+on disk, and a crash loses at most the points delivered in the last
+:data:`MARK_SECONDS` (they are recomputed on resume). The MPI-IO writer opens
+its dataset handles once, in the same order on every rank, writes only
+independently (values, then ``done``, from the rank that computed them) and
+closes collectively (docs/schema.md, "Writing and crashes").
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,74 +32,47 @@ import numpy as np
 from .. import SCHEMA_VERSION, __version__
 from ..errors import SurfaceFileError
 from ..grid import Grid, row_runs
+from . import lock
+from .names import (ATTR_CREATED, ATTR_FINGERPRINT, ATTR_METRICS, ATTR_PPP, ATTR_PPP_HISTORY, ATTR_SCHEMA,
+                    ATTR_VERSION, DONE, SECONDS, XCOORDS, YCOORDS)
 
 if TYPE_CHECKING:
     from ..directions.base import Directions
 
 
-def _is_surface(f: h5py.File) -> bool:
-    return "mpiland_schema" in f.attrs
+def _dataset(f: h5py.File, name: str, shape: tuple[int, ...], dtype: Any, fill: Any) -> None:
+    """A grid-shaped dataset holding ``fill`` everywhere, allocated on disk now (MPI-IO writes need that)."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    f.create_dataset(name, shape=shape, dtype=dtype, fillvalue=fill, dcpl=dcpl)
 
 
-def check_existing(path: Path, fingerprint: str, overwrite: bool) -> bool:
-    """Decide what to do with an existing file: True = resume it, False = create anew.
-
-    A file of the same job is always resumed, also with ``overwrite`` (a requeued
-    preemptible job must never start from zero); ``overwrite`` replaces a file of
-    another job or one that is not a surface file. Raises SurfaceFileError otherwise,
-    and when another process holds the file open for writing.
-    """
-    if not path.exists():
-        return False
-    try:
-        with h5py.File(path, "r") as f:
-            if not _is_surface(f):
-                if overwrite:
-                    return False
-                raise SurfaceFileError(f"{path} exists and is not an mpiland surface file; choose another --output or pass --overwrite")
-            version = int(f.attrs["mpiland_schema"])
-            if version > SCHEMA_VERSION:
-                raise SurfaceFileError(f"{path} has schema version {version}, newer than this mpiland's {SCHEMA_VERSION}; upgrade mpiland")
-            theirs = str(f.attrs.get("fingerprint", ""))
-    except OSError as exc:
-        if "lock" in str(exc).lower():
-            raise SurfaceFileError(f"{path} is in use by another process (HDF5 file lock); wait for that run to end "
-                                   "or choose another --output") from None
-        if overwrite:
-            return False
-        raise SurfaceFileError(f"{path} exists but cannot be read as HDF5 ({exc}); move it away or pass --overwrite") from None
-    if theirs != fingerprint:
-        if overwrite:
-            return False
-        raise SurfaceFileError(
-            f"{path} was made by a different job (fingerprint {theirs[:12]} ≠ {fingerprint[:12]}); "
-            "pass --overwrite to replace it or choose another --output")
-    return True
-
-
-def create(path: Path, *, grid: Grid, metrics: list[str], splits: list[str], directions: Directions,
+def create(path: Path, *, grid: Grid, metrics: list[str], splits: list[str], directions: "Directions",
            fingerprint: str, job_text: str, job_json: str, labels: tuple[str, str], points_per_pass: int = 1,
            bn: tuple[str, int] = ("eval", 0), attrs: dict[str, Any] | None = None) -> None:
     """Write a new, empty surface file (all values NaN, nothing done) atomically at ``path``.
 
-    ``attrs``: further root attributes (curvature at the origin).
+    ``attrs``: further root attributes (curvature at the origin, the identity digests).
+    No grid-sized array is built in memory. If writing fails (a full disk), the
+    temporary file is removed and SurfaceFileError says why; ``path`` is untouched.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         with h5py.File(tmp, "w") as f:
             a = f.attrs
-            a["mpiland_schema"] = SCHEMA_VERSION
-            a["mpiland_version"] = __version__
-            a["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-            a["fingerprint"] = fingerprint
+            a[ATTR_SCHEMA] = SCHEMA_VERSION
+            a[ATTR_VERSION] = __version__
+            a[ATTR_CREATED] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            a[ATTR_FINGERPRINT] = fingerprint
             a["job_toml"] = job_text
             a["job_json"] = job_json
             a["dims"] = grid.dims
             a["splits"] = list(splits)
-            a["metrics"] = list(metrics)
+            a[ATTR_METRICS] = list(metrics)
             a["x_label"], a["y_label"] = labels
-            a["points_per_pass"] = points_per_pass
+            a[ATTR_PPP] = points_per_pass
+            a[ATTR_PPP_HISTORY] = np.array([points_per_pass], dtype=np.int64)
             a["bn"] = bn[0]
             if bn[0] == "recompute":
                 a["bn_batches"] = bn[1]
@@ -97,21 +80,24 @@ def create(path: Path, *, grid: Grid, metrics: list[str], splits: list[str], dir
                 a[key] = value
             if directions.endpoints is not None:
                 a["endpoints"] = np.asarray(directions.endpoints, dtype=np.float64)
-            f.create_dataset("xcoordinates", data=grid.x)
+            f.create_dataset(XCOORDS, data=grid.x)
             if grid.y is not None:
-                f.create_dataset("ycoordinates", data=grid.y)
+                f.create_dataset(YCOORDS, data=grid.y)
             for m in metrics:
-                f.create_dataset(m, data=np.full(grid.shape, np.nan))
-            f.create_dataset("seconds", data=np.full(grid.shape, np.nan))
-            f.create_dataset("done", data=np.zeros(grid.shape, dtype=np.uint8))
+                _dataset(f, m, grid.shape, np.float64, np.nan)
+            _dataset(f, SECONDS, grid.shape, np.float64, np.nan)
+            _dataset(f, DONE, grid.shape, np.uint8, 0)
             _write_directions(f, directions)
         os.replace(tmp, path)
+    except (OSError, RuntimeError, ValueError) as exc:
+        free = shutil.disk_usage(path.parent).free
+        raise SurfaceFileError(f"cannot create {path}: {' '.join(str(exc).split())} ({free / 2**20:.0f} MiB free "
+                               f"in {path.parent}; is the disk full?); nothing was written") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
-def _write_directions(f: h5py.File, directions: Directions) -> None:
+def _write_directions(f: h5py.File, directions: "Directions") -> None:
     """The directions group, the models' positions and the trajectory (docs/schema.md)."""
     g = f.create_group("directions")
     if directions.coefficient_map == "axes":
@@ -137,34 +123,76 @@ def _write_directions(f: h5py.File, directions: Directions) -> None:
                                                          dtype=np.float64)
 
 
-class SurfaceWriter:
-    """An open surface file that takes chunk results. ``comm`` set → MPI-IO (every rank opens it)."""
+MARK_SECONDS = 10.0
+"""Gather writer: at most this many seconds between a flush of values and the done marks that follow it."""
 
-    def __init__(self, path: Path, comm: Any = None) -> None:
+
+class SurfaceWriter:
+    """An open surface file that takes chunk results. ``comm`` set → MPI-IO (every rank opens it, collectively)."""
+
+    def __init__(self, path: Path, comm: Any = None, points_per_pass: int | None = None,
+                 mark_seconds: float = MARK_SECONDS) -> None:
         self.path = path
         self.parallel = comm is not None
-        if self.parallel:
-            self.file = h5py.File(path, "r+", driver="mpio", comm=comm)
-        else:
-            self.file = h5py.File(path, "r+")
-        self.metrics = [str(m) for m in self.file.attrs["metrics"]]
-        self.shape = self.file["done"].shape
+        self.mark_seconds = mark_seconds
+        try:
+            if self.parallel:
+                self.file = h5py.File(path, "r+", driver="mpio", comm=comm)
+            else:
+                self.file = h5py.File(path, "r+")
+        except OSError as exc:
+            raise SurfaceFileError(f"{path} cannot be opened for writing ({' '.join(str(exc).split())}); is another "
+                                   "program (a viewer, an older mpiland) holding it open?") from None
+        self.metrics = [str(m) for m in self.file.attrs[ATTR_METRICS]]
+        # Every handle now, in one order on every rank: opening objects is collective under MPI-IO.
+        self.columns = [self.file[m] for m in self.metrics] + [self.file[SECONDS]]
+        self.done = self.file[DONE]
+        self.shape = self.done.shape
+        if points_per_pass is not None:
+            self._record_points_per_pass(points_per_pass)
+        self._pending: list[tuple[list[tuple[int, int, int, int, int]], int]] = []
+        self._marked = time.monotonic()
+        self._fd = None if self.parallel else os.open(path, os.O_RDONLY)
+
+    def _record_points_per_pass(self, k: int) -> None:
+        """Keep ``points_per_pass`` true for the values written from now on, and append it to the history."""
+        a = self.file.attrs
+        history = [int(v) for v in np.atleast_1d(a.get(ATTR_PPP_HISTORY, [int(a.get(ATTR_PPP, k))]))]
+        if int(a.get(ATTR_PPP, -1)) != k or history[-1] != k:
+            history.append(k)
+        a[ATTR_PPP] = k  # under MPI-IO every rank writes the same values (attribute writes are collective)
+        a[ATTR_PPP_HISTORY] = np.array(history, dtype=np.int64)
 
     def done_mask(self) -> np.ndarray:
-        return self.file["done"][...]
+        return self.done[...]
 
     def write(self, points: np.ndarray, values: dict[str, np.ndarray], seconds: np.ndarray) -> None:
-        """Store one chunk (flat point indices, metric arrays, seconds) and mark it done."""
+        """Store one chunk (flat point indices, metric arrays, seconds); mark it done once its values are durable."""
         order = np.argsort(points, kind="stable")
         points = np.asarray(points)[order]
         runs = row_runs(points, self.shape)
-        columns = [(self.file[m], np.asarray(values[m])[order]) for m in self.metrics]
-        columns.append((self.file["seconds"], np.asarray(seconds)[order]))
-        for ds, vals in columns:
+        data = [np.asarray(values[m])[order] for m in self.metrics] + [np.asarray(seconds)[order]]
+        for ds, vals in zip(self.columns, data):
             self._put(ds, runs, vals)
-        self._put(self.file["done"], runs, np.ones(len(points), dtype=np.uint8))
-        if not self.parallel:
-            self.file.flush()
+        if self.parallel:
+            self._put(self.done, runs, np.ones(len(points), dtype=np.uint8))
+            return
+        self._pending.append((runs, len(points)))
+        if time.monotonic() - self._marked >= self.mark_seconds:
+            self.mark_done()
+
+    def mark_done(self) -> None:
+        """Gather writer: flush and fsync the values written so far, then mark their points done."""
+        if self.parallel or not self._pending:
+            return
+        self.file.flush()
+        assert self._fd is not None
+        os.fsync(self._fd)
+        for runs, n in self._pending:
+            self._put(self.done, runs, np.ones(n, dtype=np.uint8))
+        self._pending.clear()
+        self.file.flush()
+        self._marked = time.monotonic()
 
     def _put(self, ds: h5py.Dataset, runs: list[tuple[int, int, int, int, int]], vals: np.ndarray) -> None:
         for row, c0, c1, p0, p1 in runs:
@@ -174,17 +202,53 @@ class SurfaceWriter:
                 ds[row, c0:c1] = vals[p0:p1]
 
     def close(self) -> None:
-        self.file.close()
+        """Mark what is pending, close the file (collectively under MPI-IO) and release the output lock."""
+        try:
+            if self.file.id.valid:
+                self.mark_done()
+                del self.columns, self.done
+                self.file.close()
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            lock.release(self.path)
+
+
+def open_writer(path: Path, comm: Any, kind: str, points_per_pass: int) -> SurfaceWriter | None:
+    """The writer of this rank: every rank for ``mpio``, rank 0 alone for ``gather`` (others get None).
+
+    Called by every rank; a failure to open on rank 0 is raised on every rank.
+    """
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if kind == "mpio":
+        k = comm.bcast(points_per_pass, root=0)
+        comm.Barrier()
+        return SurfaceWriter(path, comm=comm, points_per_pass=k)
+    writer, err = None, None
+    if rank == 0:
+        try:
+            writer = SurfaceWriter(path, points_per_pass=points_per_pass)
+        except SurfaceFileError as exc:
+            err = exc
+    if size > 1:
+        msg = comm.bcast(None if err is None else str(err), root=0)
+        if msg is not None and err is None:
+            raise SurfaceFileError(msg)
+    if err is not None:
+        lock.release(path)
+        raise err
+    return writer
 
 
 def read_done(path: Path) -> np.ndarray:
     """The ``done`` mask of a surface file (for planning chunks)."""
     with h5py.File(path, "r") as f:
-        return f["done"][...]
+        return f[DONE][...]
 
 
 def read_points_per_pass(path: Path) -> int | None:
-    """Points per forward pass the file was started with (None for files that do not say)."""
+    """Points per forward pass the file was last written with (None for files that do not say)."""
     with h5py.File(path, "r") as f:
-        value = f.attrs.get("points_per_pass")
+        value = f.attrs.get(ATTR_PPP)
     return None if value is None else int(value)
