@@ -29,8 +29,8 @@ from ..errors import SurfaceFileError
 from ..grid import Grid
 from ..spec import LOSSES, Job
 from . import lock, storage
-from .names import (ATTR_FINGERPRINT, ATTR_PPP, ATTR_SCHEMA, ATTR_SETTINGS, COMPONENTS, DIGEST_PREFIX, DONE,
-                    data_attr)
+from .names import (ATTR_CODE, ATTR_FINGERPRINT, ATTR_PPP, ATTR_SCHEMA, ATTR_SETTINGS, COMPONENTS, DIGEST_PREFIX,
+                    DONE, data_attr)
 from .writer import create, read_done, read_points_per_pass
 
 if TYPE_CHECKING:
@@ -131,6 +131,7 @@ class Identity:
     settings: dict[str, Any]
     digests: dict[str, str]
     data: dict[str, str] = field(default_factory=dict)
+    code: dict[str, str] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
@@ -139,7 +140,8 @@ class Identity:
 
     def attrs(self) -> dict[str, str]:
         """The root attributes that record this identity (docs/schema.md)."""
-        out = {ATTR_FINGERPRINT: self.fingerprint, ATTR_SETTINGS: json.dumps(self.settings, sort_keys=True)}
+        out = {ATTR_FINGERPRINT: self.fingerprint, ATTR_SETTINGS: json.dumps(self.settings, sort_keys=True),
+               ATTR_CODE: json.dumps(self.code, sort_keys=True)}
         out.update({DIGEST_PREFIX + k: self.digests[k] for k in COMPONENTS})
         out.update({data_attr(s): v for s, v in self.data.items()})
         return out
@@ -159,6 +161,10 @@ class Identity:
             if k == "data":
                 splits = [s for s, v in self.data.items() if str(stored.get(data_attr(s), "")) != v]
                 return f"{WHAT[k]} (data digest differs{' for ' + ', '.join(splits) if splits else ''})"
+            if k == "code":
+                theirs = json.loads(str(stored.get(ATTR_CODE, "{}")))
+                keys = sorted(n for n in set(theirs) | set(self.code) if theirs.get(n) != self.code.get(n))
+                return f"{WHAT[k]} (source of {', '.join(keys) or 'a factory'} differs)"
             return f"{WHAT[k]} ({k} digest differs)"
         return None
 
@@ -182,7 +188,7 @@ def job_identity(job: Job, model: Any, directions: "Directions", splits: list[An
     digests = {"settings": _sha(json.dumps(settings, sort_keys=True)), "code": _sha(json.dumps(code, sort_keys=True)),
                "checkpoints": _sha(json.dumps(checkpoints)), "data": _sha(json.dumps(data, sort_keys=True)),
                "origin": origin, "directions": _sha(shape_text + tensors_digest(directions.vectors))}
-    return Identity(settings, digests, data)
+    return Identity(settings, digests, data, code)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -14,6 +14,7 @@ ATTR_METRICS = "metrics"
 ATTR_PPP = "points_per_pass"
 ATTR_PPP_HISTORY = "points_per_pass_history"
 ATTR_SETTINGS = "identity_settings"
+ATTR_CODE = "identity_code"
 DIGEST_PREFIX = "digest_"
 COMPONENTS = ("settings", "code", "checkpoints", "data", "origin", "directions")
 """The identity components, each stored as ``digest_<component>`` (in the order a refusal names them)."""
