@@ -32,6 +32,21 @@ SUMS = 7
 means m of weight w (the batch size); correct predictions. Unit, batch and sample counts are kept on the host."""
 
 
+ORDERED_BLOCK = 32768
+"""Sums over more units than this are taken in blocks of this size (torch's parallel grain), so their order
+of summation, and so their rounding, does not depend on the number of threads."""
+
+
+def ordered_sum(t: torch.Tensor) -> torch.Tensor:
+    """Row sums of ``t`` (k, n) in an order fixed by n alone, never by the thread count."""
+    k, n = t.shape
+    if n <= ORDERED_BLOCK:
+        return t.sum(dim=1)
+    blocks = -(-n // ORDERED_BLOCK)
+    padded = F.pad(t, (0, blocks * ORDERED_BLOCK - n))
+    return padded.view(k, blocks, ORDERED_BLOCK).sum(dim=2).sum(dim=1)
+
+
 def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if not targets.is_floating_point() and outputs.dim() == 2 and outputs.shape[1] > 1:
         targets = F.one_hot(targets, outputs.shape[1])
@@ -107,7 +122,7 @@ class LossSums:
             self.acc[2:6] += torch.stack([m * w, (m * w).square(), m * (w * w), torch.full_like(m, w * w)])
             self.batches += 1
         else:
-            self.acc[:2] += torch.stack([losses.sum(dim=1), losses.square().sum(dim=1)])
+            self.acc[:2] += torch.stack([ordered_sum(losses), ordered_sum(losses.square())])
             self.units += losses.shape[1]
         if self.accuracy:
             self.acc[6] += (predictions(out) == y).sum(dim=1)
