@@ -18,13 +18,19 @@ STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", 
 
 
 def build_model(spec: ModelSpec) -> torch.nn.Module:
-    """Call the factory (seeded, so checkpoint-free runs are reproducible) and check it returns a module."""
+    """Call the factory (seeded, so checkpoint-free runs are reproducible) and check it returns a module.
+
+    The seed applies to a forked RNG, so the caller's global torch RNG state is left as it was.
+    """
     fn = resolve_callable(spec.factory, "model.factory", ModelError)
-    torch.manual_seed(spec.seed)
-    try:
-        model = fn(**spec.kwargs)
-    except Exception as exc:
-        raise ModelError(f"model.factory {spec.factory!r} raised {exc.__class__.__name__}: {exc}") from exc
+    # Seed a forked generator: the caller's global RNG state is the same afterwards.
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(spec.seed)
+        try:
+            model = fn(**spec.kwargs)
+        except Exception as exc:
+            raise ModelError(f"model.factory {spec.factory!r} raised {exc.__class__.__name__}: {exc}") from exc
     if not isinstance(model, torch.nn.Module):
         raise ModelError(f"model.factory {spec.factory!r} returned {type(model).__name__}, expected a torch.nn.Module")
     if next(model.parameters(), None) is None:

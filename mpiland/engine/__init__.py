@@ -36,6 +36,7 @@ from ..layout import ParamLayout
 from ..spec import HessianSpec, LossSpec
 from .batching import MAX_POINTS_PER_PASS, activation_bytes, make_forward, memory_bound, vmap_failure
 from .bn import BatchNormRecompute, batchnorm_modules
+from .checks import check_data_fits
 from .losses import BUILTIN_LOSSES, LossSums, metric_names, resolve_loss, split_metrics, wants_accuracy
 from .params import FlatParameters
 from .placement import DeviceSplit, fits, place_split, synchronize
@@ -103,6 +104,9 @@ class Evaluator:
         resident = fits(splits, memory_budget_mb)
         self.data: list[DeviceSplit] = [place_split(s, device, dtype, resident, self.options.channels_last)
                                         for s in splits]
+        for d in self.data:
+            check_data_fits(self.model, d, self.loss_fn, loss.name, self.builtin_loss, self.accuracy, batch_size,
+                            device)
         self.curvature = None
         if hessian is not None:
             # Resident splits are already on the device: the operators share them.
