@@ -128,6 +128,7 @@ def run(job_file: str, output: str | None, overwrite: bool | None, overrides: tu
         _fail(exc, debug, comm)
         return
     if summary.interrupted:
+        stop.ignore_further()  # a repeated stop signal while exiting must not hide status 3
         sys.exit(EXIT_INTERRUPTED)
 
 

@@ -7,23 +7,36 @@ own points it answers requests and takes results, so a worker waits at most one 
 rank 0's points for an answer, and with the request sent a whole chunk ahead it
 normally does not wait at all. At size 1 the same loop runs with nobody to serve.
 
-A stop request (signal) on any rank ends dispatch: rank 0 answers "no more work",
-ranks drop the unevaluated rest of their current chunk, and every finished point
-is still delivered.
+A stop request (signal) on any rank ends dispatch: rank 0 answers "no more work"
+and sends every worker still at work a stop message, which workers look for
+(``Iprobe``) before each point, so every rank drops the unevaluated rest of its
+current chunk within one point; every finished point is still delivered. A
+worker's stop reaches rank 0 with its result and from there the other workers.
+
+The communicator must be mpiland's own (see :func:`mpiland.comm.isolated`): any
+message with a tag not listed here is an error, never silently taken. Waiting
+ranks poll with ``Iprobe`` and a :class:`~mpiland.comm.Backoff` instead of a
+blocking receive, which busy-polls a core in MPICH and Open MPI.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-IDLE_SLEEP_S = 0.002
+from .comm import Backoff, Comm
+
 TAG_REQUEST = 11
 TAG_ASSIGN = 12
 TAG_RESULT = 13
+TAG_STOP = 14
+TAGS = {TAG_REQUEST: "request", TAG_ASSIGN: "assign", TAG_RESULT: "result", TAG_STOP: "stop"}
+
+
+class ProtocolError(RuntimeError):
+    """A message the protocol does not know arrived on its communicator (a bug, not a user error)."""
 
 
 @dataclass
@@ -35,6 +48,13 @@ class ChunkResult:
     values: dict[str, np.ndarray] | None
     seconds: np.ndarray | None
     stop: bool = False
+
+
+@dataclass(frozen=True)
+class Release:
+    """Rank 0's "no more work" answer; ``stop_sent``: a stop message was sent to this worker before it."""
+
+    stop_sent: bool
 
 
 EvaluateChunk = Callable[[int, Callable[[], bool]], ChunkResult]
@@ -56,16 +76,25 @@ def _mpi() -> Any:
     return MPI
 
 
-def run_protocol(comm: Any, n_chunks: int, evaluate_chunk: EvaluateChunk, deliver: Deliver,
+def _unknown(source: int, tag: int) -> ProtocolError:
+    return ProtocolError(f"unexpected message with tag {tag} from rank {source} on mpiland's communicator "
+                         f"(known tags: {', '.join(f'{t} {n}' for t, n in TAGS.items())})")
+
+
+def run_protocol(comm: Comm, n_chunks: int, evaluate_chunk: EvaluateChunk, deliver: Deliver,
                  stop_requested: Callable[[], bool]) -> Outcome:
-    """Evaluate ``n_chunks`` chunks over all ranks of ``comm``; rank 0 receives every result via ``deliver``."""
+    """Evaluate ``n_chunks`` chunks over all ranks of ``comm``; rank 0 receives every result via ``deliver``.
+
+    ``evaluate_chunk(chunk, poll)`` must call ``poll()`` before each point and stop
+    when it returns True. Raises :class:`ProtocolError` on a message it did not send.
+    """
     if comm.Get_rank() == 0:
         return _Coordinator(comm, n_chunks, evaluate_chunk, deliver, stop_requested).run()
-    return _worker(comm, evaluate_chunk, stop_requested)
+    return _Worker(comm, evaluate_chunk, stop_requested).run()
 
 
 class _Coordinator:
-    def __init__(self, comm: Any, n_chunks: int, evaluate_chunk: EvaluateChunk, deliver: Deliver,
+    def __init__(self, comm: Comm, n_chunks: int, evaluate_chunk: EvaluateChunk, deliver: Deliver,
                  stop_requested: Callable[[], bool]) -> None:
         self.comm = comm
         self.n_chunks = n_chunks
@@ -75,7 +104,8 @@ class _Coordinator:
         self.workers = comm.Get_size() - 1
         self.next_chunk = 0
         self.outstanding = 0
-        self.released = 0
+        self.released: set[int] = set()
+        self.stop_sent: set[int] = set()
         self.stopping = False
         self.MPI = _mpi() if self.workers else None
         self.status = self.MPI.Status() if self.workers else None
@@ -88,35 +118,54 @@ class _Coordinator:
         self.next_chunk += 1
         return chunk
 
+    def _send(self, obj: Any, dest: int, tag: int) -> None:
+        self.pending_sends.append(self.comm.isend(obj, dest=dest, tag=tag))
+        if len(self.pending_sends) > 2 * self.workers:
+            self.pending_sends = [r for r in self.pending_sends if not r.test()[0]]
+
+    def _stop(self) -> None:
+        """Stop dispatch, and tell every worker still at work to drop the rest of its chunk."""
+        if self.stopping:
+            return
+        self.stopping = True
+        for rank in range(1, self.workers + 1):
+            if rank not in self.released:
+                self.stop_sent.add(rank)
+                self._send(None, rank, TAG_STOP)
+
     def _handle(self, source: int, tag: int) -> None:
+        if tag not in (TAG_REQUEST, TAG_RESULT):
+            raise _unknown(source, tag)
         msg = self.comm.recv(source=source, tag=tag)
         if tag == TAG_REQUEST:
             chunk = self._take()
             if chunk is None:
-                self.released += 1
+                self.released.add(source)
+                self._send(Release(source in self.stop_sent), source, TAG_ASSIGN)
             else:
                 self.outstanding += 1
-            self.pending_sends.append(self.comm.isend(chunk, dest=source, tag=TAG_ASSIGN))
-            if len(self.pending_sends) > 2 * self.workers:
-                self.pending_sends = [r for r in self.pending_sends if not r.test()[0]]
-        elif tag == TAG_RESULT:
+                self._send(chunk, source, TAG_ASSIGN)
+        else:
             self.outstanding -= 1
             if msg.stop:
-                self.stopping = True
+                self._stop()
             self.deliver(msg)
+
+    def _check_stop(self) -> None:
+        if not self.stopping and self.stop_requested():
+            self._stop()
 
     def poll(self) -> bool:
         """Serve every message waiting now; True when the run should stop."""
-        if self.stop_requested():
-            self.stopping = True
+        self._check_stop()
         while self.workers and self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=self.MPI.ANY_TAG, status=self.status):
             self._handle(self.status.Get_source(), self.status.Get_tag())
+            self._check_stop()
         return self.stopping
 
     def poll_once(self) -> bool:
         """Serve at most one waiting message; True if there was one."""
-        if self.stop_requested():
-            self.stopping = True
+        self._check_stop()
         if self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=self.MPI.ANY_TAG, status=self.status):
             self._handle(self.status.Get_source(), self.status.Get_tag())
             return True
@@ -124,6 +173,7 @@ class _Coordinator:
 
     def run(self) -> Outcome:
         chunks = points = 0
+        backoff = Backoff()
         while True:
             self.poll()
             chunk = self._take()
@@ -132,41 +182,78 @@ class _Coordinator:
                 chunks += 1
                 points += len(result.points)
                 if result.stop:
-                    self.stopping = True
+                    self._stop()
                 self.deliver(result)
                 continue
-            if self.released == self.workers and self.outstanding == 0:
+            if len(self.released) == self.workers and self.outstanding == 0:
                 break
-            # Nothing left for rank 0 itself: wait for workers without spinning a core
-            # (MPI's blocking probe busy-polls and would slow a worker sharing the node).
-            if not self.poll_once():
-                time.sleep(IDLE_SLEEP_S)
+            # Nothing left for rank 0 itself: wait for workers without spinning a core.
+            if self.poll_once():
+                backoff.reset()
+            else:
+                backoff.wait()
         for req in self.pending_sends:
             req.wait()
         return Outcome(chunks, points, self.stopping)
 
 
-def _worker(comm: Any, evaluate_chunk: EvaluateChunk, stop_requested: Callable[[], bool]) -> Outcome:
+class _Worker:
     # Invariant: exactly one request is outstanding at the top of the loop, so each
-    # received answer matches one request, and "no more work" ends the loop cleanly.
-    chunks = points = 0
-    stopped = False
-    sends = [comm.isend(None, dest=0, tag=TAG_REQUEST)]
-    while True:
-        chunk = comm.recv(source=0, tag=TAG_ASSIGN)
-        if chunk is None:
-            break
-        sends.append(comm.isend(None, dest=0, tag=TAG_REQUEST))
-        if stop_requested():
-            result = ChunkResult(chunk, np.empty(0, dtype=np.int64), None, None)
-        else:
-            result = evaluate_chunk(chunk, stop_requested)
-            chunks += 1
-            points += len(result.points)
-        result.stop = result.stop or stop_requested()
-        stopped = stopped or result.stop
-        sends.append(comm.isend(result, dest=0, tag=TAG_RESULT))
-        sends = [r for r in sends if not r.test()[0]]
-    for req in sends:
-        req.wait()
-    return Outcome(chunks, points, stopped)
+    # received assignment matches one request, and a Release ends the loop cleanly.
+
+    def __init__(self, comm: Comm, evaluate_chunk: EvaluateChunk, stop_requested: Callable[[], bool]) -> None:
+        self.comm = comm
+        self.evaluate_chunk = evaluate_chunk
+        self.stop_requested = stop_requested
+        self.stop_received = False
+        self.MPI = _mpi()
+        self.status = self.MPI.Status()
+
+    def _take_stop(self) -> None:
+        self.comm.recv(source=0, tag=TAG_STOP)
+        self.stop_received = True
+
+    def poll(self) -> bool:
+        """True when this rank or rank 0 asked for a stop (one ``Iprobe``: cheap enough before every point)."""
+        if not self.stop_received and self.comm.Iprobe(source=0, tag=TAG_STOP):
+            self._take_stop()
+        return self.stop_received or self.stop_requested()
+
+    def _next_assignment(self) -> Any:
+        backoff = Backoff()
+        while True:
+            if self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=self.MPI.ANY_TAG, status=self.status):
+                source, tag = self.status.Get_source(), self.status.Get_tag()
+                if source != 0 or tag not in (TAG_ASSIGN, TAG_STOP):
+                    raise _unknown(source, tag)
+                if tag == TAG_STOP:
+                    self._take_stop()
+                    backoff.reset()
+                    continue
+                return self.comm.recv(source=0, tag=TAG_ASSIGN)
+            backoff.wait()
+
+    def run(self) -> Outcome:
+        chunks = points = 0
+        stopped = False
+        sends = [self.comm.isend(None, dest=0, tag=TAG_REQUEST)]
+        while True:
+            chunk = self._next_assignment()
+            if isinstance(chunk, Release):
+                if chunk.stop_sent and not self.stop_received:
+                    self._take_stop()  # sent before the release: take it so nothing is left pending
+                break
+            sends.append(self.comm.isend(None, dest=0, tag=TAG_REQUEST))
+            if self.poll():
+                result = ChunkResult(chunk, np.empty(0, dtype=np.int64), None, None)
+            else:
+                result = self.evaluate_chunk(chunk, self.poll)
+                chunks += 1
+                points += len(result.points)
+            result.stop = result.stop or self.poll()
+            stopped = stopped or result.stop
+            sends.append(self.comm.isend(result, dest=0, tag=TAG_RESULT))
+            sends = [r for r in sends if not r.test()[0]]
+        for req in sends:
+            req.wait()
+        return Outcome(chunks, points, stopped or self.stop_received)

@@ -64,6 +64,18 @@ class StopFlag:
             self.signal = name
             self.received_at = time.monotonic()
 
+    def ignore_further(self) -> None:
+        """Ignore the stop signals from now on: for a process exiting after a stop.
+
+        Python restores default handlers while it shuts down, so a repeated signal in
+        that window would still kill the process and hide its exit status (3: resume).
+        """
+        if threading.current_thread() is threading.main_thread():
+            for name in self.signals:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    signal.signal(sig, signal.SIG_IGN)
+
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         # Only plain assignments here: see the module docstring.
         now = time.monotonic()

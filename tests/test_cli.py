@@ -124,3 +124,33 @@ def test_path_job_with_a_missing_model_file(tmp_path):
     job = write_job(tmp_path, grid="x = 5",
                     directions=f'kind = "interpolation"\nmodels = ["{tmp_path}/a.pt", "{tmp_path}/b.pt"]')
     one_line_error(cli("run", str(job)), "directions.models")
+
+
+def test_directory_given_as_the_job_file_is_one_line(tmp_path):
+    # Defect 11: click printed its usage block (several lines) for a directory where a file is expected.
+    one_line_error(cli("run", str(tmp_path) + "/"), "is a directory")
+    one_line_error(cli("run", "--chunk-size", "many", str(tmp_path)), "--chunk-size")
+    one_line_error(cli("no-such-command"), "no-such-command")
+
+
+def test_help_and_version_still_exit_zero():
+    from mpiland import __version__
+
+    version = cli("--version")
+    assert version.returncode == 0 and __version__ in version.stdout
+    assert cli("run", "--help").returncode == 0 and "JOB_FILE" in cli("run", "-h").stdout
+
+
+def test_a_message_with_embedded_newlines_prints_as_one_line(capsys):
+    # Defect 11: an HDF5 message with an embedded newline gave a two-line error.
+    import pytest
+
+    from mpiland.cli import _fail
+    from mpiland.errors import SurfaceFileError
+
+    with pytest.raises(SystemExit) as info:
+        _fail(SurfaceFileError("cannot open out.h5: Unable to synchronously open file\n  (file signature not found)"),
+              debug=False)
+    assert info.value.code == 2
+    assert capsys.readouterr().err == ("error: cannot open out.h5: Unable to synchronously open file "
+                                       "(file signature not found)\n")

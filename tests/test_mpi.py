@@ -158,3 +158,56 @@ def test_hessian_eigenvalues_are_identical_across_sizes(tmp_path):
         for k in ("test_loss", "test_hess_max", "test_hess_min", "test_hess_ratio"):
             np.testing.assert_array_equal(a[k][...], b[k][...], err_msg=k)
         assert a.attrs["test_hess_trace"] == b.attrs["test_hess_trace"]
+
+
+def scenario(n, name, tmp_path, timeout=120):
+    """Run ``tests/mpi_scenarios.py NAME`` on n ranks; the per-rank result objects by rank."""
+    import json
+    import os
+    import subprocess
+
+    from util import REPO
+
+    proc = subprocess.run([MPIEXEC, "-n", str(n), PYTHON, str(REPO / "tests" / "mpi_scenarios.py"), name, str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("result.*.json"))]
+    assert len(results) == n, proc.stdout + proc.stderr[-3000:]
+    return {r["rank"]: r for r in results}, proc
+
+
+def test_comm_helpers_at_two_ranks(tmp_path):
+    from comm_cases import CASES
+
+    results, _ = scenario(2, "comm", tmp_path)
+    for rank in (0, 1):
+        assert results[rank]["passed"] == [c.__name__ for c in CASES]
+
+
+def test_independent_runs_on_comm_self_under_mpiexec(tmp_path):
+    # Defect 10: the launch check compared the launcher's count with COMM_SELF's size and refused the run,
+    # and every process took node-local rank 0 (so cuda:0).
+    results, _ = scenario(2, "self_comm", tmp_path)
+    assert sorted(r["local_rank"] for r in results.values()) == [0, 1]
+    assert all(r["local_size"] == 2 and r["ranks"] == 1 and r["points"] == r["total"] == 20 for r in results.values())
+    a, b = values(tmp_path / "self0.h5"), values(tmp_path / "self1.h5")
+    for k in METRICS:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_message_pending_on_the_callers_communicator_survives_run_job(tmp_path):
+    # Defect 10: rank 0 received every tag on the caller's communicator; the run now talks on a Dup.
+    results, _ = scenario(2, "pending", tmp_path)
+    assert results[0]["pending"] and results[0]["message"] == {"from": "caller", "value": 42}
+    assert results[0]["points"] == 20
+
+
+def test_stop_on_rank0_reaches_a_worker_in_the_middle_of_its_chunk(tmp_path):
+    # Defect 5: the worker's per-point poll only looked at its own flag, so it finished its whole chunk.
+    results, proc = scenario(2, "stop_rank0", tmp_path)
+    assert results[0]["interrupted"] and results[1]["interrupted"]
+    assert 1 <= results[1]["here"] < results[1]["chunk"] // 2, results
+    assert proc.stderr.count("received SIGTERM") == 1
+    done = values(tmp_path / "stop.h5")["done"]
+    assert done.sum() == results[0]["here"] + results[1]["here"]
