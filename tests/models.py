@@ -50,3 +50,21 @@ def failing_on_rank(rank: int = 1, after: int = 3) -> nn.Module:
 def linear() -> nn.Module:
     """A linear classifier: with an MSE loss its Hessian is the same at every θ (a quadratic loss)."""
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+
+def vmap_fails_on_rank(rank: int = 1) -> nn.Module:
+    """A digits MLP that vmap cannot run on one MPI rank (so ranks disagree on points per pass)."""
+    from mpi4py import MPI
+
+    class Picky(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            batched = torch._C._functorch.is_batchedtensor(self.net[1].weight)
+            if batched and MPI.COMM_WORLD.Get_rank() == rank:
+                raise RuntimeError("this rank cannot run a batched pass")
+            return self.net(x)
+
+    return Picky()
