@@ -34,7 +34,8 @@ from ..directions import Directions
 from ..errors import ModelError
 from ..layout import ParamLayout
 from ..spec import HessianSpec, LossSpec
-from .batching import MAX_POINTS_PER_PASS, activation_bytes, make_forward, memory_bound, vmap_failure
+from .batching import (MAX_POINTS_PER_PASS, activation_bytes, choose_points_per_pass, make_forward, memory_bound,
+                       vmap_failure)
 from .bn import BatchNormRecompute, batchnorm_modules
 from .checks import check_data_fits
 from .losses import BUILTIN_LOSSES, LossSums, metric_names, resolve_loss, split_metrics, wants_accuracy
@@ -67,13 +68,8 @@ class Evaluator:
                  memory_budget_mb: float = 1024.0, mode: str = "eval", options: EngineOptions | None = None,
                  bn_data: torch.Tensor | None = None, hessian: HessianSpec | None = None,
                  copy_model: bool = True) -> None:
-        """``bn_data``: training inputs for ``bn = "recompute"`` (None: running statistics as loaded).
-
-        ``hessian``: curvature at the origin (:meth:`origin_curvature`) and, with
-        ``enabled``, λmax, λmin and |λmin/λmax| at every point (:mod:`mpiland.curvature`).
-        ``copy_model``: work on a copy (the default), so the caller's model is never
-        changed; False hands the model over (it is then re-pointed into the flat buffer).
-        """
+        """``bn_data``: training inputs for ``bn = "recompute"``; ``hessian``: curvature at the origin and,
+        with ``enabled``, at every point; ``copy_model`` False hands the model over instead of copying it."""
         self.options = options or EngineOptions()
         self.device = device
         self.dtype = dtype
@@ -101,21 +97,25 @@ class Evaluator:
         self._buffers = [b for b in self.model.buffers() if b.is_floating_point() or b.dtype == torch.long]
         self._buffers0 = [b.clone() for b in self._buffers]
         self._restore_buffers = mode == "train" and bool(self._buffers)
-        resident = fits(splits, memory_budget_mb)
-        self.data: list[DeviceSplit] = [place_split(s, device, dtype, resident, self.options.channels_last)
-                                        for s in splits]
-        for d in self.data:
-            check_data_fits(self.model, d, self.loss_fn, loss.name, self.builtin_loss, self.accuracy, batch_size,
-                            device)
+        self.data = self._place_data(splits, loss.name, memory_budget_mb)
         self.curvature = None
         if hessian is not None:
             # Resident splits are already on the device: the operators share them.
             self.curvature = Curvature(self.model, {d.name: (d.inputs, d.targets) for d in self.data}, self.loss_fn,
                                        hessian, batch_size, device, dtype)
-        self._autocast = AUTOCAST.get(self.options.autocast)
+        self.autocast = AUTOCAST.get(self.options.autocast)
         self.fallback_reason = ""
         self.points_per_pass = 1
         self.use_points_per_pass(self._choose_points_per_pass(mode))
+
+    def _place_data(self, splits: list[Split], loss_name: str, memory_budget_mb: float) -> list[DeviceSplit]:
+        """Every split where the engine reads it, each checked to fit the model and the loss."""
+        resident = fits(splits, memory_budget_mb)
+        data = [place_split(s, self.device, self.dtype, resident, self.options.channels_last) for s in splits]
+        for d in data:
+            check_data_fits(self.model, d, self.loss_fn, loss_name, self.builtin_loss, self.accuracy,
+                            self.batch_size, self.device)
+        return data
 
     @property
     def resident(self) -> bool:
@@ -132,36 +132,21 @@ class Evaluator:
         return memory_bound(self.layout, self.flat.element_size(), activation_bytes(self.model, self._probe_batch()),
                             self.options.batch_memory_mb)
 
-    def _fall_back(self, reason: str) -> int:
-        self.fallback_reason = reason
-        log.info("evaluating one point per pass: %s", reason)
-        return 1
-
     def _choose_points_per_pass(self, mode: str) -> int:
-        """K for this run; a pure function of the job and the device type, never of timings.
-
-        Automatic: one point per pass on a CPU, where a batched pass rarely wins (a
-        vmapped convolution becomes a grouped one); the memory bound on a GPU, where
-        a small model leaves the device idle.
-        """
-        requested = self.options.points_per_pass
-        if requested == 1 or (requested == 0 and self.device.type == "cpu"):
-            return 1
-        if self.bn is not None:
-            return self._fall_back("model.bn = recompute (running statistics are re-estimated for each point)")
-        if mode == "train":
-            return self._fall_back("model.mode = train (batch statistics change buffers in place)")
-        k = requested if requested > 1 else self.max_points_per_pass()
-        if k == 1:
-            return 1
-        failure = vmap_failure(self.model, self.layout, self.params.theta0, self._probe_batch(2))
-        return self._fall_back(failure) if failure else k
+        """K for this run (:func:`~mpiland.engine.batching.choose_points_per_pass`); logs why it is 1."""
+        k, self.fallback_reason = choose_points_per_pass(
+            self.options.points_per_pass, self.device, recompute_bn=self.bn is not None, mode=mode,
+            bound=self.max_points_per_pass,
+            vmap_check=lambda: vmap_failure(self.model, self.layout, self.params.theta0, self._probe_batch(2)))
+        if self.fallback_reason:
+            log.info("evaluating one point per pass: %s", self.fallback_reason)
+        return k
 
     def use_points_per_pass(self, k: int, compile_: bool | None = None) -> None:
         """Evaluate ``k`` points per forward pass from now on (1: one point at a time on the model itself)."""
         self.points_per_pass = k
         self.params.reserve(k)
-        self._forward = make_forward(self.model, self.layout, k, self.params.row_views,
+        self.forward = make_forward(self.model, self.layout, k, self.params.row_views,
                                      self.options.compile if compile_ is None else compile_)
 
     def batched_pass_works(self) -> bool:
@@ -190,33 +175,14 @@ class Evaluator:
 
     # -- evaluating ----------------------------------------------------------------------
 
-    def _split_sums(self, d: DeviceSplit, k: int) -> torch.Tensor:
-        """Per point the loss sums over one split (see :class:`~mpiland.engine.losses.LossSums`)."""
-        sums = LossSums(self.loss_fn, self.builtin_loss, self.accuracy, k, self.device)
-        for x, y in d.batches(self.batch_size, self.device):
-            if self._autocast is not None:
-                with torch.autocast(self.device.type, dtype=self._autocast):
-                    out = self._forward(k, x)
-                out = out.float()
-            else:
-                out = self._forward(k, x)
-            sums.add(out, y)
-        return sums.result()
-
     def _pass(self, coefficients: np.ndarray) -> np.ndarray:
         """Sums (splits × k × sums) for the points in ``coefficients`` (at most points_per_pass rows)."""
         k = self._set_points(coefficients)
         with torch.inference_mode():
-            sums = torch.stack([self._split_sums(d, k) for d in self.data]).cpu().numpy()
+            sums = torch.stack([_split_sums(self, d, k) for d in self.data]).cpu().numpy()
         if self._restore_buffers:
             torch._foreach_copy_(self._buffers, self._buffers0)
         return sums
-
-    def _metrics(self, sums: np.ndarray) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        for name, split in zip(self.split_names, sums):
-            out.update(split_metrics(name, split, self.accuracy))
-        return out
 
     def evaluate_points(self, coords: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Evaluate each row of grid ``coords`` (n × dims); return metric arrays and per-point seconds.
@@ -244,28 +210,14 @@ class Evaluator:
         for start in range(0, n, self.points_per_pass):
             group = coefficients[start: start + self.points_per_pass]
             t0 = time.perf_counter()
-            metrics = self._metrics(self._pass(group))
+            metrics = _metrics(self.split_names, self._pass(group), self.accuracy)
             if self.curvature is not None and self.curvature.spec.enabled:
-                metrics.update(self._curvature(group))
+                metrics.update(_curvature(self, group))
             synchronize(self.device)
             seconds[start: start + len(group)] = (time.perf_counter() - t0) / len(group)
             for m in self.base_metrics:
                 values[m][start: start + len(group)] = metrics[m]
         return values, seconds
-
-    def _curvature(self, coefficients: np.ndarray) -> dict[str, np.ndarray]:
-        """Hessian extreme eigenvalues at each point of a group (one point at a time: HVPs need autograd).
-
-        After a one-point pass the model already holds the point (and its recomputed
-        BatchNorm statistics); a batched pass wrote its K×n buffer, so each point is set here.
-        """
-        assert self.curvature is not None
-        rows = []
-        for c in coefficients:
-            if self.params.rows is not None:
-                self.set_point(c)
-            rows.append(self.curvature.at_point(self.flat))
-        return {m: np.array([r[m] for r in rows]) for m in rows[0]}
 
     def origin_curvature(self) -> dict[str, float]:
         """Trace and directional curvatures at the origin (root attributes of a new file)."""
@@ -273,3 +225,40 @@ class Evaluator:
             return {}
         self.set_point(np.zeros(self.directions.dims))
         return self.curvature.at_origin(self.flat, self.params.basis.t(), axis_labels(self.directions.dims))
+
+
+def _curvature(ev: Evaluator, coefficients: np.ndarray) -> dict[str, np.ndarray]:
+    """Hessian extreme eigenvalues at each point of a group (one point at a time: HVPs need autograd).
+
+    After a one-point pass the model already holds the point (and its recomputed
+    BatchNorm statistics); a batched pass wrote its K×n buffer, so each point is set here.
+    """
+    assert ev.curvature is not None
+    rows = []
+    for c in coefficients:
+        if ev.params.rows is not None:
+            ev.set_point(c)
+        rows.append(ev.curvature.at_point(ev.flat))
+    return {m: np.array([r[m] for r in rows]) for m in rows[0]}
+
+
+def _metrics(split_names: list[str], sums: np.ndarray, accuracy: bool) -> dict[str, np.ndarray]:
+    """Metric arrays of every split from one pass's sums (splits × k × sums)."""
+    out: dict[str, np.ndarray] = {}
+    for name, split in zip(split_names, sums):
+        out.update(split_metrics(name, split, accuracy))
+    return out
+
+
+def _split_sums(ev: Evaluator, d: DeviceSplit, k: int) -> torch.Tensor:
+    """Per point the loss sums over one split (see :class:`~mpiland.engine.losses.LossSums`)."""
+    sums = LossSums(ev.loss_fn, ev.builtin_loss, ev.accuracy, k, ev.device)
+    for x, y in d.batches(ev.batch_size, ev.device):
+        if ev.autocast is not None:
+            with torch.autocast(ev.device.type, dtype=ev.autocast):
+                out = ev.forward(k, x)
+            out = out.float()
+        else:
+            out = ev.forward(k, x)
+        sums.add(out, y)
+    return sums.result()

@@ -98,3 +98,25 @@ def make_forward(model: nn.Module, layout: ParamLayout, k: int, rows: Callable[[
         return plain(x).unsqueeze(0)
 
     return single
+
+
+def choose_points_per_pass(requested: int, device: torch.device, *, recompute_bn: bool, mode: str,
+                           bound: Callable[[], int], vmap_check: Callable[[], str]) -> tuple[int, str]:
+    """K for a run and, when it falls back to 1, the reason; never a timing (values depend on K).
+
+    ``requested``: the job's K (0 automatic, 1 one point per pass). Automatic is one
+    point per pass on a CPU, where a batched pass rarely wins (a vmapped convolution
+    becomes a grouped one), and the memory ``bound()`` on a GPU, where a small model
+    leaves the device idle. ``vmap_check()`` returns why vmap cannot run the model, or "".
+    """
+    if requested == 1 or (requested == 0 and device.type == "cpu"):
+        return 1, ""
+    if recompute_bn:
+        return 1, "model.bn = recompute (running statistics are re-estimated for each point)"
+    if mode == "train":
+        return 1, "model.mode = train (batch statistics change buffers in place)"
+    k = requested if requested > 1 else bound()
+    if k == 1:
+        return 1, ""
+    failure = vmap_check()
+    return (1, failure) if failure else (k, "")
