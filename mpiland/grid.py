@@ -144,4 +144,6 @@ def resolve_grid(spec: GridSpec, directions: "Directions") -> GridSpec:
         span = hi - lo if hi > lo else max(abs(hi), 1.0)
         pad = spec.margin * span
         out.append(Axis(lo - pad, hi + pad, axis.num))
-    return GridSpec(out[0], out[1], spec.margin)
+    x = out[0]
+    assert x is not None  # spec.x is an Axis, so its replacement is one too
+    return GridSpec(x, out[1], spec.margin)

@@ -30,7 +30,7 @@ class ParamLayout:
     @classmethod
     def from_model(cls, model: torch.nn.Module, states: bool = False) -> "ParamLayout":
         """Parameters in ``named_parameters()`` order; with ``states``, then the floating buffers."""
-        entries = [(n, p) for n, p in model.named_parameters()]
+        entries: list[tuple[str, torch.Tensor]] = [(n, p) for n, p in model.named_parameters()]
         n_params = len(entries)
         if states:
             entries += [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
@@ -72,7 +72,7 @@ def flat_parameters(model: torch.nn.Module, dtype: torch.dtype = torch.float64) 
 
 def state_vector(model: torch.nn.Module, layout: ParamLayout, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The model's parameters (and, for a states layout, floating buffers) as one flat CPU vector."""
-    tensors = dict(model.named_parameters())
+    tensors: dict[str, torch.Tensor] = dict(model.named_parameters())
     tensors.update(model.named_buffers())
     return torch.cat([tensors[n].detach().reshape(-1).to("cpu", dtype) for n in layout.names])
 

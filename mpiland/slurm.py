@@ -32,7 +32,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from .errors import JobFileError, LaunchError
 
@@ -76,14 +76,16 @@ class _SbatchTemplate(string.Template):
     """``{{name}}`` placeholders; a ``{{`` not followed by ``name}}`` is an error."""
 
     delimiter = "{{"
-    pattern = r"""
+    # string.Template compiles this string into a Pattern when the class is created, so the
+    # attribute is a Pattern from then on (the stub knows only that type).
+    pattern = cast("re.Pattern[str]", r"""
         \{\{(?:
           (?P<escaped>(?!))|
           (?P<named>[a-z_][a-z0-9_]*)\}\}|
           (?P<braced>(?!))|
           (?P<invalid>)
         )
-    """
+    """)
 
 
 def parse_time_limit(value: str) -> int | None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -34,6 +34,15 @@ from .axes import normalize, parameter_mask
 from .base import Directions, Trajectory
 
 EPS = 1e-12
+
+
+class _Common(TypedDict):
+    """The :class:`Directions` fields that every path kind fills the same way."""
+
+    layout: ParamLayout
+    settings: dict[str, Any]
+    origin: torch.Tensor
+    sources: tuple[str, ...]
 
 
 def _labels(paths: list[str], roles: list[str]) -> list[str]:
@@ -60,7 +69,7 @@ def path_directions(model: torch.nn.Module, spec: DirectionsSpec, dims: int) -> 
         if float(d.norm()) <= EPS:
             raise JobFileError(f"directions.models: {p!r} is the same model as {paths[0]!r}; give distinct checkpoints")
     kind = spec.kind
-    common = dict(layout=layout, settings=settings, origin=theta0, sources=tuple(paths))
+    common = _Common(layout=layout, settings=settings, origin=theta0, sources=tuple(paths))
     if kind == "interpolation":
         a, b = _labels(paths, ["A", "B"])
         return Directions(torch.stack(diffs).float(), coefficient_map="axes", labels=(f"t ({a} → {b})",),
@@ -88,6 +97,7 @@ def path_directions(model: torch.nn.Module, spec: DirectionsSpec, dims: int) -> 
                           models=tuple(zip(names, corners)), **common)
     m = len(diffs)
     names = _labels(paths, ["start"] + [f"bend {i}" for i in range(1, m)] + ["end"])
+    models: tuple[tuple[str, tuple[float, ...]], ...]
     if kind == "bezier":
         models = ((names[0], (0.0,)), (names[-1], (1.0,)))
         label = f"t along the Bézier curve {names[0]} → {names[-1]}"

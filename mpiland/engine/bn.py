@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
-def batchnorm_modules(model: nn.Module) -> list[nn.Module]:
+def batchnorm_modules(model: nn.Module) -> list[_BatchNorm]:
     """The model's BatchNorm layers (any dimension)."""
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return [m for m in model.modules() if isinstance(m, _BatchNorm)]
 
 
 class BatchNormRecompute:
@@ -31,7 +32,7 @@ class BatchNormRecompute:
         """Reset the statistics and re-estimate them (cumulative average) with one pass over the inputs."""
         momenta = [m.momentum for m in self.modules]
         for m in self.modules:
-            m.reset_running_stats()  # type: ignore[operator]
+            m.reset_running_stats()
             m.momentum = None
         self.model.train()
         try:

@@ -28,7 +28,9 @@ def flatten_into(model: nn.Module, layout: ParamLayout, device: torch.device, dt
     for name, view in zip(layout.names[layout.n_params:], views[layout.n_params:]):
         owner, _, attr = name.rpartition(".")
         module = model.get_submodule(owner)
-        view.copy_(module._buffers[attr])
+        buffer = module._buffers[attr]
+        assert buffer is not None  # the layout names only buffers that named_buffers() yields
+        view.copy_(buffer)
         module._buffers[attr] = view
     return flat
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import numpy as np
 from matplotlib import colors as mcolors
@@ -74,6 +75,12 @@ def _edges(c: np.ndarray) -> np.ndarray:
         return np.array([c[0] - 0.5, c[0] + 0.5])
     mid = (c[1:] + c[:-1]) / 2
     return np.concatenate([[2 * c[0] - mid[0]], mid, [2 * c[-1] - mid[-1]]])
+
+
+def _axis_limits(c: np.ndarray, kind: str) -> tuple[float, float]:
+    """Axis limits along coordinates ``c``: the outer cell edges of a heatmap, else the end points."""
+    lo, hi = _edges(c)[[0, -1]] if kind == "heatmap" else (c.min(), c.max())
+    return float(lo), float(hi)
 
 
 def _draw_trajectory(ax, s: Surface) -> None:
@@ -182,10 +189,11 @@ def _draw_2d(fig: Figure, s: Surface, kind: str, metric: str, log: bool,
         X, Y = _grid(s, kind)
         lv = contour_levels(lo, hi, levels, log, _DEFAULT_LEVELS["contour"])
         cs = ax.contour(X, Y, z, levels=lv, cmap=cmap, norm=norm, linewidths=1.0)
-        if len(cs.levels):
-            ax.clabel(cs, cs.levels[::2], inline=True, fontsize=7, fmt=level_format(lv, log))
-    ax.set_xlim(_edges(s.x)[[0, -1]] if kind == "heatmap" else (s.x.min(), s.x.max()))
-    ax.set_ylim(_edges(s.y)[[0, -1]] if kind == "heatmap" else (s.y.min(), s.y.max()))
+        drawn = cast(np.ndarray, cs.levels)  # an array; the stub says only Iterable[float]
+        if len(drawn):
+            ax.clabel(cs, drawn[::2], inline=True, fontsize=7, fmt=level_format(lv, log))
+    ax.set_xlim(_axis_limits(s.x, kind))
+    ax.set_ylim(_axis_limits(s.y, kind))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     _mark_2d(ax, s, finite_values(s, metric), metric, markers)

@@ -14,6 +14,7 @@ not that ``-1`` placeholder (a loss or an accuracy in percent is never -1).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,7 @@ class Surface:
         """The metric with NaN where it has not been computed (divergent values kept)."""
         return np.where(self.computed[metric], self.metrics[metric], np.nan)
 
-    def point(self, index: tuple[int, ...]) -> tuple[float, ...]:
+    def point(self, index: tuple[int | np.integer[Any], ...]) -> tuple[float, ...]:
         """The coordinates of the grid point at ``index``."""
         if self.dims == 1:
             return (float(self.x[index[0]]),)
@@ -192,7 +193,7 @@ def _open(path: Path) -> h5py.File:
                                    "check that the file is complete and readable") from None
 
 
-def load_surface(path: str | Path) -> Surface:
+def load_surface(path: str | os.PathLike[str]) -> Surface:
     """Read a surface file (mpiland or reference tool) into a :class:`Surface`.
 
     Raises :class:`SurfaceFileError` for a missing file, a file that is not
