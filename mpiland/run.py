@@ -11,14 +11,13 @@ leaves ranks waiting for each other.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import h5py
 import numpy as np
 import torch
 
@@ -32,7 +31,7 @@ from .errors import CheckpointError, JobFileError
 from .grid import Chunks, Grid, make_chunks
 from .launch import Placement, check_launch, place
 from .spec import HessianSpec, Job
-from .models import build_model, file_digest, load_checkpoint
+from .models import build_model, load_checkpoint
 from .grid import resolve_grid
 from .models import base_checkpoint
 from .progress import Progress
@@ -63,7 +62,7 @@ class RunSummary:
 
 def _train_if_needed(comm: Any, job: Job) -> None:
     ckpt = job.model.checkpoint
-    missing = agree(comm, lambda: bool(comm.bcast(ckpt is not None and not Path(ckpt).exists(), root=0)))
+    missing = bool(comm.bcast(ckpt is not None and not Path(ckpt).exists() if comm.Get_rank() == 0 else None, root=0))
     if not missing:
         return
     if job.train is None:
@@ -127,8 +126,6 @@ def engine_options(job: Job) -> EngineOptions:
 
 def _choose_writer(requested: str, size: int, output: Path | None = None) -> str:
     """The writer to use (surface.choose_writer); without ``output`` no file-system check can be made."""
-    import h5py
-
     has_mpi = bool(h5py.get_config().mpi) and mpi_module() is not None
     if output is None and requested == "auto":
         return "mpio" if has_mpi and size > 1 else "gather"
@@ -142,6 +139,39 @@ def _open_surface(comm: Any, job: Job, path: Path, grid: Grid, directions: Direc
         return None
     return surface.open_surface(path, job, ident, grid, directions, evaluator.metrics, evaluator.origin_curvature,
                                 points_per_pass)
+
+
+def _use_points_per_pass(comm: Any, evaluator: Evaluator, k: int) -> None:
+    """Make every rank evaluate ``k`` points per pass, or all of them one at a time if any rank cannot.
+
+    Called on every rank unconditionally: the check is a collective.
+    """
+    if k != evaluator.points_per_pass:
+        evaluator.use_points_per_pass(k)
+    works = evaluator.batched_pass_works()
+    if not all(comm.allgather(works)):
+        if comm.Get_rank() == 0:
+            log.warning("the file was started with %d points per pass, which this model cannot run on every rank; "
+                        "evaluating one at a time (values may differ from earlier ones at rounding level)", k)
+        evaluator.use_points_per_pass(1)
+
+
+def _record_threads(writer: surface.SurfaceWriter | None, threads: list[int], rank: int) -> None:
+    """Store the threads per rank in the file, and say when values may differ from earlier ones at rounding level.
+
+    mpiland's own sums do not depend on the thread count; a library's kernels (GEMM,
+    convolutions) may, so a value is independent of ranks and resumes when every
+    rank of every run used the same number of threads (docs/schema.md).
+    """
+    if len(set(threads)) > 1 and rank == 0:
+        log.warning("ranks use different numbers of torch threads (%s); values may differ at rounding level "
+                    "between their points: set run.threads to make them equal", sorted(set(threads)))
+    if writer is None:
+        return
+    previous = writer.record_threads(threads[0])
+    if rank == 0 and previous is not None and previous != threads[0]:
+        log.warning("this run uses %d torch thread(s) per rank, the file's earlier points %d; values may differ "
+                    "from theirs at rounding level (set run.threads = %d to match)", threads[0], previous, previous)
 
 
 def _store_derived(path: Path) -> None:
@@ -170,36 +200,38 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
     t_start = time.perf_counter()
     agree(comm, lambda: check_launch(comm))
     placement: Placement = agree(comm, lambda: place(comm, job.run.device, job.run.threads))
-    writer_kind = agree(comm, lambda: _choose_writer(job.run.writer, size))
+    writer_kind = comm.bcast(agree(comm, lambda: _choose_writer(job.run.writer, size, Path(job.output.path))
+                                   if rank == 0 else None), root=0)
     _train_if_needed(comm, job)
 
-    def _setup() -> tuple[Evaluator, Directions, str]:
-        model = _prepare_model(job)
-        splits = [load_split(job.data, s) for s in job.data.splits]
-        if job.directions.kind == "hessian":
-            directions = comm.bcast(_hessian_directions(job, model, splits, placement) if rank == 0 else None, root=0)
-        else:
-            directions = make_directions(model, job.directions, job.grid.dims)
+    # Each step that can raise on some ranks only runs inside agree(); collectives run between them, on
+    # every rank, so a user error anywhere is one agreed error and never a rank left in a broadcast.
+    model, splits = agree(comm, lambda: (_prepare_model(job), [load_split(job.data, s) for s in job.data.splits]))
+    if job.directions.kind == "hessian":
+        found = agree(comm, lambda: _hessian_directions(job, model, splits, placement) if rank == 0 else None)
+        directions: Directions = comm.bcast(found, root=0)
+    else:
+        directions = agree(comm, lambda: make_directions(model, job.directions, job.grid.dims))
+
+    def _engine() -> tuple[Evaluator, surface.Identity | None]:
         ident = surface.job_identity(job, model, directions, splits) if rank == 0 else None
         evaluator = Evaluator(model, directions, splits, job.loss, placement.device,
                               dtype=getattr(torch, job.model.dtype), batch_size=job.data.batch_size,
                               memory_budget_mb=job.data.memory_budget_mb, mode=job.model.mode,
-                              options=engine_options(job), bn_data=_bn_inputs(job), hessian=_curvature_spec(job))
-        return evaluator, directions, ident
+                              options=engine_options(job), bn_data=_bn_inputs(job), hessian=_curvature_spec(job),
+                              copy_model=False)
+        return evaluator, ident
 
-    evaluator, directions, fp = agree(comm, _setup)
+    evaluator, fp = agree(comm, _engine)
     fp = comm.bcast(fp, root=0)
+    # Points per pass: every rank takes part, and all use the smallest K any rank can run.
+    agreed_k = min(comm.allgather(evaluator.points_per_pass))
     grid = Grid.from_spec(resolve_grid(job.grid, directions))
     metrics = evaluator.metrics
     path = Path(job.output.path)
     done, k = comm.bcast(agree(comm, lambda: _open_surface(comm, job, path, grid, directions, evaluator, fp,
-                                                         evaluator.points_per_pass)), root=0)
-    if k != evaluator.points_per_pass:
-        evaluator.use_points_per_pass(k)
-        if not agree(comm, evaluator.batched_pass_works):
-            log.warning("the file was started with %d points per pass, which this model cannot run here; "
-                        "evaluating one at a time (values may differ from earlier ones at rounding level)", k)
-            evaluator.use_points_per_pass(1)
+                                                         agreed_k)), root=0)
+    _use_points_per_pass(comm, evaluator, k)
     chunks: Chunks = make_chunks(done, size, job.run.chunk_size, block=evaluator.points_per_pass)
     already = int(done.sum())
     if rank == 0:
@@ -211,7 +243,9 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
     log.debug("rank %d on %s (local rank %d/%d), %d thread(s)", rank, placement.device,
               placement.local_rank, placement.local_size, placement.threads)
 
+    threads = comm.allgather(placement.threads)
     writer = surface.open_writer(path, comm, writer_kind, evaluator.points_per_pass)
+    _record_threads(writer, threads, rank)
 
     label = "(with Hessian eigenvalues) " if job.hessian.enabled else ""
     if rank == 0 and job.hessian.enabled:
@@ -265,14 +299,18 @@ def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSu
     if bar is not None:
         bar.close()
     if writer is not None:
-        writer.close()
+        writer.close(release=False)
     interrupted = bool(comm.allreduce(int(outcome.stopped or stop()))) if size > 1 else outcome.stopped or stop()
     evaluated = comm.bcast(evaluated, root=0)
     eval_seconds = comm.bcast(eval_seconds, root=0)
     summary = RunSummary(path, grid.size, already, evaluated, outcome.points_evaluated, time.perf_counter() - t_start,
                          eval_seconds, bool(interrupted), writer_kind, size)
-    if rank == 0 and not interrupted and already + evaluated == grid.size:
-        _store_derived(path)
+    if rank == 0:
+        try:
+            if not interrupted and already + evaluated == grid.size:
+                _store_derived(path)
+        finally:
+            surface.release_output(path)
     if rank == 0:
         remaining = grid.size - already - evaluated
         if interrupted:

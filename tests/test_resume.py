@@ -102,9 +102,26 @@ def test_resume_keeps_the_points_per_pass_of_the_file(tmp_path, caplog):
 
 
 def test_failed_in_process_run_releases_the_file(tmp_path):
-    path = write_job(tmp_path, model='factory = "tests/models.py:failing_on_rank"\nkwargs = { rank = 0, after = 6 }',
+    path = write_job(tmp_path, model='factory = "tests/models.py:failing_on_rank"\nkwargs = { rank = 0, after = 9 }',
                      extra="chunk_size = 2\npoints_per_pass = 1\n")
     with pytest.raises(RuntimeError, match="simulated failure"):
         run_job(load_job(path))
     with h5py.File(tmp_path / "surface.h5", "r") as f:  # not left locked by the failed run
         assert 0 < f["done"][...].sum() < f["done"].size
+
+
+def test_the_file_records_the_thread_counts_that_made_it(tmp_path):
+    """Library kernels may round differently with another thread count: a resume with one is recorded and said."""
+    from util import cli
+
+    job = write_job(tmp_path, extra="chunk_size = 4\n")
+    out = tmp_path / "surface.h5"
+    assert cli("run", str(job), "--threads", "1").returncode == 0
+    with h5py.File(out, "r+") as f:
+        f["done"][-1, -1] = 0
+    proc = cli("run", str(job), "--threads", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "earlier points 1" in proc.stderr
+    with h5py.File(out, "r") as f:
+        assert int(f.attrs["threads"]) == 2
+        assert list(f.attrs["threads_history"]) == [1, 2]

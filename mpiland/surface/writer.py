@@ -34,6 +34,7 @@ from ..errors import SurfaceFileError
 from ..grid import Grid, row_runs
 from . import lock
 from .names import (ATTR_CREATED, ATTR_FINGERPRINT, ATTR_METRICS, ATTR_PPP, ATTR_PPP_HISTORY, ATTR_SCHEMA,
+                    ATTR_THREADS, ATTR_THREADS_HISTORY,
                     ATTR_VERSION, DONE, SECONDS, XCOORDS, YCOORDS)
 
 if TYPE_CHECKING:
@@ -163,6 +164,22 @@ class SurfaceWriter:
         a[ATTR_PPP] = k  # under MPI-IO every rank writes the same values (attribute writes are collective)
         a[ATTR_PPP_HISTORY] = np.array(history, dtype=np.int64)
 
+    def record_threads(self, threads: int) -> int | None:
+        """Record the torch threads per rank of this run (its ``threads`` and their history); return the previous.
+
+        Values can differ at rounding level between thread counts (a library's
+        kernels may split work by threads), so a file says which counts made it.
+        Under MPI-IO every rank calls this with the same value.
+        """
+        a = self.file.attrs
+        previous = int(a[ATTR_THREADS]) if ATTR_THREADS in a else None
+        history = [int(v) for v in np.atleast_1d(a.get(ATTR_THREADS_HISTORY, []))]
+        if not history or history[-1] != threads:
+            history.append(threads)
+        a[ATTR_THREADS] = threads
+        a[ATTR_THREADS_HISTORY] = np.array(history, dtype=np.int64)
+        return previous
+
     def done_mask(self) -> np.ndarray:
         return self.done[...]
 
@@ -201,8 +218,12 @@ class SurfaceWriter:
             else:
                 ds[row, c0:c1] = vals[p0:p1]
 
-    def close(self) -> None:
-        """Mark what is pending, close the file (collectively under MPI-IO) and release the output lock."""
+    def close(self, release: bool = True) -> None:
+        """Mark what is pending, close the file (collectively under MPI-IO) and release the output lock.
+
+        ``release`` False keeps the lock (released later by :func:`~mpiland.surface.release_output`), so
+        rank 0 can store the derived numbers before another run may take the file.
+        """
         try:
             if self.file.id.valid:
                 self.mark_done()
@@ -212,7 +233,8 @@ class SurfaceWriter:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-            lock.release(self.path)
+            if release:
+                lock.release(self.path)
 
 
 def open_writer(path: Path, comm: Any, kind: str, points_per_pass: int) -> SurfaceWriter | None:
