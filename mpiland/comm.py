@@ -182,7 +182,7 @@ def agree(comm: Comm, fn: Callable[[], T]) -> T:
         if first is not None:
             cls, msg, where = first
             shared = cls(msg if where == 0 else f"rank {where}: {msg}")
-            shared.agreed = True  # type: ignore[attr-defined]  # every rank raises it: rank 0 reports it
+            shared.agreed = True  # every rank raises it: rank 0 reports it
             raise shared
     if err is not None:
         raise err

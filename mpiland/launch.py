@@ -69,7 +69,7 @@ def local_rank_and_size(comm: Comm, env: dict[str, str] | None = None) -> tuple[
     MPI = mpi_module() if not isinstance(comm, SelfComm) else None
     if MPI is not None and hasattr(comm, "Split_type") and _spans_world(comm, MPI):
         try:
-            node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # type: ignore[attr-defined]
+            node = comm.Split_type(MPI.COMM_TYPE_SHARED)
             try:
                 return node.Get_rank(), node.Get_size()
             finally:

@@ -107,8 +107,8 @@ class _Coordinator:
         self.released: set[int] = set()
         self.stop_sent: set[int] = set()
         self.stopping = False
-        self.MPI = _mpi() if self.workers else None
-        self.status = self.MPI.Status() if self.workers else None
+        self.MPI: Any = _mpi() if self.workers else None  # None at size 1: nobody to talk to
+        self.status: Any = self.MPI.Status() if self.MPI is not None else None
         self.pending_sends: list[Any] = []
 
     def _take(self) -> int | None:
