@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
 import h5py
 import numpy as np
@@ -26,7 +26,7 @@ from .analysis.measures import store_derived
 from .data import Split, load_split
 from .directions import CurvatureInputs, Directions, make_directions
 from .engine import EngineOptions, Evaluator, resolve_loss
-from .comm import agree, isolated, mpi_module, world
+from .comm import Comm, agree, isolated, mpi_module, world
 from .errors import CheckpointError, JobFileError
 from .grid import Chunks, Grid, make_chunks
 from .launch import Placement, check_launch, place
@@ -40,8 +40,6 @@ from .signals import StopFlag
 from .train import train_model
 
 log = logging.getLogger("mpiland")
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -195,7 +193,7 @@ def run_job(job: Job, comm: Any = None, progress: str | None = None, stop: StopF
             return _run_job(job, own_comm, progress, own)
 
 
-def _run_job(job: Job, comm: Any, progress: str | None, stop: StopFlag) -> RunSummary:
+def _run_job(job: Job, comm: Comm, progress: str | None, stop: StopFlag) -> RunSummary:
     rank, size = comm.Get_rank(), comm.Get_size()
     t_start = time.perf_counter()
     agree(comm, lambda: check_launch(comm))

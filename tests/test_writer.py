@@ -58,7 +58,7 @@ def test_done_waits_for_the_time_based_flush(tmp_path):
     path = tmp_path / "surface.h5"
     with h5py.File(path, "r+") as f:
         f["done"][...] = 0
-    writer = SurfaceWriter(path, mark_seconds=3600.0)
+    writer = SurfaceWriter(path, mark_seconds=3600.0, min_mark_seconds=3600.0)
     writer.write(np.array([0, 1]), {m: np.zeros(2) for m in writer.metrics}, np.ones(2))
     shutil.copy(path, tmp_path / "crash.h5")  # what a crash now would leave
     with h5py.File(tmp_path / "crash.h5", "r") as f:

@@ -7,10 +7,12 @@ place, so an existing file is never half-replaced. Afterwards only values and th
 independently through MPI-IO (``mpio`` writer).
 
 Durability: the gather writer writes values at once but marks points done only
-after a flush (and fsync) that follows their values, at most every
-:data:`MARK_SECONDS` and at close; so ``done`` never claims a value that is not
-on disk, and a crash loses at most the points delivered in the last
-:data:`MARK_SECONDS` (they are recomputed on resume). The MPI-IO writer opens
+after a flush (and fsync) that follows their values, and at close; so ``done``
+never claims a value that is not on disk. Flushes are spaced by
+:data:`MARK_COST_FACTOR` times what the last one cost, within
+[:data:`MIN_MARK_SECONDS`, :data:`MARK_SECONDS`], so a crash loses at most the
+points delivered in the last :data:`MARK_SECONDS` (on a local disk, a fraction
+of a second); they are recomputed on resume. The MPI-IO writer opens
 its dataset handles once, in the same order on every rank, writes only
 independently (values, then ``done``, from the rank that computed them) and
 closes collectively (docs/schema.md, "Writing and crashes").
@@ -126,16 +128,23 @@ def _write_directions(f: h5py.File, directions: "Directions") -> None:
 
 MARK_SECONDS = 10.0
 """Gather writer: at most this many seconds between a flush of values and the done marks that follow it."""
+MIN_MARK_SECONDS = 0.1
+"""Gather writer: at least this many seconds between two flushes (unless the file closes)."""
+MARK_COST_FACTOR = 50.0
+"""Gather writer: the next flush waits this many times as long as the last flush took (so flushing costs
+about 2 % of the time on a slow file system, and a crash loses well under a second of work on a local disk)."""
 
 
 class SurfaceWriter:
     """An open surface file that takes chunk results. ``comm`` set → MPI-IO (every rank opens it, collectively)."""
 
     def __init__(self, path: Path, comm: Any = None, points_per_pass: int | None = None,
-                 mark_seconds: float = MARK_SECONDS) -> None:
+                 mark_seconds: float = MARK_SECONDS, min_mark_seconds: float = MIN_MARK_SECONDS) -> None:
         self.path = path
         self.parallel = comm is not None
         self.mark_seconds = mark_seconds
+        self.min_mark_seconds = min(min_mark_seconds, mark_seconds)
+        self._interval = self.min_mark_seconds  # until a first flush has measured what one costs here
         try:
             if self.parallel:
                 self.file = h5py.File(path, "r+", driver="mpio", comm=comm)
@@ -195,13 +204,14 @@ class SurfaceWriter:
             self._put(self.done, runs, np.ones(len(points), dtype=np.uint8))
             return
         self._pending.append((runs, len(points)))
-        if time.monotonic() - self._marked >= self.mark_seconds:
+        if time.monotonic() - self._marked >= min(self._interval, self.mark_seconds):
             self.mark_done()
 
     def mark_done(self) -> None:
         """Gather writer: flush and fsync the values written so far, then mark their points done."""
         if self.parallel or not self._pending:
             return
+        start = time.monotonic()
         self.file.flush()
         assert self._fd is not None
         os.fsync(self._fd)
@@ -210,6 +220,8 @@ class SurfaceWriter:
         self._pending.clear()
         self.file.flush()
         self._marked = time.monotonic()
+        cost = self._marked - start
+        self._interval = min(self.mark_seconds, max(self.min_mark_seconds, MARK_COST_FACTOR * cost))
 
     def _put(self, ds: h5py.Dataset, runs: list[tuple[int, int, int, int, int]], vals: np.ndarray) -> None:
         for row, c0, c1, p0, p1 in runs:
