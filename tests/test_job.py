@@ -84,3 +84,31 @@ def test_axis_values_hit_the_end_points():
     job = parse_job('[model]\nfactory = "a:b"\n[grid]\nx = [-1, 1, 21]')
     v = job.grid.x.values()
     assert v[0] == -1.0 and v[-1] == 1.0 and v[10] == pytest.approx(0.0) and len(v) == 21
+
+
+def test_python_specs_and_job_files_share_one_set_of_defaults():
+    """Every key a job file leaves out gets the spec dataclass's default, resolved the same way for each kind."""
+    from dataclasses import fields
+
+    from mpiland.jobfile import _SCHEMA, _SPECS
+    from mpiland.spec import DirectionsSpec, ModelSpec, resolve_directions
+
+    job = parse_job('[model]\nfactory = "mpiland.demo:digits_mlp"\n[grid]\nx = [-1.0, 1.0, 3]\n')
+    for section, cls in _SPECS.items():
+        assert set(_SCHEMA[section]) == {f.name for f in fields(cls)}, section
+        if section in ("train", "grid", "directions"):
+            continue
+        if section == "hessian":  # hessian.splits () means: the evaluated splits
+            assert job.hessian.splits == job.data.splits
+            continue
+        defaults = cls(factory="mpiland.demo:digits_mlp") if cls is ModelSpec else cls()
+        assert getattr(job, section) == defaults, section
+    kinds = {"random": "", "file": 'file = ["d.h5"]', "hessian": "", "interpolation": 'models = ["a.pt", "b.pt"]'}
+    for kind, extra in kinds.items():
+        text = (f'[model]\nfactory = "mpiland.demo:digits_mlp"\n[directions]\nkind = "{kind}"\n{extra}\n'
+                '[grid]\nx = [-1.0, 1.0, 3]\n')
+        from_toml = parse_job(text).directions
+        from_python = resolve_directions(DirectionsSpec(kind=kind, file=from_toml.file, models=from_toml.models))
+        assert from_toml == from_python, kind
+        assert from_python.relevant() == DirectionsSpec(kind=kind, file=from_toml.file,
+                                                        models=from_toml.models).relevant(), kind
