@@ -20,7 +20,7 @@ import torch
 from ..layout import ParamLayout
 from ..spec import HessianSpec
 from .linalg import directional_curvature, extreme_eigenvalues, hutchinson_trace
-from .operator import HessianOperator
+from .operator import HessianOperator, LossFn
 
 
 def metric_names(spec: HessianSpec) -> list[str]:
@@ -44,7 +44,7 @@ class Curvature:
     """Hessian operators of one model replica, one per split, over its parameters (a prefix of the flat buffer)."""
 
     def __init__(self, model: torch.nn.Module, splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 loss_fn: object, spec: HessianSpec, batch_size: int, device: torch.device,
+                 loss_fn: LossFn, spec: HessianSpec, batch_size: int, device: torch.device,
                  model_dtype: torch.dtype) -> None:
         self.spec = spec
         self.layout = ParamLayout.from_model(model)

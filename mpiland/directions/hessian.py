@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..curvature import HessianOperator, Restricted, hessian_batches, top_eigenvectors
+from ..curvature.operator import LossFn
 from ..data import Split
 from ..errors import JobFileError
 from ..layout import ParamLayout
@@ -35,7 +36,7 @@ class CurvatureInputs:
 
     hessian: HessianSpec
     split: Split
-    loss_fn: object
+    loss_fn: LossFn
     batch_size: int
     device: torch.device
     dtype: torch.dtype
