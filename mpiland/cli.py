@@ -57,7 +57,7 @@ def _fail(exc: BaseException, debug: bool, comm: Comm | None = None) -> None:
     else:
         click.echo(f"error (rank {rank}): {exc.__class__.__name__}: {one_line(str(exc))}; aborting all ranks", err=True)
     sys.stderr.flush()
-    if size > 1:
+    if comm is not None and size > 1:
         comm.Abort(EXIT_USAGE if user else 1)
     sys.exit(EXIT_USAGE if user else 1)
 

@@ -271,13 +271,18 @@ def _run_job(job: Job, comm: Comm, progress: str | None, stop: StopFlag) -> RunS
             n = group.stop
         result = ChunkResult(chunk, points[:n], {m: a[:n] for m, a in values.items()}, seconds[:n], stopped)
         if writer_kind == "mpio" and n:
+            # every rank has an MPI-IO writer, and the values were just set
+            assert writer is not None and result.values is not None and result.seconds is not None
             writer.write(result.points, result.values, result.seconds)
             result.values = result.seconds = None
         return result
 
     def deliver(result: ChunkResult) -> None:
         nonlocal evaluated
+        # only rank 0 delivers: it has the bar, and the writer when values come with the result
+        assert bar is not None
         if result.values is not None and len(result.points):
+            assert writer is not None and result.seconds is not None
             writer.write(result.points, result.values, result.seconds)
         evaluated += len(result.points)
         bar.update(len(result.points))
