@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -36,15 +35,6 @@ def build_model(spec: ModelSpec) -> torch.nn.Module:
     if next(model.parameters(), None) is None:
         raise ModelError(f"model.factory {spec.factory!r} returned a module without parameters")
     return model
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (part of the surface fingerprint)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def extract_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
