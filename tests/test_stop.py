@@ -1,16 +1,13 @@
 """Stopping a single-process run with signals: exit 3, the file resumes, and a resume completes identically."""
 
-import os
 import signal
-import subprocess
-import time
 
 import h5py
 import numpy as np
 
 from mpiland.errors import EXIT_INTERRUPTED
 
-from util import PYTHON, REPO, cli, write_job
+from util import cli, interrupted_run, write_job
 
 METRICS = ("test_loss", "test_acc", "test_loss_stderr", "done")
 
@@ -22,20 +19,7 @@ def read(path):
 
 def signalled_run(args, signals, delay=1.0, gap=0.2):
     """Start ``mpiland run ARGS``; ``delay`` s after evaluation starts send each of ``signals``, ``gap`` s apart."""
-    proc = subprocess.Popen([PYTHON, "-m", "mpiland", "run", *args], cwd=REPO, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.stderr is not None
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if "points pending" in line:
-            break
-    time.sleep(delay)
-    for sig in signals:
-        proc.send_signal(sig)
-        time.sleep(gap)
-    rest = "".join(seen) + proc.stderr.read()
-    return proc.wait(timeout=60), rest
+    return interrupted_run(args, delay, signals=tuple(signals), gap=gap, timeout=60)
 
 
 def test_two_sigterms_stop_once_and_the_run_resumes_identically(tmp_path):

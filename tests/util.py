@@ -60,8 +60,13 @@ def plain_metrics(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.T
     return loss, acc
 
 
-def interrupted_run(args: list[str], delay: float, launcher: list[str] | None = None) -> tuple[int, str]:
-    """Start ``mpiland run ARGS``, send SIGTERM ``delay`` s after evaluation starts; return (status, stderr)."""
+def interrupted_run(args: list[str], delay: float, launcher: list[str] | None = None,
+                    signals: tuple[int, ...] = (signal.SIGTERM,), gap: float = 0.2,
+                    timeout: float = 30) -> tuple[int, str]:
+    """Start ``mpiland run ARGS``, send each of ``signals`` (``gap`` s apart) ``delay`` s after evaluation starts.
+
+    Returns (status, stderr).
+    """
     proc = subprocess.Popen((launcher or []) + [PYTHON, "-m", "mpiland", "run", *args], cwd=REPO,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stderr is not None
@@ -71,6 +76,9 @@ def interrupted_run(args: list[str], delay: float, launcher: list[str] | None = 
         if "points pending" in line:
             break
     time.sleep(delay)
-    proc.send_signal(signal.SIGTERM)
+    for i, sig in enumerate(signals):
+        if i:
+            time.sleep(gap)
+        proc.send_signal(sig)
     rest = "".join(seen) + proc.stderr.read()
-    return proc.wait(timeout=30), rest
+    return proc.wait(timeout=timeout), rest
