@@ -122,12 +122,10 @@ def engine_options(job: Job) -> EngineOptions:
                          channels_last=r.channels_last, compile=r.compile)
 
 
-def _choose_writer(requested: str, size: int, output: Path | None = None) -> str:
-    """The writer to use (surface.choose_writer); without ``output`` no file-system check can be made."""
+def _choose_writer(requested: str, size: int, output: Path) -> str:
+    """The writer to use for ``output`` (surface.choose_writer checks its file system)."""
     has_mpi = bool(h5py.get_config().mpi) and mpi_module() is not None
-    if output is None and requested == "auto":
-        return "mpio" if has_mpi and size > 1 else "gather"
-    return surface.choose_writer(requested, size, has_mpi, output or Path("surface.h5"))
+    return surface.choose_writer(requested, size, has_mpi, output)
 
 
 def _open_surface(comm: Any, job: Job, path: Path, grid: Grid, directions: Directions, evaluator: Evaluator,
