@@ -47,3 +47,11 @@ class LaunchError(MpilandError):
 
 class WorldTooSmallError(LaunchError):
     """The job needs more ranks than were launched."""
+
+
+class MetricError(MpilandError):
+    """A user loss or metric cannot be used: wrong output shape, not a number, or it raised."""
+
+
+class DependencyError(MpilandError):
+    """A feature needs an optional package that is not installed (the message names the pip command)."""
