@@ -1,23 +1,35 @@
-"""Evaluation data: the built-in digits set and user factories, as whole tensors per split.
+"""Evaluation data: whole tensors per split, or a split streamed batch by batch from a DataLoader.
 
-Data is materialised once per process as ``(inputs, targets)`` tensors so the
-engine can keep it resident on the device and never starts DataLoader workers per
-grid point. The digits file is read with numpy directly: importing scikit-learn
-(and SciPy with it) into an evaluation process slows torch's forward pass.
+A job file's data (the built-in digits set, a user factory) is materialised once
+per process as ``(inputs, targets)`` tensors (:class:`Split`), so the engine can
+keep it resident on the device. Data handed over from Python may also be a
+``DataLoader`` or a ``Dataset`` (:class:`Stream`): it is read through mpiland's own
+loader over the same dataset, in dataset order, with persistent workers, so no
+worker is started per grid point and the caller's loader (and the global RNG a
+shuffling sampler would draw from) is never touched. A batch is ``(inputs,
+targets)`` or a dict whose ``labels`` (or ``label``, ``targets``, ``target``, ``y``)
+entry holds the targets and whose other entries are the model's keyword inputs.
+The digits file is read with numpy directly: importing scikit-learn (and SciPy with
+it) into an evaluation process slows torch's forward pass.
 """
 
 from __future__ import annotations
 
 import gzip
+import logging
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any, Iterator, Mapping, Union
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 
 from .errors import DataError
 from .spec import DataSpec
 from .userimport import resolve_callable
+
+log = logging.getLogger("mpiland")
 
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 20180101
@@ -102,3 +114,119 @@ def load_split(spec: DataSpec, split: str) -> Split:
         idx = torch.randperm(len(targets), generator=gen)[: spec.subset].sort().values
         inputs, targets = inputs[idx], targets[idx]
     return Split(split, inputs.contiguous(), targets.contiguous())
+
+
+Inputs = Union[torch.Tensor, dict[str, torch.Tensor]]
+"""A batch's model inputs: one tensor (``model(x)``) or keyword tensors (``model(**x)``)."""
+
+TARGET_KEYS = ("labels", "label", "targets", "target", "y")
+"""Keys of a dict batch that hold the targets, in the order they are looked for."""
+
+DEFAULT_SPLIT = "data"
+"""The split name of data given without a name (metrics ``data_loss``, ``data_acc``)."""
+
+
+def split_batch(batch: Any, where: str) -> tuple[Inputs, torch.Tensor]:
+    """``(inputs, targets)`` of one batch a loader yields: a pair, or a dict with a targets key."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        inputs, targets = batch
+    elif isinstance(batch, Mapping):
+        key = next((k for k in TARGET_KEYS if k in batch), None)
+        if key is None:
+            raise DataError(f"{where}: a batch dict needs the targets under one of {', '.join(TARGET_KEYS)}; "
+                            f"it has {', '.join(map(str, batch)) or 'no keys'}")
+        inputs = {str(k): v for k, v in batch.items() if k != key}
+        targets = batch[key]
+    else:
+        shape = f"a {type(batch).__name__}" + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else "")
+        raise DataError(f"{where}: the loader yields {shape}; each batch must be (inputs, targets) or a dict "
+                        "with a 'labels' entry")
+    if not isinstance(targets, torch.Tensor):
+        raise DataError(f"{where}: batch targets are {type(targets).__name__}, expected a tensor; "
+                        "collate the targets into a tensor")
+    if isinstance(inputs, dict):
+        bad = [k for k, v in inputs.items() if not isinstance(v, torch.Tensor)]
+        if bad or not inputs:
+            raise DataError(f"{where}: every model input of a dict batch must be a tensor "
+                            f"({', '.join(bad) or 'none given'}); collate them into tensors")
+    elif not isinstance(inputs, torch.Tensor):
+        raise DataError(f"{where}: batch inputs are {type(inputs).__name__}, expected a tensor or a dict of tensors")
+    return inputs, targets
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One split read batch by batch from mpiland's own loader over a dataset (never materialised)."""
+
+    name: str
+    loader: DataLoader[Any]
+
+    def batches(self) -> Iterator[tuple[Inputs, torch.Tensor]]:
+        """``(inputs, targets)`` batches on the host, in the loader's (sequential) order."""
+        where = f"data split {self.name!r}"
+        for batch in self.loader:
+            yield split_batch(batch, where)
+
+
+def _loader_options(loader: DataLoader[Any]) -> dict[str, Any]:
+    """The settings of ``loader`` that a copy over the same dataset keeps, with persistent workers."""
+    workers = int(loader.num_workers)
+    options: dict[str, Any] = {"num_workers": workers, "collate_fn": loader.collate_fn,
+                               "pin_memory": loader.pin_memory, "timeout": loader.timeout,
+                               "worker_init_fn": loader.worker_init_fn,
+                               "multiprocessing_context": loader.multiprocessing_context}
+    if workers:
+        options.update(persistent_workers=True, prefetch_factor=loader.prefetch_factor)
+    return options
+
+
+def stream_loader(loader: DataLoader[Any], name: str) -> Stream:
+    """A :class:`Stream` over ``loader``'s dataset: its batch size, collation and workers, in dataset order.
+
+    A shuffling loader is read in dataset order instead (a mean over the whole
+    split does not depend on order, and fixed batches keep values reproducible);
+    workers persist across grid points.
+    """
+    options = _loader_options(loader)
+    dataset = loader.dataset
+    shuffled = isinstance(loader.sampler, RandomSampler)
+    if shuffled:
+        log.info("data split %r: evaluated in dataset order (the loader's shuffling is not used)", name)
+    sampler = None if shuffled else loader.sampler  # None: sequential
+    if isinstance(dataset, IterableDataset):
+        own = DataLoader(dataset, batch_size=loader.batch_size, drop_last=loader.drop_last, **options)
+    elif loader.batch_sampler is None:  # automatic batching off: the dataset yields batches
+        own = DataLoader(dataset, batch_size=None, sampler=sampler, **options)
+    elif loader.batch_size is not None:
+        own = DataLoader(dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last,
+                         **options)
+    else:  # the caller's own batch sampler decides the batches
+        own = DataLoader(dataset, batch_sampler=loader.batch_sampler, **options)
+    return Stream(name, own)
+
+
+def as_split(obj: Any, name: str, batch_size: int) -> "Split | Stream":
+    """One split of Python data: ``(inputs, targets)`` tensors as a :class:`Split`, a loader or dataset as a :class:`Stream`."""
+    where = f"data split {name!r}"
+    if isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj):
+        inputs, targets = _materialise(tuple(obj), where)
+        return Split(name, inputs.contiguous(), targets.contiguous())
+    if isinstance(obj, DataLoader):
+        return stream_loader(obj, name)
+    if isinstance(obj, Dataset):
+        return Stream(name, DataLoader(obj, batch_size=batch_size))
+    raise DataError(f"{where}: expected a DataLoader, a Dataset or an (inputs, targets) pair of tensors, "
+                    f"got {type(obj).__name__}")
+
+
+def as_splits(data: Any, batch_size: int) -> "list[Split | Stream]":
+    """The named splits of Python data: a dict of name -> data, or one unnamed split (named ``data``)."""
+    if isinstance(data, Mapping):
+        if not data:
+            raise DataError("data: the dict of splits is empty; give at least one, e.g. data={'test': loader}")
+        bad = [k for k in data if not isinstance(k, str) or not k.isidentifier()]
+        if bad:
+            raise DataError(f"data: split names must be identifiers (they name datasets such as test_loss), "
+                            f"got {bad[0]!r}")
+        return [as_split(v, k, batch_size) for k, v in data.items()]
+    return [as_split(data, DEFAULT_SPLIT, batch_size)]

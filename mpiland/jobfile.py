@@ -126,6 +126,17 @@ def _loss_name(key: str, v: Any) -> str:
     raise _fail(key, f'expected one of {"|".join(LOSSES)} or "package.module:callable", got {json.dumps(s)}')
 
 
+def _metrics(key: str, v: Any) -> dict[str, str]:
+    table = _table(key, v)
+    out = {}
+    for name, target in table.items():
+        if not name.isidentifier() or name in ("loss", "loss_stderr", "acc") or name.endswith("_stderr"):
+            raise _fail(f"{key}.{name}", "a metric name must be an identifier other than loss, acc and *_stderr "
+                        "(it names datasets such as test_<name>)")
+        out[name] = _factory(f"{key}.{name}", target)
+    return out
+
+
 def _accuracy(key: str, v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -200,6 +211,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, Any], Any]]] = {
     "loss": {
         "name": _loss_name,
         "accuracy": _accuracy,
+        "metrics": _metrics,
     },
     "directions": {
         "kind": _choice(DIRECTION_KINDS),

@@ -1,11 +1,14 @@
-"""Run a landscape job on any number of ranks: prepare once per rank, then hand out chunks.
+"""Run a landscape on any number of ranks: prepare once per rank, then hand out chunks.
 
-:func:`run_job` is the whole ``mpiland run``: launch checks, device binding,
-optional training of a missing checkpoint, model/data/directions set-up, the
-surface file (create, resume or refuse), the coordinator/worker protocol, and a
-clean stop on SIGTERM/SIGUSR1/SIGUSR2. Set-up errors are agreed on by all ranks
-(every rank raises the same user error, rank 0 reports it), so a bad job never
-leaves ranks waiting for each other.
+:func:`run_landscape` is the one orchestration: launch checks, device binding, the
+:class:`Problem` (model at θ*, directions, data, loss and metrics) from a builder,
+the surface file (create, resume or refuse), the coordinator/worker protocol, and
+a clean stop on SIGTERM/SIGUSR1/SIGUSR2. Its two clients differ only in the builder:
+:func:`run_job` (``mpiland run``) builds the problem from a job file's factories
+(training a missing checkpoint first), :func:`mpiland.api.landscape` from the
+objects a Python caller holds. Set-up errors are agreed on by all ranks (every
+rank raises the same user error, rank 0 reports it), so a bad job never leaves
+ranks waiting for each other.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import h5py
 import numpy as np
@@ -23,9 +26,10 @@ import torch
 
 from . import surface
 from .analysis.measures import store_derived
-from .data import Split, load_split
+from .data import Split, Stream, load_split
 from .directions import CurvatureInputs, Directions, make_directions
 from .engine import EngineOptions, Evaluator, resolve_loss
+from .engine.losses import LossFn
 from .comm import Comm, agree, isolated, mpi_module, world
 from .errors import CheckpointError, JobFileError
 from .grid import Chunks, Grid, make_chunks
@@ -56,6 +60,25 @@ class RunSummary:
     interrupted: bool
     writer: str
     ranks: int
+
+
+@dataclass
+class Problem:
+    """What a landscape evaluates, resolved on one rank: the run owns ``model`` (it is moved and changed).
+
+    ``loss_fn`` None: the loss ``job.loss.name`` names; ``metrics`` None: ``job.loss.metrics``.
+    """
+
+    model: torch.nn.Module
+    directions: Directions
+    splits: list[Split | Stream]
+    loss_fn: LossFn | None = None
+    metrics: Mapping[str, Any] | None = None
+    bn_data: torch.Tensor | None = None
+
+
+Builder = Callable[[Comm, Job, Placement], Problem]
+"""Called on every rank of a run's communicator: the problem of that rank (collective, agreed errors)."""
 
 
 def _train_if_needed(comm: Any, job: Job) -> None:
@@ -175,31 +198,10 @@ def _store_derived(path: Path) -> None:
     store_derived(path)
 
 
-def run_job(job: Job, comm: Any = None, progress: str | None = None, stop: StopFlag | None = None) -> RunSummary:
-    """Evaluate ``job`` over all ranks of ``comm`` (None: COMM_WORLD, or one process without MPI).
-
-    The run talks on its own duplicate of ``comm`` (freed before returning), so a
-    message the caller has pending on ``comm`` is neither received nor disturbed.
-    ``stop``: an already installed :class:`StopFlag` (the CLI installs one before set-up,
-    so a signal during start-up also ends the run cleanly); None installs one here.
-    Raises :class:`~mpiland.errors.LaunchError` for an intercommunicator.
-    """
-    with isolated(world(comm)) as own_comm:
-        if stop is not None:
-            return _run_job(job, own_comm, progress, stop)
-        with StopFlag() as own:
-            return _run_job(job, own_comm, progress, own)
-
-
-def _run_job(job: Job, comm: Comm, progress: str | None, stop: StopFlag) -> RunSummary:
-    rank, size = comm.Get_rank(), comm.Get_size()
-    t_start = time.perf_counter()
-    agree(comm, lambda: check_launch(comm))
-    placement: Placement = agree(comm, lambda: place(comm, job.run.device, job.run.threads))
-    writer_kind = comm.bcast(agree(comm, lambda: _choose_writer(job.run.writer, size, Path(job.output.path))
-                                   if rank == 0 else None), root=0)
+def _from_job(comm: Comm, job: Job, placement: Placement) -> Problem:
+    """The problem of a job file: train a missing checkpoint, then build model, data and directions."""
+    rank = comm.Get_rank()
     _train_if_needed(comm, job)
-
     # Each step that can raise on some ranks only runs inside agree(); collectives run between them, on
     # every rank, so a user error anywhere is one agreed error and never a rank left in a broadcast.
     model, splits = agree(comm, lambda: (_prepare_model(job), [load_split(job.data, s) for s in job.data.splits]))
@@ -208,15 +210,56 @@ def _run_job(job: Job, comm: Comm, progress: str | None, stop: StopFlag) -> RunS
         directions: Directions = comm.bcast(found, root=0)
     else:
         directions = agree(comm, lambda: make_directions(model, job.directions, job.grid.dims))
+    bn_data = agree(comm, lambda: _bn_inputs(job))
+    return Problem(model, directions, list(splits), bn_data=bn_data)
+
+
+def run_job(job: Job, comm: Any = None, progress: str | None = None, stop: StopFlag | None = None) -> RunSummary:
+    """Evaluate the job file's ``job`` over all ranks of ``comm`` (None: COMM_WORLD, or one process without MPI).
+
+    The model, data, loss and directions come from the job's factories and files
+    (a missing checkpoint is trained first when the job has a [train] section);
+    the rest is :func:`run_landscape`.
+    """
+    return run_landscape(job, _from_job, comm, progress, stop)
+
+
+def run_landscape(job: Job, build: Builder, comm: Any = None, progress: str | None = None,
+                  stop: StopFlag | None = None) -> RunSummary:
+    """Evaluate the problem ``build`` gives, with the settings of ``job``, over all ranks of ``comm``.
+
+    ``comm`` None: COMM_WORLD, or one process without MPI. The run talks on its own
+    duplicate of ``comm`` (freed before returning), so a message the caller has
+    pending on ``comm`` is neither received nor disturbed. ``stop``: an already
+    installed :class:`StopFlag` (the CLI installs one before set-up, so a signal
+    during start-up also ends the run cleanly); None installs one here.
+    Raises :class:`~mpiland.errors.LaunchError` for an intercommunicator.
+    """
+    with isolated(world(comm)) as own_comm:
+        if stop is not None:
+            return _run(job, build, own_comm, progress, stop)
+        with StopFlag() as own:
+            return _run(job, build, own_comm, progress, own)
+
+
+def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopFlag) -> RunSummary:
+    rank, size = comm.Get_rank(), comm.Get_size()
+    t_start = time.perf_counter()
+    agree(comm, lambda: check_launch(comm))
+    placement: Placement = agree(comm, lambda: place(comm, job.run.device, job.run.threads))
+    writer_kind = comm.bcast(agree(comm, lambda: _choose_writer(job.run.writer, size, Path(job.output.path))
+                                   if rank == 0 else None), root=0)
+    problem = build(comm, job, placement)
+    model, directions, splits = problem.model, problem.directions, problem.splits
 
     def _engine() -> tuple[Evaluator, surface.Identity | None]:
         ident = surface.job_identity(job, model, directions, splits) if rank == 0 else None
         evaluator = Evaluator(model, directions, splits, job.loss, placement.device,
                               dtype=getattr(torch, job.model.dtype), batch_size=job.data.batch_size,
                               memory_budget_mb=job.data.memory_budget_mb, mode=job.model.mode,
-                              options=engine_options(job), bn_data=_bn_inputs(job), hessian=_curvature_spec(job),
-                              copy_model=False)
-        return evaluator, ident
+                              options=engine_options(job), bn_data=problem.bn_data, hessian=_curvature_spec(job),
+                              copy_model=False, loss_fn=problem.loss_fn, metrics=problem.metrics)
+        return evaluator, None if ident is None else ident.with_data(evaluator.data_digests)
 
     evaluator, fp = agree(comm, _engine)
     fp = comm.bcast(fp, root=0)

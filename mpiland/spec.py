@@ -71,6 +71,7 @@ class DataSpec:
 class LossSpec:
     name: str = "cross_entropy"
     accuracy: str = "auto"
+    metrics: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ TABLE = {
     "data.memory_budget_mb": (1.0, "keep", COVERED["place"]),
     "loss.name": ("mse", "refuse", "another function"),
     "loss.accuracy": ("false", "refuse", "other metrics"),
+    "loss.metrics": ({"top1": "tests/losses.py:mean_ce"}, "refuse", "other metrics (and their source joins the code)"),
     "directions.kind": ("pca", "refuse", "another coefficient map and meaning"),
     "directions.seed": (99, "keep", COVERED["directions"]),
     "directions.norm": ("layer", "keep", COVERED["directions"]),
@@ -109,6 +110,7 @@ def test_each_job_key_keeps_or_refuses_the_file(tmp_path, key):
 @pytest.mark.parametrize("key, value, context", [
     ("data.batch_size", 7, {"loss.name": "tests/losses.py:mean_ce"}),
     ("data.batch_size", 7, {"model.mode": "train"}),
+    ("data.batch_size", 7, {"loss.metrics": {"top1": "tests/losses.py:mean_ce"}}),
     ("data.seed", 9, {"model.bn": "recompute"}),
     ("model.bn_batches", 3, {"model.bn": "recompute"}),
     ("directions.compare_line", False, BEZIER),

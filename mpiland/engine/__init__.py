@@ -9,7 +9,9 @@
 - :mod:`.batching`: how many points per forward pass, and the vmapped pass;
 - :mod:`.bn`: BatchNorm statistics recomputed at each point (``bn = "recompute"``);
 - :mod:`.losses`: per-unit or batch-weighted losses, accuracy, their sums on the
-  device (one host synchronisation per pass) and the metrics they give.
+  device (one host synchronisation per pass) and the metrics they give;
+- :mod:`.metrics`: user metrics from the same forward pass (callables averaged like
+  a loss, or update/compute objects).
 
 Whatever the kind of directions, a point is origin + basis · c(a, b) with the
 coefficient map of :class:`~mpiland.directions.Directions`; a path with a
@@ -23,24 +25,30 @@ import copy
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from ..curvature import Curvature, axis_labels
 from ..curvature import metric_names as curvature_metrics
-from ..data import Split
+from ..data import Split, Stream
 from ..directions import Directions
-from ..errors import ModelError
+from ..errors import DataError, ModelError
 from ..layout import ParamLayout
 from ..spec import HessianSpec, LossSpec
 from .batching import (MAX_POINTS_PER_PASS, activation_bytes, choose_points_per_pass, make_forward, memory_bound,
                        vmap_failure)
 from .bn import BatchNormRecompute, batchnorm_modules
 from .checks import check_data_fits
-from .losses import BUILTIN_LOSSES, LossSums, metric_names, resolve_loss, split_metrics, wants_accuracy
+from .losses import (BUILTIN_LOSSES, LossFn, LossSums, mean_and_stderr, metric_names, resolve_loss, split_metrics,
+                     wants_accuracy)
+from .metrics import Metric, checked, computed, fresh, resolve_metrics, updated
+from .metrics import metric_names as user_metric_names
 from .params import FlatParameters
-from .placement import DeviceSplit, fits, place_split, synchronize
+from .placement import BatchSplit, DeviceSplit, fits, place_split, place_stream, synchronize
+
+Placed = DeviceSplit | BatchSplit
 
 __all__ = ["AUTOCAST", "BUILTIN_LOSSES", "MAX_POINTS_PER_PASS", "EngineOptions", "Evaluator", "metric_names", "resolve_loss",
            "synchronize", "wants_accuracy"]
@@ -63,26 +71,29 @@ class EngineOptions:
 class Evaluator:
     """Holds one model replica, its flat parameter buffer, the directions and the data on one device."""
 
-    def __init__(self, model: torch.nn.Module, directions: Directions, splits: list[Split], loss: LossSpec,
+    def __init__(self, model: torch.nn.Module, directions: Directions, splits: list[Split | Stream], loss: LossSpec,
                  device: torch.device, *, dtype: torch.dtype = torch.float32, batch_size: int = 512,
                  memory_budget_mb: float = 1024.0, mode: str = "eval", options: EngineOptions | None = None,
                  bn_data: torch.Tensor | None = None, hessian: HessianSpec | None = None,
-                 copy_model: bool = True) -> None:
+                 copy_model: bool = True, loss_fn: LossFn | None = None,
+                 metrics: Mapping[str, Any] | None = None) -> None:
         """``bn_data``: training inputs for ``bn = "recompute"``; ``hessian``: curvature at the origin and,
-        with ``enabled``, at every point; ``copy_model`` False hands the model over instead of copying it."""
+        with ``enabled``, at every point; ``copy_model`` False hands the model over instead of copying it;
+        ``loss_fn``: a user loss callable (else ``loss.name`` names it); ``metrics``: name -> user metric
+        (:mod:`.metrics`; None: ``loss.metrics``)."""
         self.options = options or EngineOptions()
         self.device = device
         self.dtype = dtype
         self.batch_size = batch_size
-        self.builtin_loss = loss.name in BUILTIN_LOSSES
-        self.loss_fn = resolve_loss(loss)
-        self.accuracy = wants_accuracy(loss, splits[0])
+        self.builtin_loss = loss_fn is None and loss.name in BUILTIN_LOSSES
+        self.loss_fn = resolve_loss(loss) if loss_fn is None else loss_fn
+        if not self.builtin_loss:
+            self.loss_fn = checked("the loss", self.loss_fn)
+        self.user_metrics: list[Metric] = resolve_metrics(loss.metrics if metrics is None else metrics)
+        self._metric_fns = [checked(f"metric {m.name!r}", m.fn) for m in self.user_metrics if not m.stateful]
+        self._stateful = [m for m in self.user_metrics if m.stateful]
         self.split_names = [s.name for s in splits]
         self.directions = directions
-        self.base_metrics = metric_names(self.split_names, self.accuracy)
-        if hessian is not None:
-            self.base_metrics += curvature_metrics(hessian)
-        self.metrics = [v + m for v in directions.variants for m in self.base_metrics]
         self.model = (copy.deepcopy(model) if copy_model else model).to(device=device, dtype=dtype)
         self.model.train(mode == "train")
         self.layout = ParamLayout.from_model(self.model, directions.layout.states)
@@ -97,25 +108,50 @@ class Evaluator:
         self._buffers = [b for b in self.model.buffers() if b.is_floating_point() or b.dtype == torch.long]
         self._buffers0 = [b.clone() for b in self._buffers]
         self._restore_buffers = mode == "train" and bool(self._buffers)
-        self.data = self._place_data(splits, loss.name, memory_budget_mb)
+        self.data = self._place_data(splits, memory_budget_mb)
+        self.accuracy = wants_accuracy(loss, next(self.data[0].batches(batch_size, device))[1])
+        for d in self.data:
+            check_data_fits(self.model, d, self.loss_fn, loss.name, self.builtin_loss, self.accuracy,
+                            self.batch_size, self.device, self._metric_fns)
+        self.base_metrics = metric_names(self.split_names, self.accuracy)
+        self.base_metrics += user_metric_names(self.split_names, self._ordered_metrics())
+        if hessian is not None:
+            self.base_metrics += curvature_metrics(hessian)
+        self.metrics = [v + m for v in directions.variants for m in self.base_metrics]
         self.curvature = None
         if hessian is not None:
             # Resident splits are already on the device: the operators share them.
-            self.curvature = Curvature(self.model, {d.name: (d.inputs, d.targets) for d in self.data}, self.loss_fn,
+            self.curvature = Curvature(self.model, {d.name: _tensors(d) for d in self.data}, self.loss_fn,
                                        hessian, batch_size, device, dtype)
         self.autocast = AUTOCAST.get(self.options.autocast)
         self.fallback_reason = ""
         self.points_per_pass = 1
         self.use_points_per_pass(self._choose_points_per_pass(mode))
 
-    def _place_data(self, splits: list[Split], loss_name: str, memory_budget_mb: float) -> list[DeviceSplit]:
-        """Every split where the engine reads it, each checked to fit the model and the loss."""
-        resident = fits(splits, memory_budget_mb)
-        data = [place_split(s, self.device, self.dtype, resident, self.options.channels_last) for s in splits]
-        for d in data:
-            check_data_fits(self.model, d, self.loss_fn, loss_name, self.builtin_loss, self.accuracy,
-                            self.batch_size, self.device)
+    def _ordered_metrics(self) -> list[Metric]:
+        """The user metrics in the order their values are produced: callables, then update/compute objects."""
+        return [m for m in self.user_metrics if not m.stateful] + self._stateful
+
+    def _place_data(self, splits: list[Split | Stream], memory_budget_mb: float) -> list[Placed]:
+        """Every split where the engine reads it: tensor splits together, then loaders in what the budget leaves."""
+        tensors = [s for s in splits if isinstance(s, Split)]
+        resident = fits(tensors, memory_budget_mb)
+        left = memory_budget_mb * 2**20 - (sum(s.nbytes for s in tensors) if resident else 0)
+        data: list[Placed] = []
+        for s in splits:
+            if isinstance(s, Split):
+                data.append(place_split(s, self.device, self.dtype, resident, self.options.channels_last))
+            else:
+                placed = place_stream(s, self.device, self.dtype, left, self.options.channels_last)
+                left -= sum(_batch_bytes(b) for b in placed.kept)
+                data.append(placed)
         return data
+
+    @property
+    def data_digests(self) -> dict[str, str]:
+        """Split name -> digest of the batches of each split read from a loader (tensor splits are digested
+        by the surface identity from their host tensors)."""
+        return {d.name: d.digest for d in self.data if isinstance(d, BatchSplit)}
 
     @property
     def resident(self) -> bool:
@@ -124,8 +160,8 @@ class Evaluator:
 
     # -- points per pass -----------------------------------------------------------------
 
-    def _probe_batch(self, n: int | None = None) -> torch.Tensor:
-        return self.data[0].inputs[: n or self.batch_size].to(self.device)
+    def _probe_batch(self, n: int | None = None) -> Any:
+        return self.data[0].first_inputs(n or self.batch_size, self.device)
 
     def max_points_per_pass(self) -> int:
         """The largest K whose parameter copies and activations fit ``batch_memory_mb`` (at most 64)."""
@@ -175,14 +211,16 @@ class Evaluator:
 
     # -- evaluating ----------------------------------------------------------------------
 
-    def _pass(self, coefficients: np.ndarray) -> np.ndarray:
-        """Sums (splits × k × sums) for the points in ``coefficients`` (at most points_per_pass rows)."""
+    def _pass(self, coefficients: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Sums (splits × 1+metrics × k × sums) for the points in ``coefficients`` (at most points_per_pass
+        rows), and per split the values of the update/compute metrics (metrics × k)."""
         k = self._set_points(coefficients)
         with torch.inference_mode():
-            sums = torch.stack([_split_sums(self, d, k) for d in self.data]).cpu().numpy()
+            passes = [_split_sums(self, d, k) for d in self.data]
+            sums = torch.stack([p[0] for p in passes]).cpu().numpy()
         if self._restore_buffers:
             torch._foreach_copy_(self._buffers, self._buffers0)
-        return sums
+        return sums, [p[1] for p in passes]
 
     def evaluate_points(self, coords: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Evaluate each row of grid ``coords`` (n × dims); return metric arrays and per-point seconds.
@@ -210,7 +248,8 @@ class Evaluator:
         for start in range(0, n, self.points_per_pass):
             group = coefficients[start: start + self.points_per_pass]
             t0 = time.perf_counter()
-            metrics = _metrics(self.split_names, self._pass(group), self.accuracy)
+            sums, objects = self._pass(group)
+            metrics = _metrics(self.split_names, sums, self.accuracy, self._ordered_metrics(), objects)
             if self.curvature is not None and self.curvature.spec.enabled:
                 metrics.update(_curvature(self, group))
             synchronize(self.device)
@@ -242,17 +281,42 @@ def _curvature(ev: Evaluator, coefficients: np.ndarray) -> dict[str, np.ndarray]
     return {m: np.array([r[m] for r in rows]) for m in rows[0]}
 
 
-def _metrics(split_names: list[str], sums: np.ndarray, accuracy: bool) -> dict[str, np.ndarray]:
-    """Metric arrays of every split from one pass's sums (splits × k × sums)."""
+def _batch_bytes(batch: tuple[Any, torch.Tensor]) -> int:
+    x, y = batch
+    tensors = list(x.values()) if isinstance(x, dict) else [x]
+    return sum(t.element_size() * t.nelement() for t in tensors + [y])
+
+
+def _tensors(d: Placed) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split's inputs and targets as whole tensors (what the curvature operators read)."""
+    if isinstance(d, DeviceSplit):
+        return d.inputs, d.targets
+    if d.kept and all(isinstance(x, torch.Tensor) for x, _ in d.kept):
+        return torch.cat([x for x, _ in d.kept]), torch.cat([y for _, y in d.kept])
+    raise DataError(f"data split {d.name!r}: curvature needs the split as tensors in memory; pass (inputs, targets) "
+                    "tensors or raise memory_budget_mb so that the loader's batches are kept")
+
+
+def _metrics(split_names: list[str], sums: np.ndarray, accuracy: bool, user: list[Metric],
+             objects: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Metric arrays of every split from one pass's sums (splits × 1+metrics × k × sums) and object values."""
     out: dict[str, np.ndarray] = {}
-    for name, split in zip(split_names, sums):
-        out.update(split_metrics(name, split, accuracy))
+    for name, split, values in zip(split_names, sums, objects):
+        out.update(split_metrics(name, split[0], accuracy))
+        callables = [m for m in user if not m.stateful]
+        for m, rows in zip(callables, split[1:]):
+            out[f"{name}_{m.name}"], out[f"{name}_{m.name}_stderr"] = mean_and_stderr(rows)
+        for m, v in zip([m for m in user if m.stateful], values):
+            out[f"{name}_{m.name}"] = v
     return out
 
 
-def _split_sums(ev: Evaluator, d: DeviceSplit, k: int) -> torch.Tensor:
-    """Per point the loss sums over one split (see :class:`~mpiland.engine.losses.LossSums`)."""
-    sums = LossSums(ev.loss_fn, ev.builtin_loss, ev.accuracy, k, ev.device)
+def _split_sums(ev: Evaluator, d: Placed, k: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Per point the loss and metric sums over one split (see :class:`~mpiland.engine.losses.LossSums`),
+    and the values of the update/compute metrics (metrics × k)."""
+    sums = [LossSums(ev.loss_fn, ev.builtin_loss, ev.accuracy, k, ev.device)]
+    sums += [LossSums(fn, False, False, k, ev.device) for fn in ev._metric_fns]
+    objects = [[fresh(m, ev.device) for _ in range(k)] for m in ev._stateful]
     for x, y in d.batches(ev.batch_size, ev.device):
         if ev.autocast is not None:
             with torch.autocast(ev.device.type, dtype=ev.autocast):
@@ -260,5 +324,10 @@ def _split_sums(ev: Evaluator, d: DeviceSplit, k: int) -> torch.Tensor:
             out = out.float()
         else:
             out = ev.forward(k, x)
-        sums.add(out, y)
-    return sums.result()
+        for s in sums:
+            s.add(out, y)
+        for m, copies in zip(ev._stateful, objects):
+            for i, obj in enumerate(copies):
+                updated(m, obj, out[i], y)
+    values = np.array([[computed(m, obj) for obj in copies] for m, copies in zip(ev._stateful, objects)])
+    return torch.stack([s.result() for s in sums]), values.reshape(len(objects), k)

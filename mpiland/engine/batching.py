@@ -11,7 +11,7 @@ per pass, with the reason logged.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -20,11 +20,16 @@ from ..layout import ParamLayout
 
 MAX_POINTS_PER_PASS = 64
 
-Forward = Callable[[int, torch.Tensor], torch.Tensor]
-"""``forward(k, x)``: outputs of the k points now set, shape (k, batch, ...)."""
+Forward = Callable[[int, Any], torch.Tensor]
+"""``forward(k, x)``: outputs of the k points now set, shape (k, batch, ...); x a tensor or a dict of them."""
 
 
-def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+def call_model(model: Callable[..., Any], x: Any) -> Any:
+    """``model(x)``, or ``model(**x)`` for a dict batch's keyword inputs."""
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
+def activation_bytes(model: nn.Module, x: Any) -> int:
     """Bytes of all module outputs for one batch of one point (an upper bound of live activations)."""
     total = 0
 
@@ -36,7 +41,7 @@ def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
         with torch.inference_mode():
-            model(x)
+            call_model(model, x)
     finally:
         for h in handles:
             h.remove()
@@ -49,29 +54,31 @@ def memory_bound(layout: ParamLayout, element_size: int, activations: int, budge
     return max(1, min(MAX_POINTS_PER_PASS, int(budget_mb * 2**20 // max(per_point, 1))))
 
 
-def vmapped(model: nn.Module, layout: ParamLayout) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
+def vmapped(model: nn.Module, layout: ParamLayout) -> Callable[[dict[str, torch.Tensor], Any], torch.Tensor]:
     """``f(params, x)`` running ``model`` once per row of the batched ``params`` (buffers shared)."""
     in_flat = set(layout.names)
     buffers = {n: b for n, b in model.named_buffers() if n not in in_flat}
 
-    def one(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def one(params: dict[str, torch.Tensor], x: Any) -> torch.Tensor:
+        if isinstance(x, dict):
+            return torch.func.functional_call(model, (params, buffers), (), x)
         return torch.func.functional_call(model, (params, buffers), (x,))
 
     return torch.func.vmap(one, in_dims=(0, None))
 
 
-def check_vmap(model: nn.Module, layout: ParamLayout, theta: torch.Tensor, x: torch.Tensor) -> None:
+def check_vmap(model: nn.Module, layout: ParamLayout, theta: torch.Tensor, x: Any) -> None:
     """Raise unless vmap runs ``model`` and reproduces its plain output at ``theta`` (the flat parameters)."""
     params = {n: v.unsqueeze(0).expand(2, *v.shape) for n, v in zip(layout.names, layout.views(theta))}
     with torch.inference_mode():
         out = vmapped(model, layout)(params, x)
-        ref = model(x)
+        ref = call_model(model, x)
     # Loose on purpose: this catches a model vmap runs wrongly, not TF32 rounding.
     if not torch.allclose(out[0].float(), ref.float(), rtol=1e-2, atol=1e-3):
         raise RuntimeError("batched and single outputs differ")
 
 
-def vmap_failure(model: nn.Module, layout: ParamLayout, theta: torch.Tensor, x: torch.Tensor) -> str:
+def vmap_failure(model: nn.Module, layout: ParamLayout, theta: torch.Tensor, x: Any) -> str:
     """Why vmap cannot run this model ("" when it can)."""
     try:
         check_vmap(model, layout, theta, x)
@@ -88,14 +95,14 @@ def make_forward(model: nn.Module, layout: ParamLayout, k: int, rows: Callable[[
         if compile_:
             fn = torch.compile(fn)
 
-        def batched(n: int, x: torch.Tensor) -> torch.Tensor:
+        def batched(n: int, x: Any) -> torch.Tensor:
             return fn(rows(n), x)
 
         return batched
     plain: Callable[..., torch.Tensor] = torch.compile(model) if compile_ else model
 
-    def single(_n: int, x: torch.Tensor) -> torch.Tensor:
-        return plain(x).unsqueeze(0)
+    def single(_n: int, x: Any) -> torch.Tensor:
+        return call_model(plain, x).unsqueeze(0)
 
     return single
 

@@ -8,12 +8,15 @@ outputs are reported naming the split and the shapes.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
-from ..errors import DataError
+from ..errors import DataError, MetricError
+from .batching import call_model
 from .losses import CLASS_INDEX_LOSSES, LossFn, LossSums
-from .placement import DeviceSplit
+from .placement import BatchSplit, DeviceSplit
 
 
 def _reason(exc: BaseException) -> str:
@@ -25,16 +28,18 @@ def _shape(t: torch.Tensor) -> str:
     return "×".join(str(s) for s in t.shape[1:]) or "scalar"
 
 
-def check_data_fits(model: nn.Module, split: DeviceSplit, loss_fn: LossFn, loss_name: str, builtin: bool,
-                    accuracy: bool, batch_size: int, device: torch.device) -> None:
-    """Raise :class:`DataError` unless one batch of ``split`` runs through ``model`` and the loss."""
+def check_data_fits(model: nn.Module, split: DeviceSplit | BatchSplit, loss_fn: LossFn, loss_name: str,
+                    builtin: bool, accuracy: bool, batch_size: int, device: torch.device,
+                    metric_fns: Sequence[LossFn] = ()) -> None:
+    """Raise :class:`DataError` unless one batch of ``split`` runs through ``model``, the loss and the metrics
+    (a :class:`MetricError` of a user loss or metric names it)."""
     x, y = next(split.batches(batch_size, device))
     where = f"data split {split.name!r}"
     training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            out = model(x)
+            out = call_model(model, x)
     except Exception as exc:  # the user's model on the user's data: report it as a data mismatch
         raise DataError(f"{where}: inputs of shape {_shape(x)} (per sample) do not fit the model ({_reason(exc)}); "
                         "check data.factory against model.factory") from None
@@ -47,7 +52,7 @@ def check_data_fits(model: nn.Module, split: DeviceSplit, loss_fn: LossFn, loss_
         if y.dim() != 1:
             raise DataError(f"{where}: {loss_name} needs one class index per sample, got targets of shape "
                             f"{_shape(y)} per sample; return 1-D integer labels")
-        labels = split.targets
+        labels = split.targets if isinstance(split, DeviceSplit) else y
         lo, hi, classes = int(labels.min()), int(labels.max()), int(out.shape[-1])
         if lo < 0 or hi >= classes:
             raise DataError(f"{where}: labels range over {lo}..{hi} but the model has {classes} outputs; "
@@ -55,6 +60,10 @@ def check_data_fits(model: nn.Module, split: DeviceSplit, loss_fn: LossFn, loss_
     try:
         with torch.inference_mode():
             LossSums(loss_fn, builtin, accuracy, 1, device).add(out.unsqueeze(0), y)
+            for fn in metric_fns:
+                LossSums(fn, False, False, 1, device).add(out.unsqueeze(0), y)
+    except MetricError:
+        raise
     except Exception as exc:  # the loss on the user's targets
         raise DataError(f"{where}: targets of shape {_shape(y)} do not fit loss {loss_name!r} with outputs of shape "
                         f"{_shape(out)} ({_reason(exc)}); check the data's targets and loss.name") from None

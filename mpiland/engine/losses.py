@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import Split
 from ..errors import JobFileError
 from ..spec import LossSpec
 from ..userimport import resolve_callable
@@ -78,11 +77,11 @@ def metric_names(splits: list[str], accuracy: bool) -> list[str]:
     return names
 
 
-def wants_accuracy(spec: LossSpec, split: Split) -> bool:
-    """Accuracy applies to classification: integer class targets (``loss.accuracy = "auto"``)."""
+def wants_accuracy(spec: LossSpec, targets: torch.Tensor) -> bool:
+    """Accuracy applies to classification: integer class targets, one per sample (``loss.accuracy = "auto"``)."""
     if spec.accuracy != "auto":
         return spec.accuracy == "true"
-    return not split.targets.is_floating_point() and split.targets.dim() == 1
+    return not targets.is_floating_point() and targets.dim() == 1
 
 
 def predictions(out: torch.Tensor) -> torch.Tensor:
@@ -134,10 +133,9 @@ class LossSums:
         return torch.cat([self.acc.t(), counts.unsqueeze(0).expand(self.k, 3)], dim=1)
 
 
-def split_metrics(name: str, sums: np.ndarray, accuracy: bool) -> dict[str, np.ndarray]:
-    """Loss, standard error and accuracy of one split from :meth:`LossSums.result` rows (k × SUMS+3)."""
-    s, s2, wm, w2m2, w2m, w2, correct, units, batches, samples = sums.T
-    out: dict[str, np.ndarray] = {}
+def mean_and_stderr(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard error per point from :meth:`LossSums.result` rows (k × SUMS+3)."""
+    s, s2, wm, w2m2, w2m, w2, _correct, units, batches, samples = sums.T
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if not np.any(batches):
             mean = s / units
@@ -148,8 +146,14 @@ def split_metrics(name: str, sums: np.ndarray, accuracy: bool) -> dict[str, np.n
             spread = np.maximum(w2m2 - 2 * mean * w2m + mean * mean * w2, 0.0)
             se2 = np.where(batches > 1, batches / np.maximum(batches - 1, 1) * spread / (samples * samples), np.nan)
             stderr = np.where(np.isfinite(se2), np.sqrt(se2), np.nan)
-    out[f"{name}_loss"] = mean
-    out[f"{name}_loss_stderr"] = stderr
+    return mean, stderr
+
+
+def split_metrics(name: str, sums: np.ndarray, accuracy: bool) -> dict[str, np.ndarray]:
+    """Loss, standard error and accuracy of one split from :meth:`LossSums.result` rows (k × SUMS+3)."""
+    mean, stderr = mean_and_stderr(sums)
+    out: dict[str, np.ndarray] = {f"{name}_loss": mean, f"{name}_loss_stderr": stderr}
     if accuracy:
-        out[f"{name}_acc"] = correct / samples
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"{name}_acc"] = sums[:, 6] / sums[:, 9]
     return out

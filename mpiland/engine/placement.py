@@ -1,19 +1,26 @@
-"""Where the evaluation data lives: resident on the device for the whole run, or streamed from host memory.
+"""Where the evaluation data lives: resident on the device for the whole run, or streamed.
 
-Data sits on the device when all splits fit ``data.memory_budget_mb``; otherwise
-it stays in (pinned, on a GPU) host memory and each batch is copied with a
-non-blocking transfer. Either way the engine iterates the same batches in the
-same order, so values do not depend on where the data lives.
+Tensor splits sit on the device when all splits fit ``data.memory_budget_mb``;
+otherwise they stay in (pinned, on a GPU) host memory and each batch is copied
+with a non-blocking transfer. A split read from a loader (:class:`~mpiland.data.Stream`)
+is read once at set-up: its batches are checked, digested and, while they fit
+what the budget leaves, kept on the device (:class:`BatchSplit`); a split that
+does not fit is read from its loader again at every pass. Either way the engine
+iterates the same batches in the same order, so values do not depend on where
+the data lives.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
 
-from ..data import Split
+from ..data import Inputs, Split, Stream
+from ..digest import update_batch
+from ..errors import DataError
 
 
 @dataclass
@@ -35,6 +42,95 @@ class DeviceSplit:
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
             yield x, y
+
+
+    def first_inputs(self, n: int, device: torch.device) -> Inputs:
+        """The first ``n`` inputs, on ``device`` (probes of memory and vmap)."""
+        return self.inputs[:n].to(device)
+
+
+def _nbytes(inputs: Inputs, targets: torch.Tensor) -> int:
+    tensors = list(inputs.values()) if isinstance(inputs, dict) else [inputs]
+    return sum(t.element_size() * t.nelement() for t in tensors + [targets])
+
+
+def _cast(inputs: Inputs, dtype: torch.dtype, channels_last: bool) -> Inputs:
+    """Floating inputs in the model's dtype (integer ones, token ids, stay as they are)."""
+    if isinstance(inputs, dict):
+        return {k: _cast(v, dtype, channels_last) for k, v in inputs.items()}  # type: ignore[misc]
+    x = inputs.to(dtype) if inputs.is_floating_point() else inputs
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def to_device(inputs: Inputs, device: torch.device, non_blocking: bool = False) -> Inputs:
+    """``inputs`` (a tensor or a dict of tensors) on ``device``."""
+    if isinstance(inputs, dict):
+        return {k: v.to(device, non_blocking=non_blocking) for k, v in inputs.items()}
+    return inputs.to(device, non_blocking=non_blocking)
+
+
+def first_rows(inputs: Inputs, n: int) -> Inputs:
+    """The first ``n`` samples of ``inputs``."""
+    if isinstance(inputs, dict):
+        return {k: v[:n] for k, v in inputs.items()}
+    return inputs[:n]
+
+
+@dataclass
+class BatchSplit:
+    """One split read from a loader: its batches kept on the device, or read from the loader at every pass.
+
+    ``digest`` is the SHA-256 of its batches in order (the surface file's data identity).
+    """
+
+    name: str
+    stream: Stream
+    digest: str
+    samples: int
+    kept: list[tuple[Inputs, torch.Tensor]] = field(default_factory=list)
+    dtype: torch.dtype = torch.float32
+    channels_last: bool = False
+
+    @property
+    def resident(self) -> bool:
+        return bool(self.kept)
+
+    def batches(self, _batch_size: int, device: torch.device) -> Iterator[tuple[Inputs, torch.Tensor]]:
+        """The loader's batches on ``device``, in order (the batch size is the loader's)."""
+        if self.kept:
+            yield from self.kept
+            return
+        for x, y in self.stream.batches():
+            x = _cast(x, self.dtype, self.channels_last)
+            yield to_device(x, device, non_blocking=True), y.to(device, non_blocking=True)
+
+    def first_inputs(self, n: int, device: torch.device) -> Inputs:
+        """The first ``n`` inputs of the first batch, on ``device``."""
+        x, _ = next(self.batches(n, device))
+        return first_rows(x, n)
+
+
+def place_stream(stream: Stream, device: torch.device, dtype: torch.dtype, budget_bytes: float,
+                 channels_last: bool = False) -> BatchSplit:
+    """Read ``stream`` once: check and digest its batches, and keep them on the device if they fit ``budget_bytes``."""
+    h = hashlib.sha256()
+    kept: list[tuple[Inputs, torch.Tensor]] = []
+    keeping, total, samples = True, 0, 0
+    for x, y in stream.batches():
+        x = _cast(x, dtype, channels_last)
+        update_batch(h, x, y)
+        samples += int(y.shape[0]) if y.dim() else 1
+        total += _nbytes(x, y)
+        keeping = keeping and total <= budget_bytes
+        if keeping:
+            kept.append((to_device(x, device), y.to(device)))
+        else:
+            kept.clear()
+    if samples == 0:
+        raise DataError(f"data split {stream.name!r}: the loader yields no batches; give it a non-empty dataset")
+    return BatchSplit(stream.name, stream, h.hexdigest(), samples, kept, dtype, channels_last)
 
 
 def fits(splits: list[Split], memory_budget_mb: float) -> bool:

@@ -17,7 +17,7 @@ import hashlib
 import importlib.util
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 
 from .. import SCHEMA_VERSION
+from ..digest import file_digest, tensors_digest
 from ..errors import SurfaceFileError
 from ..grid import Grid
 from ..spec import LOSSES, Job
@@ -44,36 +45,6 @@ WHAT = {"settings": "other settings", "code": "other code", "checkpoints": "othe
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _update_tensor(h: Any, t: Any) -> None:
-    """Feed a tensor's dtype, shape and bytes to a hash (torch is not imported: any dtype works)."""
-    t = t.detach().cpu().contiguous()
-    h.update(f"{t.dtype}{tuple(t.shape)};".encode())
-    try:
-        h.update(np.ascontiguousarray(t.numpy()).reshape(-1).view(np.uint8).data)
-    except (TypeError, RuntimeError):  # bfloat16 and other dtypes numpy lacks
-        h.update(bytes(t.clone().untyped_storage()))
-
-
-def tensors_digest(*tensors: Any) -> str:
-    """SHA-256 over tensors' dtypes, shapes and bytes (None entries count as absent)."""
-    h = hashlib.sha256()
-    for t in tensors:
-        if t is None:
-            h.update(b"none;")
-        else:
-            _update_tensor(h, t)
-    return h.hexdigest()
 
 
 def source_file(spec: str) -> Path | None:
@@ -97,6 +68,7 @@ def factories(job: Job) -> dict[str, str]:
         out["data.factory"] = job.data.factory
     if job.loss.name not in LOSSES:
         out["loss.name"] = job.loss.name
+    out.update({f"loss.metrics.{name}": target for name, target in job.loss.metrics.items()})
     return out
 
 
@@ -108,7 +80,7 @@ def settings_that_count(job: Job) -> dict[str, Any]:
     if m["bn"] == "recompute":  # the batches that re-estimate BatchNorm: drawn from the train split
         out["model.bn_batches"] = m["bn_batches"]
         out.update({f"data.{k}": data[k] for k in ("dataset", "factory", "kwargs", "seed", "batch_size")})
-    if job.loss.name not in LOSSES or m["mode"] == "train":
+    if job.loss.name not in LOSSES or job.loss.metrics or m["mode"] == "train":
         out["data.batch_size"] = data["batch_size"]  # a mean per batch, or batch statistics
     out["data.splits"] = list(data["splits"])
     out.update({f"loss.{k}": v for k, v in d["loss"].items()})
@@ -146,6 +118,13 @@ class Identity:
         out.update({data_attr(s): v for s, v in self.data.items()})
         return out
 
+    def with_data(self, digests: dict[str, str]) -> "Identity":
+        """This identity with the data digests of more splits (by name)."""
+        if not digests:
+            return self
+        data = {**self.data, **digests}
+        return replace(self, data=data, digests={**self.digests, "data": _sha(json.dumps(data, sort_keys=True))})
+
     def differs_from(self, stored: dict[str, Any]) -> str | None:
         """What a file with root attributes ``stored`` was made with that this job is not (None: the same)."""
         missing = [k for k in COMPONENTS if DIGEST_PREFIX + k not in stored]
@@ -170,14 +149,19 @@ class Identity:
 
 
 def job_identity(job: Job, model: Any, directions: "Directions", splits: list[Any]) -> Identity:
-    """The identity of a job from what it evaluates: ``model`` at θ*, its directions and the split tensors."""
+    """The identity of a job from what it evaluates: ``model`` at θ*, its directions and its data.
+
+    Splits with tensors (``inputs``, ``targets``) are digested here; a split read
+    from a loader is digested by the engine as it reads it, and joins with
+    :meth:`Identity.with_data`.
+    """
     code = {}
     for key, spec in factories(job).items():
         src = source_file(spec)
         code[key] = file_digest(src) if src is not None else "no source file"
     checkpoints = [file_digest(job.model.checkpoint)] if job.model.checkpoint else []
     checkpoints += [file_digest(p) for p in directions.sources]
-    data = {s.name: tensors_digest(s.inputs, s.targets) for s in splits}
+    data = {s.name: tensors_digest(s.inputs, s.targets) for s in splits if hasattr(s, "inputs")}
     state = model.state_dict()
     origin = _sha(json.dumps([[name, tensors_digest(state[name])] for name in state])
                   + tensors_digest(directions.origin))
