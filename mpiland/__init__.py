@@ -1,6 +1,53 @@
-"""mpiland: distributed loss-landscape evaluation for PyTorch models."""
+"""mpiland: distributed loss-landscape evaluation for PyTorch models.
 
-__version__ = "0.1.0"
+The Python API, in one screen::
 
-SCHEMA_VERSION = 1
-"""Version of the surface-file layout (docs/schema.md) this mpiland writes and reads."""
+    import mpiland as ml
+    d = ml.directions.random(model, seed=0)                    # or interpolation(a, b), plane, pca, hessian, ...
+    surf = ml.landscape(model, d, data={"test": loader}, x=(-1, 1, 51), y=(-1, 1, 51), out="surf.h5")
+    surf.plot("contour"); surf.flatness(); surf.to_xarray()
+    surf = ml.open("surf.h5")                                  # the same Surface, read from a file
+
+Names load on first use: ``import mpiland`` itself imports neither torch nor
+h5py, so ``ml.open`` and plotting stay quick; ``ml.landscape`` and
+``ml.directions`` bring in torch when they are first touched. User errors are the
+:mod:`mpiland.errors` classes, all subclasses of :class:`MpilandError`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import (CheckpointError, DataError, DependencyError, GridError, JobFileError, LaunchError, MetricError,
+                     ModelError, MpilandError, SettingsError, SurfaceFileError, WorldTooSmallError)
+from .version import SCHEMA_VERSION, __version__
+
+if TYPE_CHECKING:
+    from . import directions
+    from .api import landscape
+    from .result import Surface, open
+
+_LAZY = {"landscape": ("mpiland.api", "landscape"), "open": ("mpiland.result", "open"),
+         "Surface": ("mpiland.result", "Surface"), "directions": ("mpiland.directions", "")}
+"""Public name -> (module, attribute; "" for the module itself), imported on first access."""
+
+__all__ = ["SCHEMA_VERSION", "CheckpointError", "DataError", "DependencyError", "GridError", "JobFileError",
+           "LaunchError", "MetricError", "ModelError", "MpilandError", "SettingsError", "Surface",
+           "SurfaceFileError", "WorldTooSmallError", "__version__", "directions", "landscape", "open"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name of :data:`_LAZY` when it is first used."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'mpiland' has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    value = importlib.import_module(module)
+    if attribute:
+        value = getattr(value, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

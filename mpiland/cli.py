@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import click
 
-from . import __version__
+from .version import __version__
 from .comm import Comm, agree, world
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, MpilandError
 from .jobfile import load_job

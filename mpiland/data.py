@@ -168,10 +168,17 @@ class Stream:
             yield split_batch(batch, where)
 
 
+def own_generator() -> torch.Generator:
+    """A seeded generator for mpiland's loaders, so that reading data leaves every other random state alone."""
+    return torch.Generator().manual_seed(0)
+
+
 def _loader_options(loader: DataLoader[Any]) -> dict[str, Any]:
     """The settings of ``loader`` that a copy over the same dataset keeps, with persistent workers."""
     workers = int(loader.num_workers)
-    options: dict[str, Any] = {"num_workers": workers, "collate_fn": loader.collate_fn,
+    # Its own generator: iterating a loader draws a base seed, which must come from neither the global RNG
+    # nor the caller's generator (the caller's random state is never changed).
+    options: dict[str, Any] = {"num_workers": workers, "collate_fn": loader.collate_fn, "generator": own_generator(),
                                "pin_memory": loader.pin_memory, "timeout": loader.timeout,
                                "worker_init_fn": loader.worker_init_fn,
                                "multiprocessing_context": loader.multiprocessing_context}
@@ -214,7 +221,7 @@ def as_split(obj: Any, name: str, batch_size: int) -> "Split | Stream":
     if isinstance(obj, DataLoader):
         return stream_loader(obj, name)
     if isinstance(obj, Dataset):
-        return Stream(name, DataLoader(obj, batch_size=batch_size))
+        return Stream(name, DataLoader(obj, batch_size=batch_size, generator=own_generator()))
     raise DataError(f"{where}: expected a DataLoader, a Dataset or an (inputs, targets) pair of tensors, "
                     f"got {type(obj).__name__}")
 

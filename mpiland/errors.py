@@ -17,7 +17,11 @@ class MpilandError(Exception):
     """Base class of user errors: the message names the problem and the fix."""
 
 
-class JobFileError(MpilandError):
+class SettingsError(MpilandError):
+    """A setting has a bad value: a job-file key, a command-line option or a Python argument."""
+
+
+class JobFileError(SettingsError):
     """The job file is missing, is not valid TOML, or a key has a bad value."""
 
 

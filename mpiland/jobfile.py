@@ -103,9 +103,10 @@ def _regex_list(key: str, v: Any) -> tuple[str, ...]:
 def _splits(key: str, v: Any) -> tuple[str, ...]:
     splits = _str_list(key, v)
     if not splits:
-        raise _fail(key, "expected at least one of train|test")
+        raise _fail(key, "expected at least one split, e.g. [\"test\"]")
     for s in splits:
-        _choice(SPLITS)(key, s)
+        if not s.isidentifier():
+            raise _fail(key, f"{s!r} cannot name datasets such as {s}_loss; use an identifier")
     if len(set(splits)) != len(splits):
         raise _fail(key, f"lists a split twice: {list(splits)}")
     return splits
@@ -330,6 +331,15 @@ def parse_job(text: str, overrides: list[str] | None = None, source: str = "<job
     except tomllib.TOMLDecodeError as exc:
         raise JobFileError(f"{source}: not valid TOML ({exc}); fix the syntax at that line") from None
     raw = apply_overrides(raw, overrides or [], values)
+    return job_from_table(raw, text, source)
+
+
+def job_from_table(raw: dict[str, Any], text: str = "", source: str = "<job>", data_given: bool = False) -> Job:
+    """Validate a job table (parsed TOML, or built from Python arguments); raise JobFileError/GridError naming the key.
+
+    ``data_given``: the data comes from the caller (the Python API), so [data] names
+    no dataset or factory and its splits are the caller's names.
+    """
     unknown = sorted(set(raw) - set(_SCHEMA) - _TOP)
     if unknown:
         raise _fail(unknown[0], f"unknown section or key; known: {', '.join(sorted(set(_SCHEMA) | _TOP))}")
@@ -340,10 +350,13 @@ def parse_job(text: str, overrides: list[str] | None = None, source: str = "<job
     name = _str("name", name)
     sections = {s: _section(raw, s) for s in _SCHEMA if s != "train" or "train" in raw}
     data = sections["data"]
-    if data["factory"] is not None:
+    if data["factory"] is not None or data_given:
         data["dataset"] = None
     elif data["dataset"] not in ("digits",):
         raise _fail("data.dataset", f'expected "digits" (or set data.factory), got {json.dumps(data["dataset"])}')
+    else:
+        for split in data["splits"]:
+            _choice(SPLITS)("data.splits", split)
     directions = sections["directions"]
     grid = sections["grid"]
     _check_directions(directions, grid, sections["model"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -80,7 +80,13 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path, key: str = "model.
     if not p.is_file():
         fix = "add a [train] section to create it" if key == "model.checkpoint" else "train that model first"
         raise CheckpointError(f"{where}: file not found; check the path or {fix}")
-    state = read_state_dict(p, where)
+    load_state(model, read_state_dict(p, where), where, "check model.factory and model.kwargs")
+
+
+def load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str, fix: str) -> None:
+    """Load ``state`` into ``model`` strictly; the error (``where`` … ``fix``) lists missing, unexpected and
+    mismatched keys."""
+    state = extract_state_dict(dict(state), where)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -92,7 +98,7 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path, key: str = "model.
             if items:
                 shown = ", ".join(items[:8]) + (f", … ({len(items)} in all)" if len(items) > 8 else "")
                 parts.append(f"{label}: {shown}")
-        raise CheckpointError(f"{where} does not fit the model ({'; '.join(parts)}); check model.factory and model.kwargs")
+        raise CheckpointError(f"{where} does not fit the model ({'; '.join(parts)}); {fix}")
     model.load_state_dict(state, strict=True)
 
 

@@ -7,7 +7,12 @@ Every kind of landscape is an origin θ₀ plus a basis with a coefficient map
 - ``random`` and ``file`` (:mod:`.axes`): axis directions around θ*, normalised;
 - ``interpolation``, ``plane``, ``bilinear``, ``bezier``, ``polychain`` and ``pca``
   (:mod:`.models`): directions defined by models and trajectories;
-- ``hessian`` (:mod:`.hessian`): the top Hessian eigenvectors at θ*.
+- ``hessian`` (:mod:`.eigen`): the top Hessian eigenvectors at θ*.
+
+The same kinds from Python objects (modules, state dicts, checkpoint paths) are
+the builders of :mod:`.build`, re-exported here: ``ml.directions.random(model)``,
+``interpolation(a, b)``, ``plane``, ``bilinear``, ``bezier``, ``polychain``, ``pca``,
+``hessian(model, data)`` and ``from_file(model, path)``.
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ import torch
 from ..spec import DirectionsSpec, resolve_directions
 from .axes import file_directions, normalize, parameter_mask, random_directions
 from .base import COEFFICIENT_MAPS, Directions, Trajectory, axis_label
-from .hessian import CurvatureInputs, hessian_directions
+from .build import (ModelLike, bezier, bilinear, from_file, hessian, interpolation, pca, plane, polychain,
+                    random)
+from .eigen import CurvatureInputs, hessian_directions
 from .models import path_directions
 
-__all__ = ["COEFFICIENT_MAPS", "CurvatureInputs", "Directions", "Trajectory", "axis_label", "file_directions",
-           "hessian_directions", "make_directions", "normalize", "parameter_mask", "path_directions",
-           "random_directions"]
+__all__ = ["COEFFICIENT_MAPS", "CurvatureInputs", "Directions", "ModelLike", "Trajectory", "axis_label", "bezier",
+           "bilinear", "file_directions", "from_file", "hessian", "hessian_directions", "interpolation",
+           "make_directions", "normalize", "parameter_mask", "path_directions", "pca", "plane", "polychain",
+           "random", "random_directions"]
 
 
 def make_directions(model: torch.nn.Module, spec: DirectionsSpec, dims: int,

@@ -14,17 +14,15 @@ sizes), which is s/√n for equal weights.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import JobFileError
+from ..lossfns import BUILTIN_LOSSES, CLASS_INDEX_LOSSES, LossFn, resolve_loss
 from ..spec import LossSpec
-from ..userimport import resolve_callable
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+__all__ = ["BUILTIN_LOSSES", "CLASS_INDEX_LOSSES", "LossFn", "LossSums", "mean_and_stderr", "metric_names",
+           "resolve_loss", "split_metrics", "wants_accuracy"]
 
 SUMS = 7
 """Sums kept per split and point on the device: Σl, Σl² over units; Σw·m, Σw²·m², Σw²·m, Σw² over batch
@@ -44,29 +42,6 @@ def ordered_sum(t: torch.Tensor) -> torch.Tensor:
     blocks = -(-n // ORDERED_BLOCK)
     padded = F.pad(t, (0, blocks * ORDERED_BLOCK - n))
     return padded.view(k, blocks, ORDERED_BLOCK).sum(dim=2).sum(dim=1)
-
-
-def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    if not targets.is_floating_point() and outputs.dim() == 2 and outputs.shape[1] > 1:
-        targets = F.one_hot(targets, outputs.shape[1])
-    targets = targets.to(outputs.dtype).reshape(outputs.shape)
-    return F.mse_loss(outputs, targets, reduction="none").reshape(outputs.shape[0], -1).mean(dim=1)
-
-
-BUILTIN_LOSSES: dict[str, LossFn] = {
-    "cross_entropy": lambda o, t: F.cross_entropy(o, t, reduction="none"),
-    "nll": lambda o, t: F.nll_loss(o, t, reduction="none"),
-    "mse": _mse,
-}
-CLASS_INDEX_LOSSES = ("cross_entropy", "nll")
-"""Built-in losses whose targets are class indices into the last dimension of the outputs."""
-
-
-def resolve_loss(spec: LossSpec) -> LossFn:
-    """The loss function named by ``loss.name``: per-sample for built-ins, as the user wrote it otherwise."""
-    if spec.name in BUILTIN_LOSSES:
-        return BUILTIN_LOSSES[spec.name]
-    return resolve_callable(spec.name, "loss.name", JobFileError)
 
 
 def metric_names(splits: list[str], accuracy: bool) -> list[str]:

@@ -10,7 +10,7 @@ fits, and ``reader`` loads a file for analysis and plots.
 
 from __future__ import annotations
 
-from .. import SCHEMA_VERSION
+from ..version import SCHEMA_VERSION
 from .identity import Identity, decide, job_identity, open_surface, settings_that_count
 from .lock import release as release_output
 from .names import (ATTR_FINGERPRINT, ATTR_METRICS, ATTR_PPP, ATTR_PPP_HISTORY, ATTR_SCHEMA, ATTR_SETTINGS,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import h5py
 import numpy as np
 
-from .. import SCHEMA_VERSION
+from ..version import SCHEMA_VERSION
 from ..digest import file_digest, tensors_digest
 from ..errors import SurfaceFileError
 from ..grid import Grid

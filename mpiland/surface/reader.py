@@ -22,7 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .. import SCHEMA_VERSION, __version__
+from ..version import SCHEMA_VERSION, __version__
 from ..errors import SurfaceFileError
 
 _COORDS = ("xcoordinates", "ycoordinates")

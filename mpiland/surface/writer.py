@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from .. import SCHEMA_VERSION, __version__
+from ..version import SCHEMA_VERSION, __version__
 from ..errors import SurfaceFileError
 from ..grid import Grid, row_runs
 from . import lock

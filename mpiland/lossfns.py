@@ -1,0 +1,42 @@
+"""The built-in per-sample loss functions, and the loss a name (or an import string) stands for.
+
+Built-ins return one loss per sample, so a split's mean loss does not depend on
+the batch size; a user loss is called as the user wrote it (:mod:`mpiland.engine.losses`
+weights a mean per batch by the batch's size).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .errors import JobFileError
+from .spec import LossSpec
+from .userimport import resolve_callable
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if not targets.is_floating_point() and outputs.dim() == 2 and outputs.shape[1] > 1:
+        targets = F.one_hot(targets, outputs.shape[1])
+    targets = targets.to(outputs.dtype).reshape(outputs.shape)
+    return F.mse_loss(outputs, targets, reduction="none").reshape(outputs.shape[0], -1).mean(dim=1)
+
+
+BUILTIN_LOSSES: dict[str, LossFn] = {
+    "cross_entropy": lambda o, t: F.cross_entropy(o, t, reduction="none"),
+    "nll": lambda o, t: F.nll_loss(o, t, reduction="none"),
+    "mse": _mse,
+}
+CLASS_INDEX_LOSSES = ("cross_entropy", "nll")
+"""Built-in losses whose targets are class indices into the last dimension of the outputs."""
+
+
+def resolve_loss(spec: LossSpec) -> LossFn:
+    """The loss function named by ``loss.name``: per-sample for built-ins, as the user wrote it otherwise."""
+    if spec.name in BUILTIN_LOSSES:
+        return BUILTIN_LOSSES[spec.name]
+    return resolve_callable(spec.name, "loss.name", JobFileError)
