@@ -1,0 +1,332 @@
+"""The surface of the Python API: ``surf = mpiland.open("surf.h5")``, then ``surf.plot()``.
+
+:class:`Surface` is the torch-free reader's :class:`mpiland.surface.reader.Surface`
+(every field and helper of it: ``x``, ``y``, ``metrics``, ``done``, ``values(m)``,
+...) with the methods a notebook wants: :meth:`~Surface.plot` (a matplotlib
+Figure, drawn by :mod:`mpiland.plots` without pyplot), :meth:`~Surface.barrier`
+and :meth:`~Surface.flatness` (:mod:`mpiland.analysis.measures`),
+:meth:`~Surface.to_xarray`, :meth:`~Surface.summary` (the ``mpiland info``
+text) and a short ``repr``.
+
+:func:`open` reads a file; :func:`from_reader` upgrades a surface the reader has
+already loaded. Like the reader, this module needs numpy, h5py and matplotlib,
+never torch or mpi4py, so that looking at results is quick and works on a
+machine without the evaluation stack; xarray is optional (only
+:meth:`~Surface.to_xarray` needs it).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .analysis.measures import DEFAULT_EPSILON
+from .analysis.measures import barrier as _barrier
+from .analysis.measures import flatness as _flatness
+from .analysis.summary import format_summary, summarize
+from .errors import DependencyError, SurfaceFileError
+from .plots.common import check_formats
+from .plots.surface import KINDS_1D, KINDS_2D, _targets, render
+from .surface import reader
+
+if TYPE_CHECKING:
+    import xarray
+
+__all__ = ["Surface", "SurfaceFigure", "from_reader", "open"]
+
+_OneKind = Literal["auto", "curve", "contour", "contourf", "heatmap", "surface3d"]
+
+
+class SurfaceFigure(Figure):
+    """A :class:`matplotlib.figure.Figure` that shows itself as a PNG in Jupyter.
+
+    :mod:`mpiland.plots` draws on plain Figures, outside pyplot, so that plotting
+    never changes a program's backend or leaves open figures behind. IPython
+    draws a plain Figure only once pyplot's inline backend has registered its
+    image formatter; without pyplot a notebook would print
+    ``<Figure size 700x520 with 2 Axes>``. This subclass adds the
+    ``_repr_png_`` hook IPython looks for, and is otherwise the same Figure
+    (``savefig``, ``axes``, ``add_subplot`` ...).
+    """
+
+    def _repr_png_(self) -> bytes:
+        """The figure as PNG bytes (IPython's rich display hook)."""
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        return buf.getvalue()
+
+
+def _displayable(fig: Figure) -> SurfaceFigure:
+    """``fig`` as a :class:`SurfaceFigure` (same object: the subclass only adds a display hook)."""
+    # render() creates the Figure itself; SurfaceFigure adds methods and no state, so
+    # switching the class of the finished figure is safe.
+    fig.__class__ = SurfaceFigure
+    assert isinstance(fig, SurfaceFigure)
+    return fig
+
+
+def _attr_value(value: Any) -> Any:
+    """A root attribute as plain Python (str, int, float, lists of them); None for a value to leave out."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (str, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_attr_value(v) for v in value]
+        return None if any(v is None or isinstance(v, list) for v in items) else items
+    return None
+
+
+class Surface(reader.Surface):
+    """One surface file in memory, with plotting, measures and conversion to xarray.
+
+    Every field of :class:`mpiland.surface.reader.Surface` is here: ``path``,
+    ``dims``, ``x``, ``y``, ``metrics`` (NaN where not computed), ``computed``,
+    ``done``, ``seconds``, ``attrs`` (the file's root attributes), ``job``,
+    ``models``, ``trajectory``, ``endpoints`` ..., and its helpers ``shape``,
+    ``values(metric)``, ``default_metric()``. The values are a snapshot taken
+    when the file was read: call :func:`open` again to see the progress of a
+    running job.
+
+    Get one with :func:`open` (``mpiland.open``) or from ``mpiland.landscape``.
+    """
+
+    def __repr__(self) -> str:
+        """Name, dimensions, shape, progress, metrics and file, on one line (the arrays are left out)."""
+        shape = " x ".join(str(n) for n in self.shape)
+        name = f"{self.name!r}, " if self.name else ""
+        metrics = ", ".join(self.metrics) or "none"
+        return (f"<mpiland.Surface {name}{self.dims}D {shape}, {int(self.done.sum())}/{self.done.size} points done, "
+                f"metrics: {metrics}; file {str(self.path)!r}>")
+
+    @overload
+    def plot(self, kind: _OneKind = "auto", metric: str | None = None, *, out: str | os.PathLike[str] | None = None,
+             log: bool = False, levels: int | Sequence[float] | None = None, vmin: float | None = None,
+             vmax: float | None = None, markers: Mapping[str, tuple[float, float]] | None = None,
+             formats: Sequence[str] = ("png",)) -> SurfaceFigure: ...
+
+    @overload
+    def plot(self, kind: Literal["all"], metric: str | None = None, *, out: str | os.PathLike[str] | None = None,
+             log: bool = False, levels: int | Sequence[float] | None = None, vmin: float | None = None,
+             vmax: float | None = None, markers: Mapping[str, tuple[float, float]] | None = None,
+             formats: Sequence[str] = ("png",)) -> list[SurfaceFigure]: ...
+
+    @overload
+    def plot(self, kind: str, metric: str | None = None, *, out: str | os.PathLike[str] | None = None,
+             log: bool = False, levels: int | Sequence[float] | None = None, vmin: float | None = None,
+             vmax: float | None = None, markers: Mapping[str, tuple[float, float]] | None = None,
+             formats: Sequence[str] = ("png",)) -> SurfaceFigure | list[SurfaceFigure]: ...
+
+    def plot(self, kind: str = "auto", metric: str | None = None, *, out: str | os.PathLike[str] | None = None,
+             log: bool = False, levels: int | Sequence[float] | None = None, vmin: float | None = None,
+             vmax: float | None = None, markers: Mapping[str, tuple[float, float]] | None = None,
+             formats: Sequence[str] = ("png",)) -> SurfaceFigure | list[SurfaceFigure]:
+        """Draw the surface and return the figure, which a notebook shows; with ``out``, save it too.
+
+        The picture is the one ``mpiland plot`` writes (:func:`mpiland.plots.render`):
+        a curve for a 1D file (every split's loss and accuracy, the straight-line
+        comparison, the barrier between the end models), a contour plot for a 2D
+        one, with the file's reference models and training trajectory drawn.
+        pyplot is not used, so calling this does not change the backend or leave
+        figures open; the result is a :class:`SurfaceFigure`, a matplotlib Figure
+        that also displays itself in Jupyter.
+
+        Parameters:
+            kind: ``"auto"`` (curve for 1D, contour for 2D), ``"all"`` (one figure
+                per kind valid for the file), or one of ``curve`` (1D) /
+                ``contour``, ``contourf``, ``heatmap``, ``surface3d`` (2D).
+            metric: a dataset such as ``"test_loss"`` or ``"train_acc"``; default:
+                the first ``<split>_loss`` (a 1D curve without a metric shows
+                every split's loss and accuracy).
+            out: also save the figure(s): a ``.png``/``.pdf``/``.svg`` path is
+                written as given (with ``kind="all"`` the kind is appended to its
+                stem); a directory (existing, ending in ``/``, or without suffix)
+                receives ``<file stem>_<kind>_<metric>.<format>`` for each of
+                ``formats``. None (the default) saves nothing.
+            log: logarithmic loss axis, or log-spaced levels and colours.
+            levels: number of contour levels, or the levels themselves.
+            vmin, vmax: colour limits (the y-axis limits of a curve).
+            markers: labelled (x, y) points to mark (vertical lines at x on a curve).
+            formats: image formats written when ``out`` is a directory.
+
+        Returns:
+            One figure, or for ``kind="all"`` a list of them (one per kind).
+
+        Raises:
+            SurfaceFileError: an unknown kind or one that does not fit the file's
+                dimensions, a metric the file lacks or with nothing computed yet,
+                a bad marker, or an unsupported image format or ``out`` suffix.
+        """
+        valid = KINDS_1D if self.dims == 1 else KINDS_2D
+        kinds = list(valid) if kind == "all" else [valid[0]] if kind == "auto" else [kind]
+        chosen = self.check_metric(metric)
+        fmts = check_formats(formats)
+        figures = [_displayable(render(self, k, metric, log=log, levels=levels, vmin=vmin, vmax=vmax,
+                                       markers=markers)) for k in kinds]
+        if out is not None:
+            for k, fig in zip(kinds, figures):
+                for target in _targets(self.path, out, k, chosen, fmts, several_kinds=len(kinds) > 1):
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    fmt = target.suffix.lower().lstrip(".")
+                    fig.savefig(target, format=fmt, dpi=150 if fmt == "png" else None, bbox_inches="tight")
+        return figures if kind == "all" else figures[0]
+
+    def barrier(self, metric: str | None = None) -> dict[str, Any]:
+        """The loss barrier along a 1D path between two models (linear mode connectivity).
+
+        The barrier is the largest excess of the loss over the straight line
+        between the losses of the two end models (``height`` ≤ 0: the path is
+        convex, no barrier). The end models are the file's ``endpoints`` (paths
+        of kind ``interpolation``, ``bezier`` or ``polychain``); a 1D file
+        without them (a random direction) uses the ends of the grid. Points not
+        computed, or not finite, are left out. The numbers are those of
+        ``mpiland info`` (:func:`mpiland.analysis.measures.barrier`).
+
+        Parameters:
+            metric: the loss to measure, e.g. ``"train_loss"`` or
+                ``"line_test_loss"``; default: the file's first loss.
+
+        Returns:
+            ``metric`` (the one used) and :func:`mpiland.analysis.measures.barrier`'s
+            keys: ``height``, ``at`` (its t), ``monotonic``, ``t0``/``t1`` and
+            ``loss0``/``loss1`` (the end points used), ``points`` and ``ignored``.
+
+        Raises:
+            SurfaceFileError: the surface is 2D, the metric is not in the file, or
+                fewer than two finite values lie between the end models.
+        """
+        if self.dims != 1:
+            raise SurfaceFileError(f"{self.path}: barrier() needs a 1D path between two models, "
+                                   f"this surface is {self.dims}D; use flatness() for a 2D surface")
+        chosen = self.check_metric(metric)
+        return {"metric": chosen, **_barrier(self.x, self.values(chosen), self.endpoints)}
+
+    def flatness(self, metric: str | None = None, epsilon: float = DEFAULT_EPSILON,
+                 radius: float | None = None) -> dict[str, Any]:
+        """Flatness and sharpness of the basin around the centre (normally the trained model θ*).
+
+        The centre is the grid point nearest the origin, with loss L*. The
+        measures are those of ``mpiland info`` and of the file's derived
+        attributes (:func:`mpiland.analysis.measures.flatness`): curvature
+        along each axis, basin width (and area in 2D) where L ≤ L* + ε, and
+        ε-sharpness within ``radius``.
+
+        Parameters:
+            metric: the loss to measure; default: the first ``<split>_loss``.
+            epsilon: the loss margin ε ≥ 0 that defines the basin.
+            radius: the sharpness radius in grid units (> 0); default: the
+                largest disc around the centre inside the grid.
+
+        Returns:
+            :func:`mpiland.analysis.measures.flatness`'s dictionary: ``metric``,
+            ``centre``, ``loss``, ``threshold``, ``curvature``, ``basin_width``,
+            ``basin_area``, ``radius``, ``sharpness``, ``sharpness_relative`` ...
+
+        Raises:
+            SurfaceFileError: the metric is not in the file, ``epsilon`` or
+                ``radius`` is out of range, or the centre has no finite value.
+        """
+        return _flatness(self, metric, epsilon, radius)
+
+    def to_xarray(self) -> xarray.Dataset:
+        """The surface as an :class:`xarray.Dataset`, for labelled slicing, pandas and netCDF.
+
+        Dimensions are ``("x",)`` or ``("x", "y")`` with the grid coordinates as
+        coordinate variables, whose ``long_name`` attribute is the axis label
+        (e.g. ``"random direction x (filter-normalised)"``; xarray's plots use
+        it). There is one data variable per metric, NaN where the point is not
+        computed yet, plus ``done`` (bool) and ``seconds`` when the file has
+        them. The file's root attributes become the Dataset's ``attrs`` as plain
+        Python values (str, int, float or lists of them, so ``to_netcdf`` and
+        ``json.dumps`` take them); ``source`` is the file's path. Models,
+        trajectory and endpoints, which are not on the grid, stay on the Surface.
+
+        Returns:
+            A new Dataset; the arrays are copies.
+
+        Raises:
+            DependencyError: xarray is not installed.
+        """
+        try:
+            import xarray as xr
+        except ImportError:
+            raise DependencyError("to_xarray needs xarray: pip install xarray") from None
+        dims: tuple[str, ...] = ("x",) if self.dims == 1 else ("x", "y")
+        coords: dict[str, Any] = {"x": ("x", self.x.copy(), {"long_name": self.x_label})}
+        if self.dims == 2:
+            assert self.y is not None
+            coords["y"] = ("y", self.y.copy(), {"long_name": self.y_label})
+        data: dict[str, Any] = {m: (dims, self.values(m)) for m in self.metrics}
+        data["done"] = (dims, self.done.astype(bool))
+        if self.seconds is not None:
+            data["seconds"] = (dims, self.seconds.copy(), {"units": "s"})
+        attrs = {k: v for k, v in ((k, _attr_value(v)) for k, v in self.attrs.items()) if v is not None}
+        attrs.setdefault("source", str(self.path))
+        return xr.Dataset(data, coords=coords, attrs=attrs)
+
+    def summary(self, epsilon: float = DEFAULT_EPSILON, radius: float | None = None) -> str:
+        """The text ``mpiland info`` prints: schema, job, progress, minima, barriers and flatness.
+
+        It is computed from the file on disk (:func:`mpiland.analysis.summary.summarize`),
+        so for a file a job is still writing it shows the latest saved points,
+        which may be more than this snapshot holds.
+
+        Parameters:
+            epsilon, radius: the flatness settings, as ``mpiland info --epsilon/--radius``.
+
+        Returns:
+            Aligned text lines, without a trailing newline.
+
+        Raises:
+            SurfaceFileError: the file is no longer readable at ``path``, or
+                ``epsilon``/``radius`` is out of range.
+        """
+        return format_summary(summarize(self.path, epsilon=epsilon, radius=radius))
+
+
+def from_reader(surface: reader.Surface) -> Surface:
+    """The API :class:`Surface` holding the same data as a surface the reader loaded.
+
+    Parameters:
+        surface: a :class:`mpiland.surface.reader.Surface` (e.g. from
+            :func:`mpiland.surface.reader.load_surface`).
+
+    Returns:
+        ``surface`` itself when it is already an API Surface, else a new one
+        sharing its arrays (nothing is copied or re-read).
+    """
+    if isinstance(surface, Surface):
+        return surface
+    return Surface(**{f.name: getattr(surface, f.name) for f in fields(surface)})
+
+
+def open(path: str | os.PathLike[str]) -> Surface:  # noqa: A001 - the API's name: mpiland.open(path)
+    """Read a surface file (mpiland's, or the reference tool's) into a :class:`Surface`.
+
+    The whole file is read into memory and closed again, so a job may keep
+    writing it; open it again to see newer points.
+
+    Parameters:
+        path: the ``.h5`` file written by ``mpiland run`` or ``mpiland.landscape``.
+
+    Returns:
+        The surface, with :meth:`Surface.plot`, :meth:`Surface.barrier`,
+        :meth:`Surface.flatness`, :meth:`Surface.to_xarray` and :meth:`Surface.summary`.
+
+    Raises:
+        SurfaceFileError: the path does not exist or is a directory, the file is
+            not HDF5 or not a surface file, or it was written with a newer schema.
+    """
+    return from_reader(reader.load_surface(Path(path)))
+
