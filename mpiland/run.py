@@ -235,11 +235,19 @@ def run_landscape(job: Job, build: Builder, comm: Any = None, progress: str | No
     during start-up also ends the run cleanly); None installs one here.
     Raises :class:`~mpiland.errors.LaunchError` for an intercommunicator.
     """
-    with isolated(world(comm)) as own_comm:
-        if stop is not None:
-            return _run(job, build, own_comm, progress, stop)
-        with StopFlag() as own:
-            return _run(job, build, own_comm, progress, own)
+    threads = torch.get_num_threads()
+    cuda = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        with isolated(world(comm)) as own_comm:
+            if stop is not None:
+                return _run(job, build, own_comm, progress, stop)
+            with StopFlag() as own:
+                return _run(job, build, own_comm, progress, own)
+    finally:
+        # The run binds the process to its device and thread count; an in-process caller gets its own back.
+        torch.set_num_threads(threads)
+        if cuda is not None:
+            torch.cuda.set_device(cuda)
 
 
 def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopFlag) -> RunSummary:

@@ -212,10 +212,16 @@ def _tensors(data: Any, batch_size: int) -> Split:
     if isinstance(split, Split):
         return split
     assert isinstance(split, Stream)
-    batches = list(split.batches())
-    if not batches or not all(isinstance(x, torch.Tensor) for x, _ in batches):
-        raise SettingsError("hessian: the data must be tensors, a Dataset or a loader of (inputs, targets) tensors")
-    return Split("data", torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))
+    inputs, targets = [], []
+    for x, y in split.batches():
+        if not isinstance(x, torch.Tensor):
+            raise SettingsError("hessian: the data must be tensors, a Dataset or a loader of (inputs, targets) "
+                                "tensors; dict batches are not supported here")
+        inputs.append(x)
+        targets.append(y)
+    if not inputs:
+        raise SettingsError("hessian: the data yields no batches; give a non-empty dataset")
+    return Split("data", torch.cat(inputs), torch.cat(targets))
 
 
 def hessian(model: nn.Module, data: Any, *, dims: int = 2, loss: str | Any = "cross_entropy", batch_size: int = 512,
@@ -255,7 +261,7 @@ def hessian(model: nn.Module, data: Any, *, dims: int = 2, loss: str | Any = "cr
 def _loss_fn(loss: Any) -> LossFn:
     """A per-sample loss function from a built-in name, an import string or a callable."""
     if callable(loss):
-        return loss  # type: ignore[no-any-return]
+        return loss
     if isinstance(loss, str) and (loss in LOSSES or ":" in loss):
         return resolve_loss(LossSpec(name=loss))
     raise SettingsError(f"loss={loss!r}: give {', '.join(LOSSES)}, 'module:callable' or a callable")

@@ -291,8 +291,9 @@ def _tensors(d: Placed) -> tuple[torch.Tensor, torch.Tensor]:
     """A split's inputs and targets as whole tensors (what the curvature operators read)."""
     if isinstance(d, DeviceSplit):
         return d.inputs, d.targets
-    if d.kept and all(isinstance(x, torch.Tensor) for x, _ in d.kept):
-        return torch.cat([x for x, _ in d.kept]), torch.cat([y for _, y in d.kept])
+    inputs = [x for x, _ in d.kept if isinstance(x, torch.Tensor)]
+    if d.kept and len(inputs) == len(d.kept):
+        return torch.cat(inputs), torch.cat([y for _, y in d.kept])
     raise DataError(f"data split {d.name!r}: curvature needs the split as tensors in memory; pass (inputs, targets) "
                     "tensors or raise memory_budget_mb so that the loader's batches are kept")
 

@@ -24,7 +24,9 @@ def _reason(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text[0] if text else ''}"
 
 
-def _shape(t: torch.Tensor) -> str:
+def _shape(t: torch.Tensor | dict[str, torch.Tensor]) -> str:
+    if isinstance(t, dict):
+        return ", ".join(f"{k} {_shape(v)}" for k, v in t.items())
     return "×".join(str(s) for s in t.shape[1:]) or "scalar"
 
 

@@ -1,0 +1,214 @@
+"""The Python API: a landscape of the model and data a notebook or script already holds, in one call.
+
+:func:`landscape` is ``mpiland run`` without a job file: the same engine, surface
+file, resume rules, ranks and analyses (:func:`mpiland.run.run_landscape`), fed
+with objects instead of import strings. Every job-file key is reachable through
+``settings`` under its job-file name (``{"run.points_per_pass": 4}``), checked by
+the same rules. The caller's model, data loaders, metric objects and random
+state are never changed: the run works on copies and on its own loaders.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .comm import Comm, agree, world
+from .data import as_splits
+from .directions import Directions
+from .engine.metrics import Metric, check_name
+from .errors import GridError, ModelError, SettingsError
+from .jobfile import apply_overrides, job_from_table
+from .launch import Placement
+from .layout import ParamLayout
+from .result import Surface
+from .result import open as open_surface
+from .run import Problem, RunSummary, run_landscape
+from .spec import LOSSES, PATH_KINDS, Job
+
+__all__ = ["landscape"]
+
+AxisLike = tuple[float, float, int] | Sequence[float] | int
+"""An axis: ``(min, max, num)``, or a bare ``num`` for a range that covers the models of a path."""
+
+
+def _name_of(obj: Any) -> str:
+    """``module:qualname`` of a callable or of an object's class (what the file records)."""
+    target = obj if callable(obj) and hasattr(obj, "__qualname__") else type(obj)
+    return f"{getattr(target, '__module__', None) or 'unknown'}:{getattr(target, '__qualname__', type(obj).__name__)}"
+
+
+def _axis(name: str, value: Any) -> Any:
+    if value is None or isinstance(value, int):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 3:
+        return [value[0], value[1], value[2]]
+    raise GridError(f"{name}={value!r}: give (min, max, num), e.g. (-1, 1, 51), or num for a range covering "
+                    "the models of a path")
+
+
+def _loss(loss: Any) -> tuple[str, Any]:
+    """The loss's recorded name, and the callable (None for a built-in)."""
+    if isinstance(loss, str):
+        if loss in LOSSES or ":" in loss:
+            return loss, None
+        raise SettingsError(f"loss={loss!r}: give one of {', '.join(LOSSES)}, 'module:callable' or a callable "
+                            "(outputs, targets) -> per-sample losses")
+    if callable(loss):
+        return _name_of(loss), loss
+    raise SettingsError(f"loss is a {type(loss).__name__}; give a loss name or a callable (outputs, targets) -> "
+                        "per-sample losses")
+
+
+def _metrics(metrics: Mapping[str, Any] | None) -> tuple[dict[str, str], dict[str, Any]]:
+    """The metrics' recorded names and objects (import strings are left for the engine to resolve)."""
+    if metrics is None:
+        return {}, {}
+    if not isinstance(metrics, Mapping):
+        raise SettingsError(f"metrics is a {type(metrics).__name__}; give a dict of name -> callable, e.g. "
+                            "{'top5': top5}")
+    names = {}
+    for name, fn in metrics.items():
+        check_name(name)
+        stateful = Metric(name, fn).stateful
+        if not isinstance(fn, str) and not callable(fn) and not stateful:
+            raise SettingsError(f"metric {name!r} is a {type(fn).__name__}; give a callable (outputs, targets) -> "
+                                "tensor, or an object with update() and compute()")
+        names[name] = fn if isinstance(fn, str) else _name_of(fn)
+    return names, dict(metrics)
+
+
+def _dtype(model: nn.Module) -> str:
+    first = next(iter(model.parameters()), None)
+    return "float64" if first is not None and first.dtype == torch.float64 else "float32"
+
+
+def _job(model: nn.Module, directions: Directions, split_names: list[str], x: Any, y: Any, loss_name: str,
+         metric_names: dict[str, str], out: str, overwrite: bool, batch_size: int, memory_budget_mb: float,
+         device: str, progress: str, name: str, settings: Mapping[str, Any] | None) -> Job:
+    """The job these arguments make, validated by the job file's rules (settings are job-file keys)."""
+    spec = directions.settings
+    kind = str(spec.get("kind", "random"))
+    recorded = {k: v for k, v in spec.items() if k in ("kind", "seed", "norm", "ignore", "include", "exclude",
+                                                          "orthogonalize", "models", "file", "states",
+                                                          "compare_line")}
+    if kind == "hessian":
+        recorded.pop("norm", None)
+    if kind in PATH_KINDS and kind != "pca":
+        recorded.pop("ignore", None)
+    table: dict[str, Any] = {
+        "name": name,
+        "model": {"factory": _name_of(model), "dtype": _dtype(model)},
+        "data": {"splits": split_names, "batch_size": batch_size, "memory_budget_mb": memory_budget_mb},
+        "loss": {"name": loss_name, "metrics": metric_names},
+        "directions": recorded,
+        "grid": {"x": _axis("x", x), **({"y": _axis("y", y)} if y is not None else {})},
+        "output": {"path": out, "overwrite": overwrite},
+        "run": {"device": device, "progress": progress},
+    }
+    if settings:
+        if not isinstance(settings, Mapping) or not all(isinstance(k, str) and "." in k for k in settings):
+            raise SettingsError("settings: give job-file keys as 'section.key', e.g. {'run.points_per_pass': 4}")
+        table = apply_overrides(table, [], dict(settings))
+    return job_from_table(table, source="<python>", data_given=True)
+
+
+def _check_dims(directions: Directions, job: Job) -> None:
+    if directions.coefficient_map == "axes" and directions.dims != job.grid.dims:
+        fix = "pass y=(min, max, num)" if directions.dims == 2 else "remove y"
+        raise GridError(f"the directions have {directions.dims} axes but the grid {job.grid.dims}; {fix}, or build "
+                        f"the directions with dims={job.grid.dims}")
+
+
+def landscape(model: nn.Module, directions: Directions, data: Any, x: AxisLike = (-1.0, 1.0, 51),
+              y: AxisLike | None = None, *, loss: Any = "cross_entropy", metrics: Mapping[str, Any] | None = None,
+              out: str | os.PathLike[str] | None = None, overwrite: bool = False, comm: Comm | None = None,
+              batch_size: int = 512, memory_budget_mb: float = 1024.0, device: str = "auto",
+              progress: str = "auto", name: str = "", settings: Mapping[str, Any] | None = None) -> Surface | None:
+    """Loss and accuracy of ``model`` at θ(a, b) = origin + a·δ + b·η over a grid; the surface back.
+
+    Parameters:
+        model: the model at θ* (for path directions: any model of the path's architecture; its buffers
+            are used). Never changed: the run evaluates a copy.
+        directions: from :mod:`mpiland.directions` (``random``, ``interpolation``, ``plane``, ``bilinear``,
+            ``bezier``, ``polychain``, ``pca``, ``hessian``, ``from_file``).
+        data: a ``DataLoader`` (read in dataset order through mpiland's own loader with persistent
+            workers), a ``Dataset``, ``(inputs, targets)`` tensors, or a dict of named splits of any of
+            those (``{"train": ..., "test": ...}``; one unnamed split is called ``data``). Splits that fit
+            ``memory_budget_mb`` (MiB) stay on the device, others are streamed from their loader.
+            Batches are ``(inputs, targets)`` or dicts with a ``labels`` entry (other entries: keyword inputs).
+        x, y: axes ``(min, max, num)``; ``y`` None for a 1D curve. A bare ``num`` takes the range from
+            the models of a path (with a margin, ``settings={"grid.margin": 0.25}``).
+        loss: ``cross_entropy``, ``mse``, ``nll``, or a callable ``(outputs, targets)`` returning
+            per-sample losses (a scalar per batch is weighted by the batch's size).
+        metrics: name -> callable ``(outputs, targets) -> per-sample tensor`` (datasets ``<split>_<name>``
+            and ``<split>_<name>_stderr``), or -> an object with ``update``/``compute`` (``<split>_<name>``).
+        out: the surface file (resumed when it belongs to the same landscape, refused when it belongs
+            to another unless ``overwrite``); None keeps the results in memory only.
+        comm: None for one process; an mpi4py communicator (e.g. ``MPI.COMM_WORLD`` in a script under
+            ``mpiexec``/``srun``) to share the grid among its ranks. Every rank must call with the same
+            arguments.
+        batch_size: batch size of tensor and Dataset splits (a DataLoader keeps its own).
+        device: ``auto`` (the rank's GPU if there is one), ``cpu``, ``cuda`` or ``cuda:N``.
+        progress: ``auto`` (a bar, a widget in Jupyter), ``bar``, ``lines`` or ``none``.
+        name: the landscape's name in plots and summaries.
+        settings: any other job-file key by its name, e.g. ``{"run.points_per_pass": 4,
+            "hessian.enabled": True, "model.mode": "train"}`` (docs/jobfile.md).
+
+    Returns:
+        The :class:`~mpiland.result.Surface` on rank 0 (on an interrupted run, the points done so far);
+        None on the other ranks of ``comm``.
+
+    Raises:
+        A :class:`~mpiland.errors.MpilandError` subclass with one sentence naming the problem and the
+        fix: ModelError (directions made for another model), DataError (empty loader, wrong batch
+        structure, data that does not fit the model), MetricError (a loss or metric of the wrong shape),
+        SettingsError/JobFileError/GridError (bad arguments), SurfaceFileError (``out`` belongs to
+        another landscape). Under ``comm`` every rank raises the same error.
+    """
+    ranks = world(comm)
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model is a {type(model).__name__}; give the torch nn.Module at θ* (load a state_dict "
+                         "or checkpoint into it first)")
+    if not isinstance(directions, Directions):
+        raise SettingsError(f"directions is a {type(directions).__name__}; build them with mpiland.directions, "
+                            "e.g. ml.directions.random(model)")
+    loss_name, loss_fn = _loss(loss)
+    metric_names, metric_objects = _metrics(metrics)
+    temporary = out is None
+    scratch = ranks.bcast(tempfile.mkdtemp(prefix="mpiland-") if temporary and ranks.Get_rank() == 0 else None,
+                          root=0)
+    path = str(Path(scratch) / "surface.h5") if temporary else os.fspath(out)  # type: ignore[arg-type]
+    try:
+        splits = agree(ranks, lambda: as_splits(data, batch_size))
+        job = agree(ranks, lambda: _job(model, directions, [s.name for s in splits], x, y, loss_name,
+                                        metric_names, path, overwrite, batch_size, memory_budget_mb, device,
+                                        progress, name, {**({"run.writer": "gather"} if temporary else {}),
+                                                         **(settings or {})}))
+        agree(ranks, lambda: _check_dims(directions, job))
+
+        def build(own: Comm, job: Job, placement: Placement) -> Problem:
+            def make() -> Problem:
+                if ParamLayout.from_model(model, directions.layout.states) != directions.layout:
+                    raise ModelError("the directions were made for another model (parameter names or shapes "
+                                     "differ); build them from this model")
+                return Problem(copy.deepcopy(model), directions, list(splits), loss_fn=loss_fn,
+                               metrics=metric_objects)
+            return agree(own, make)
+
+        summary: RunSummary = run_landscape(job, build, ranks)
+        if ranks.Get_rank() != 0:
+            return None
+        surface = open_surface(summary.path)
+        return replace(surface, path=Path("<memory>")) if temporary else surface
+    finally:
+        if temporary and ranks.Get_rank() == 0 and scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
