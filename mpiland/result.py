@@ -33,7 +33,7 @@ from .analysis.measures import flatness as _flatness
 from .analysis.summary import format_summary, summarize
 from .errors import DependencyError, SurfaceFileError
 from .plots.common import check_formats
-from .plots.surface import KINDS_1D, KINDS_2D, _targets, render
+from .plots.surface import KINDS_1D, KINDS_2D, image_paths, render
 from .surface import reader
 
 if TYPE_CHECKING:
@@ -176,7 +176,7 @@ class Surface(reader.Surface):
                                        markers=markers)) for k in kinds]
         if out is not None:
             for k, fig in zip(kinds, figures):
-                for target in _targets(self.path, out, k, chosen, fmts, several_kinds=len(kinds) > 1):
+                for target in image_paths(self.path, out, k, chosen, fmts, several_kinds=len(kinds) > 1):
                     target.parent.mkdir(parents=True, exist_ok=True)
                     fmt = target.suffix.lower().lstrip(".")
                     fig.savefig(target, format=fmt, dpi=150 if fmt == "png" else None, bbox_inches="tight")
@@ -278,9 +278,9 @@ class Surface(reader.Surface):
     def summary(self, epsilon: float = DEFAULT_EPSILON, radius: float | None = None) -> str:
         """The text ``mpiland info`` prints: schema, job, progress, minima, barriers and flatness.
 
-        It is computed from the file on disk (:func:`mpiland.analysis.summary.summarize`),
-        so for a file a job is still writing it shows the latest saved points,
-        which may be more than this snapshot holds.
+        It is computed from this snapshot (:func:`mpiland.analysis.summary.summarize`),
+        so it also works for a surface kept in memory (``out=None``); reopen a file a
+        job is still writing to see its latest points.
 
         Parameters:
             epsilon, radius: the flatness settings, as ``mpiland info --epsilon/--radius``.
@@ -289,10 +289,9 @@ class Surface(reader.Surface):
             Aligned text lines, without a trailing newline.
 
         Raises:
-            SurfaceFileError: the file is no longer readable at ``path``, or
-                ``epsilon``/``radius`` is out of range.
+            SurfaceFileError: ``epsilon``/``radius`` is out of range.
         """
-        return format_summary(summarize(self.path, epsilon=epsilon, radius=radius))
+        return format_summary(summarize(self, epsilon=epsilon, radius=radius))
 
 
 def from_reader(surface: reader.Surface) -> Surface:

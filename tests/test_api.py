@@ -375,3 +375,11 @@ def test_every_public_name_resolves_and_has_a_docstring():
     for name in ("random", "interpolation", "plane", "bilinear", "bezier", "polychain", "pca", "hessian",
                  "from_file"):
         assert getattr(ml.directions, name).__doc__.strip()
+
+
+def test_an_in_memory_surface_has_its_summary_and_analyses():
+    a, b = _mlp(1), _mlp(2)
+    surf = ml.landscape(a, ml.directions.interpolation(a, b), _data(), x=(-0.25, 1.25, 7), **FAST)
+    assert "7/7 points done" in surf.summary()
+    barrier = surf.barrier()
+    assert barrier["metric"] == "data_loss" and np.isfinite(barrier["height"])

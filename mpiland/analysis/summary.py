@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SurfaceFileError
-from ..surface.reader import Positions, best_is, load_surface
+from ..surface.reader import Positions, Surface, best_is, load_surface
 from .measures import DEFAULT_EPSILON, barrier, check_flatness_args, flatness, format_number
 
 
@@ -71,8 +71,10 @@ def _positions_summary(p: Positions | None) -> list[dict[str, Any]] | None:
             for label, row in zip(p.labels, p.coordinates)]
 
 
-def summarize(path: str | Path, epsilon: float = DEFAULT_EPSILON, radius: float | None = None) -> dict[str, Any]:
-    """Summarise a surface file as plain, JSON-safe data (see :func:`format_summary` for the text form).
+def summarize(path: str | Path | Surface, epsilon: float = DEFAULT_EPSILON,
+              radius: float | None = None) -> dict[str, Any]:
+    """Summarise a surface file (or a surface already in memory) as plain, JSON-safe data (see
+    :func:`format_summary` for the text form).
 
     Keys: ``path``, ``schema`` (int or None for a reference-tool file),
     ``schema_text``, ``mpiland_version``, ``created``, ``fingerprint`` (short)
@@ -90,7 +92,7 @@ def summarize(path: str | Path, epsilon: float = DEFAULT_EPSILON, radius: float 
     numbers are None, never NaN.
     """
     epsilon, radius = check_flatness_args(epsilon, radius)
-    s = load_surface(path)
+    s = path if isinstance(path, Surface) else load_surface(path)
     total = int(np.prod(s.shape))
     n_done = int(s.done.sum())
     fp = s.attrs.get("fingerprint")

@@ -222,8 +222,9 @@ def render(surface: Surface, kind: str, metric: str | None = None, log: bool = F
     return fig
 
 
-def _targets(path: pathlib.Path, out: str | os.PathLike[str] | None, kind: str, metric: str,
-             formats: list[str], several_kinds: bool) -> list[pathlib.Path]:
+def image_paths(path: pathlib.Path, out: str | os.PathLike[str] | None, kind: str, metric: str,
+                formats: list[str], several_kinds: bool) -> list[pathlib.Path]:
+    """Where the images of one plot go: beside ``path``, or in/at ``out`` (a directory, or a file name)."""
     stem = f"{path.stem}_{kind}_{metric}"
     if out is None:
         return [path.with_name(f"{stem}.{fmt}") for fmt in formats]
@@ -279,7 +280,7 @@ def plot_surface(
     require_values(surface, chosen)
     written: list[pathlib.Path] = []
     for k in kinds:
-        targets = _targets(surface.path, out, k, chosen, fmts, several_kinds=len(kinds) > 1)
+        targets = image_paths(surface.path, out, k, chosen, fmts, several_kinds=len(kinds) > 1)
         fig = render(surface, k, metric, log=log, levels=levels, vmin=vmin, vmax=vmax, markers=markers)
         try:
             for t in targets:
