@@ -109,7 +109,7 @@ class Evaluator:
         self._buffers0 = [b.clone() for b in self._buffers]
         self._restore_buffers = mode == "train" and bool(self._buffers)
         self.data = self._place_data(splits, memory_budget_mb)
-        self.accuracy = wants_accuracy(loss, next(self.data[0].batches(batch_size, device))[1])
+        self.accuracy = wants_accuracy(loss, self.data[0].first_batch(batch_size, device)[1])
         for d in self.data:
             check_data_fits(self.model, d, self.loss_fn, loss.name, self.builtin_loss, self.accuracy,
                             self.batch_size, self.device, self._metric_fns)

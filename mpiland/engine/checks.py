@@ -35,7 +35,7 @@ def check_data_fits(model: nn.Module, split: DeviceSplit | BatchSplit, loss_fn: 
                     metric_fns: Sequence[LossFn] = ()) -> None:
     """Raise :class:`DataError` unless one batch of ``split`` runs through ``model``, the loss and the metrics
     (a :class:`MetricError` of a user loss or metric names it)."""
-    x, y = next(split.batches(batch_size, device))
+    x, y = split.first_batch(batch_size, device)
     where = f"data split {split.name!r}"
     training = model.training
     model.eval()
@@ -44,7 +44,7 @@ def check_data_fits(model: nn.Module, split: DeviceSplit | BatchSplit, loss_fn: 
             out = call_model(model, x)
     except Exception as exc:  # the user's model on the user's data: report it as a data mismatch
         raise DataError(f"{where}: inputs of shape {_shape(x)} (per sample) do not fit the model ({_reason(exc)}); "
-                        "check data.factory against model.factory") from None
+                        "check that the data (data.factory) is what the model (model.factory) takes") from None
     finally:
         model.train(training)
     if not isinstance(out, torch.Tensor):

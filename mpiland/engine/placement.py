@@ -44,6 +44,10 @@ class DeviceSplit:
             yield x, y
 
 
+    def first_batch(self, batch_size: int, device: torch.device) -> tuple[Inputs, torch.Tensor]:
+        """The first batch, on ``device`` (set-up checks)."""
+        return next(self.batches(batch_size, device))
+
     def first_inputs(self, n: int, device: torch.device) -> Inputs:
         """The first ``n`` inputs, on ``device`` (probes of memory and vmap)."""
         return self.inputs[:n].to(device)
@@ -89,6 +93,7 @@ class BatchSplit:
     stream: Stream
     digest: str
     samples: int
+    first: tuple[Inputs, torch.Tensor]
     kept: list[tuple[Inputs, torch.Tensor]] = field(default_factory=list)
     dtype: torch.dtype = torch.float32
     channels_last: bool = False
@@ -106,10 +111,13 @@ class BatchSplit:
             x = _cast(x, self.dtype, self.channels_last)
             yield to_device(x, device, non_blocking=True), y.to(device, non_blocking=True)
 
-    def first_inputs(self, n: int, device: torch.device) -> Inputs:
-        """The first ``n`` inputs of the first batch, on ``device``."""
-        x, _ = next(self.batches(n, device))
-        return first_rows(x, n)
+    def first_batch(self, _batch_size: int, _device: torch.device) -> tuple[Inputs, torch.Tensor]:
+        """The loader's first batch, on the device (kept from set-up: probes never read the loader again)."""
+        return self.first
+
+    def first_inputs(self, n: int, _device: torch.device) -> Inputs:
+        """The first ``n`` inputs of the first batch, on the device."""
+        return first_rows(self.first[0], n)
 
 
 def place_stream(stream: Stream, device: torch.device, dtype: torch.dtype, budget_bytes: float,
@@ -117,9 +125,12 @@ def place_stream(stream: Stream, device: torch.device, dtype: torch.dtype, budge
     """Read ``stream`` once: check and digest its batches, and keep them on the device if they fit ``budget_bytes``."""
     h = hashlib.sha256()
     kept: list[tuple[Inputs, torch.Tensor]] = []
+    first: tuple[Inputs, torch.Tensor] | None = None
     keeping, total, samples = True, 0, 0
     for x, y in stream.batches():
         x = _cast(x, dtype, channels_last)
+        if first is None:
+            first = (to_device(x, device), y.to(device))
         update_batch(h, x, y)
         samples += int(y.shape[0]) if y.dim() else 1
         total += _nbytes(x, y)
@@ -128,9 +139,9 @@ def place_stream(stream: Stream, device: torch.device, dtype: torch.dtype, budge
             kept.append((to_device(x, device), y.to(device)))
         else:
             kept.clear()
-    if samples == 0:
+    if first is None or samples == 0:
         raise DataError(f"data split {stream.name!r}: the loader yields no batches; give it a non-empty dataset")
-    return BatchSplit(stream.name, stream, h.hexdigest(), samples, kept, dtype, channels_last)
+    return BatchSplit(stream.name, stream, h.hexdigest(), samples, first, kept, dtype, channels_last)
 
 
 def fits(splits: list[Split], memory_budget_mb: float) -> bool:
