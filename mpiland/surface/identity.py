@@ -83,7 +83,8 @@ def settings_that_count(job: Job) -> dict[str, Any]:
     if job.loss.name not in LOSSES or job.loss.metrics or m["mode"] == "train":
         out["data.batch_size"] = data["batch_size"]  # a mean per batch, or batch statistics
     out["data.splits"] = list(data["splits"])
-    out.update({f"loss.{k}": v for k, v in d["loss"].items()})
+    # loss.metrics only when set, so files made before the key existed still resume
+    out.update({f"loss.{k}": v for k, v in d["loss"].items() if k != "metrics" or v})
     out["directions.kind"] = job.directions.kind
     if job.directions.kind in ("bezier", "polychain"):
         out["directions.compare_line"] = job.directions.compare_line
