@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import GridError, JobFileError
-from .spec import (AUTOCASTS, BN_MODES, DIRECTION_KINDS, DTYPES, IGNORES, LOSSES, MODEL_MODES, NORMS, PATH_KINDS,
-                   PROGRESS, SPLITS, WRITERS, Axis, DataSpec, DirectionsSpec, GridSpec, HessianSpec, Job, LossSpec,
-                   ModelSpec, OutputSpec, RunSpec, TrainSpec, defaults,
+from .spec import (ALIGN_KINDS, AUTOCASTS, BN_MODES, CURVES, DIRECTION_KINDS, DTYPES, IGNORES, LOSSES, MODEL_MODES,
+                   NORMS, PATH_KINDS, PROGRESS, SPECTRUM, SPLITS, WRITERS, Axis, ConnectSpec, DataSpec, DirectionsSpec,
+                   GridSpec, HessianSpec, Job, LossSpec, ModelSpec, OutputSpec, RunSpec, TrainSpec, defaults,
                    resolve_directions)
 
 def _fail(key: str, msg: str) -> JobFileError:
@@ -226,6 +226,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "file": _str_list,
         "states": _bool,
         "compare_line": _bool,
+        "align": _bool,
     },
     "grid": {
         "x": _axis,
@@ -241,6 +242,22 @@ _SCHEMA: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "dtype": _choice(DTYPES),
         "seed": _int,
         "trace_samples": lambda k, v: _int(k, v, 0),
+        "spectrum": _choice(SPECTRUM),
+        "spectrum_probes": lambda k, v: _int(k, v, 1),
+        "spectrum_steps": lambda k, v: _int(k, v, 2),
+        "spectrum_top": lambda k, v: _int(k, v, 1),
+    },
+    "connect": {
+        "ends": _str_list,
+        "curve": _choice(CURVES),
+        "bends": lambda k, v: _int(k, v, 1),
+        "epochs": lambda k, v: _int(k, v, 1),
+        "lr": lambda k, v: _num(k, v, positive=True),
+        "momentum": _num,
+        "weight_decay": _nonneg,
+        "batch_size": lambda k, v: _int(k, v, 1),
+        "seed": _int,
+        "checkpoint_dir": _opt_str,
     },
     "output": {
         "path": _str,
@@ -261,7 +278,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, Any], Any]]] = {
 }
 _SPECS: dict[str, type] = {"model": ModelSpec, "train": TrainSpec, "data": DataSpec, "loss": LossSpec,
                            "directions": DirectionsSpec, "grid": GridSpec, "hessian": HessianSpec,
-                           "output": OutputSpec, "run": RunSpec}
+                           "output": OutputSpec, "run": RunSpec, "connect": ConnectSpec}
 _REQUIRED = {"model": ("factory",), "grid": ("x",)}
 _TOP = {"name"}
 
@@ -348,7 +365,8 @@ def job_from_table(raw: dict[str, Any], text: str = "", source: str = "<job>", d
             raise _fail(required, f"missing required section [{required}]")
     name = raw.get("name", Path(source).stem if source != "<job>" else "")
     name = _str("name", name)
-    sections = {s: _section(raw, s) for s in _SCHEMA if s != "train" or "train" in raw}
+    optional = ("train", "connect")  # sections that mean something only when present
+    sections = {s: _section(raw, s) for s in _SCHEMA if s not in optional or s in raw}
     data = sections["data"]
     if data["factory"] is not None or data_given:
         data["dataset"] = None
@@ -366,11 +384,16 @@ def job_from_table(raw: dict[str, Any], text: str = "", source: str = "<job>", d
     missing = [sp for sp in hessian["splits"] if sp not in data["splits"]]
     if missing:
         raise _fail("hessian.splits", f"{missing[0]} is not evaluated; add it to data.splits or remove it here")
-    if (hessian["enabled"] or directions["kind"] == "hessian") and sections["model"]["mode"] == "train":
+    curvature = hessian["enabled"] or directions["kind"] == "hessian" or hessian["spectrum"] != "none"
+    if hessian["spectrum"] == "models" and directions["kind"] not in PATH_KINDS:
+        raise _fail("hessian.spectrum", f'"models" takes the spectrum at each model of a path; {directions["kind"]} '
+                    'directions have none: use "origin"')
+    if curvature and sections["model"]["mode"] == "train":
         raise _fail("hessian.enabled", 'curvature is taken in eval mode; it cannot be combined with model.mode = "train"')
     return Job(
         model=ModelSpec(**sections["model"]),
         train=TrainSpec(**sections["train"]) if "train" in sections else None,
+        connect=ConnectSpec(**sections["connect"]) if "connect" in sections else None,
         data=DataSpec(**data),
         loss=LossSpec(**sections["loss"]),
         directions=resolve_directions(DirectionsSpec(**directions)),
@@ -428,6 +451,9 @@ def _check_directions(d: dict[str, Any], grid: dict[str, Any], model: dict[str, 
         if kind == "hessian" and d["norm"] not in ("auto", "none"):
             raise _fail("directions.norm", "Hessian eigenvectors are unit vectors and are not normalised; remove the "
                         "key (include/exclude/ignore choose the parameters whose Hessian block is used)")
+    if d["align"] and kind not in ALIGN_KINDS:
+        raise _fail("directions.align", f"aligns the models of a path ({', '.join(ALIGN_KINDS)}) by permutation; "
+                    f"{kind} directions have no models to align: remove it")
     if model["bn"] == "recompute" and model["mode"] == "train":
         raise _fail("model.bn", 'recompute evaluates with recomputed running statistics; it cannot be combined with '
                     'model.mode = "train" (batch statistics): drop one')

@@ -126,8 +126,9 @@ def _bn_inputs(job: Job) -> torch.Tensor | None:
 
 
 def _curvature_spec(job: Job) -> HessianSpec | None:
-    """The [hessian] settings when the job uses curvature (per point, or Hessian directions)."""
-    return job.hessian if job.hessian.enabled or job.directions.kind == "hessian" else None
+    """The [hessian] settings when the job uses curvature (per point, Hessian directions, or a spectrum)."""
+    used = job.hessian.enabled or job.directions.kind == "hessian" or job.hessian.spectrum != "none"
+    return job.hessian if used else None
 
 
 def _hessian_directions(job: Job, model: torch.nn.Module, splits: list[Split], placement: Placement) -> Directions:

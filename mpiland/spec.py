@@ -30,6 +30,9 @@ PROGRESS = ("auto", "bar", "lines", "none")
 DTYPES = ("float32", "float64")
 MODEL_MODES = ("eval", "train")
 AUTOCASTS = ("none", "bf16", "fp16")
+SPECTRUM = ("none", "origin", "models")
+CURVES = ("bezier", "polychain")
+ALIGN_KINDS = ("interpolation", "plane", "bilinear", "bezier", "polychain")
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class DirectionsSpec:
     file: tuple[str, ...] = ()
     states: bool = False
     compare_line: bool = True
+    align: bool = False
 
     def relevant(self) -> dict[str, Any]:
         """The settings that determine this kind's directions (what the fingerprint and the file record)."""
@@ -102,6 +106,8 @@ class DirectionsSpec:
             keys += ["models"]
         if self.kind in ("bezier", "polychain"):
             keys.append("compare_line")
+        if self.align:
+            keys.append("align")
         if self.states:
             keys.append("states")
         d = asdict(resolved)
@@ -120,6 +126,26 @@ class HessianSpec:
     dtype: str = "float32"
     seed: int = 0
     trace_samples: int = 100
+    spectrum: str = "none"
+    spectrum_probes: int = 8
+    spectrum_steps: int = 60
+    spectrum_top: int = 5
+
+
+@dataclass(frozen=True)
+class ConnectSpec:
+    """Curve finding between two modes (Garipov et al. 2018): the bends of a curve trained between fixed ends."""
+
+    ends: tuple[str, ...] = ()
+    curve: str = "bezier"
+    bends: int = 1
+    epochs: int = 10
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    seed: int = 0
+    checkpoint_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -197,6 +223,7 @@ class Job:
     run: RunSpec
     train: TrainSpec | None = None
     hessian: HessianSpec = field(default_factory=HessianSpec)
+    connect: ConnectSpec | None = None
     name: str = ""
     text: str = ""
     source: str = ""

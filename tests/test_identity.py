@@ -23,6 +23,7 @@ COVERED = {
 CONTEXT = {
     "directions.file": {"directions.kind": "file", "directions.file": ["a.h5"]},
     "directions.models": {"directions.kind": "pca", "directions.models": ["a.pt"]},
+    "directions.align": {"directions.kind": "interpolation", "directions.models": ["a.pt", "b.pt"], "grid.y": None},
 }
 ALSO = {"directions.kind": {"directions.models": ["a.pt"]}}  # overrides only the changed job needs
 BEZIER = {"directions.kind": "bezier", "directions.models": ["a.pt", "b.pt", "c.pt"], "grid.y": None}
@@ -75,6 +76,21 @@ TABLE = {
     "hessian.dtype": ("float64", "keep", "only used with curvature"),
     "hessian.seed": (1, "keep", "only used with curvature"),
     "hessian.trace_samples": (3, "keep", "only used with curvature"),
+    "hessian.spectrum": ("origin", "refuse", "a spectrum stored in the file (then every hessian key counts)"),
+    "hessian.spectrum_probes": (3, "keep", "only used with a spectrum"),
+    "hessian.spectrum_steps": (9, "keep", "only used with a spectrum"),
+    "hessian.spectrum_top": (2, "keep", "only used with a spectrum"),
+    "directions.align": (True, "keep", COVERED["directions"] + " (the aligned models' vectors)"),
+    "connect.ends": (["a.pt", "b.pt"], "keep", "only trains bends: their checkpoints' digests count"),
+    "connect.curve": ("polychain", "keep", "only trains bends: their checkpoints' digests count"),
+    "connect.bends": (2, "keep", "only trains bends: their checkpoints' digests count"),
+    "connect.epochs": (2, "keep", "only trains bends: their checkpoints' digests count"),
+    "connect.lr": (0.5, "keep", "only trains bends: their checkpoints' digests count"),
+    "connect.momentum": (0.5, "keep", "only trains bends: their checkpoints' digests count"),
+    "connect.weight_decay": (0.1, "keep", "only trains bends: their checkpoints' digests count"),
+    "connect.batch_size": (16, "keep", "only trains bends: their checkpoints' digests count"),
+    "connect.seed": (3, "keep", "only trains bends: their checkpoints' digests count"),
+    "connect.checkpoint_dir": ("bends", "keep", "only trains bends: their checkpoints' digests count"),
     "output.path": ("other.h5", "keep", COVERED["place"]),
     "output.overwrite": (True, "keep", COVERED["place"]),
     "run.device": ("cpu", "keep", COVERED["place"]),

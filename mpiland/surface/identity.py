@@ -91,7 +91,7 @@ def settings_that_count(job: Job) -> dict[str, Any]:
     out["grid.x"], out["grid.y"] = d["grid"]["x"], d["grid"]["y"]
     if job.grid.auto:
         out["grid.margin"] = d["grid"]["margin"]
-    if job.hessian.enabled or job.directions.kind == "hessian":
+    if job.hessian.enabled or job.directions.kind == "hessian" or job.hessian.spectrum != "none":
         out.update({f"hessian.{k}": v for k, v in d["hessian"].items()})
     out["run.autocast"] = job.run.autocast
     return json.loads(json.dumps(out, sort_keys=True, default=list))
