@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from .comm import Comm, agree, world
-from .data import as_splits
+from .curves import CurveResult
+from .curves import connect as train_curve
+from .data import as_splits, as_tensors
 from .directions import Directions
 from .engine.metrics import Metric, check_name
 from .errors import GridError, ModelError, SettingsError
@@ -32,9 +34,12 @@ from .layout import ParamLayout
 from .result import Surface
 from .result import open as open_surface
 from .run import Problem, RunSummary, run_landscape
-from .spec import LOSSES, PATH_KINDS, Job
+from .lossfns import BUILTIN_LOSSES
+from .models import read_state_dict
+from .spec import LOSSES, PATH_KINDS, ConnectSpec, Job
+from .userimport import resolve_callable
 
-__all__ = ["landscape"]
+__all__ = ["connect", "landscape"]
 
 AxisLike = tuple[float, float, int] | Sequence[float] | int
 """An axis: ``(min, max, num)``, or a bare ``num`` for a range that covers the models of a path."""
@@ -212,3 +217,63 @@ def landscape(model: nn.Module, directions: Directions, data: Any, x: AxisLike =
     finally:
         if temporary and ranks.Get_rank() == 0 and scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _state(obj: Any, role: str) -> dict[str, torch.Tensor]:
+    """A state dict from a module, a state dict or a checkpoint path (never the caller's tensors)."""
+    if isinstance(obj, nn.Module):
+        return {k: v.detach().clone() for k, v in obj.state_dict().items()}
+    if isinstance(obj, Mapping):
+        return {str(k): torch.as_tensor(v).detach().clone() for k, v in obj.items()}
+    if isinstance(obj, (str, os.PathLike)):
+        return read_state_dict(os.fspath(obj), f"connect {role} {os.fspath(obj)!r}")
+    raise SettingsError(f"connect: the {role} is a {type(obj).__name__}; give an nn.Module, a state_dict or a "
+                        "checkpoint path")
+
+
+def connect(model: nn.Module, a: Any, b: Any, data: Any, *, curve: str = "bezier", bends: int = 1,
+            epochs: int = 10, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 5e-4,
+            batch_size: int = 128, seed: int = 0, loss: Any = "cross_entropy",
+            checkpoint_dir: str | os.PathLike[str] | None = None, comm: Comm | None = None,
+            progress: str = "auto") -> CurveResult:
+    """Find a low-loss curve between the modes ``a`` and ``b`` (Garipov et al. 2018): train its bends.
+
+    Parameters:
+        model: an ``nn.Module`` of the ends' architecture (a template: never changed).
+        a, b: the end models: modules, state dicts or checkpoint paths; kept fixed.
+        data: the training data: ``(inputs, targets)`` tensors, a ``Dataset`` or a ``DataLoader``
+            (joined into tensors: the steps draw batches at random).
+        curve: ``bezier`` or ``polychain``; bends: control points between the ends.
+        epochs, lr, momentum, weight_decay, batch_size, seed: SGD on the bends with Garipov et al.'s
+            learning-rate schedule; weight decay on the bends only; one t ~ U(0, 1) per step.
+        loss: a built-in name or a callable ``(outputs, targets)`` (per-sample losses or a batch mean).
+        checkpoint_dir: where the bends (``bend_1.pt`` …) and the training state go, so a killed run
+            resumes; None keeps them in memory only.
+        comm: an mpi4py communicator to share each step's batch among ranks (gradients summed).
+        progress: ``auto``, ``bar``, ``lines`` or ``none``.
+
+    Returns:
+        A :class:`~mpiland.curves.CurveResult`: ``bends`` (state dicts, for
+        ``ml.directions.bezier(a, *result.bends, b)``), ``paths`` and per-epoch ``losses``.
+
+    Raises:
+        SettingsError for bad settings, CheckpointError for ends that do not fit the model or a
+        checkpoint folder holding another curve's training, DataError for unusable data.
+    """
+    ranks = world(comm)
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model is a {type(model).__name__}; give an nn.Module of the ends' architecture")
+    spec = ConnectSpec(curve=curve, bends=bends, epochs=epochs, lr=lr, momentum=momentum,
+                       weight_decay=weight_decay, batch_size=batch_size, seed=seed)
+    if callable(loss):
+        loss_fn = loss
+    elif isinstance(loss, str) and loss in BUILTIN_LOSSES:
+        loss_fn = BUILTIN_LOSSES[loss]
+    elif isinstance(loss, str) and ":" in loss:
+        loss_fn = resolve_callable(loss, "loss", SettingsError)
+    else:
+        raise SettingsError(f"loss={loss!r}: give one of {', '.join(LOSSES)}, 'module:callable' or a callable")
+    ends = agree(ranks, lambda: (_state(a, "first end"), _state(b, "second end"),
+                                 as_tensors(data, "train", batch_size)))
+    return train_curve(model, ends[0], ends[1], ends[2], loss_fn, spec, checkpoint_dir, comm=ranks,
+                       progress=progress)

@@ -110,15 +110,25 @@ def run(job_file: str, output: str | None, overwrite: bool | None, overrides: tu
              "run.channels_last": channels_last, "model.bn": bn,
              "hessian.enabled": hessian}
     values = {key: value for key, value in flags.items() if value is not None}
+
+    def call(comm: Comm, stop: StopFlag) -> bool:
+        from .run import run_job  # torch: imported only by the commands that compute
+
+        job = agree(comm, lambda: load_job(job_file, list(overrides), values))
+        return run_job(job, comm=comm, progress=progress, stop=stop).interrupted
+
+    _compute(call, verbose, debug)
+
+
+def _compute(call: Callable[[Comm, StopFlag], bool], verbose: bool, debug: bool) -> None:
+    """Run a computing command on every rank: stop signals from the start, one error ends all ranks,
+    exit status 3 when ``call`` says a stop signal interrupted it."""
     _setup_logging(0, 1, verbose, debug)
     stop = StopFlag().__enter__()
     comm = world()
     _setup_logging(comm.Get_rank(), comm.Get_size(), verbose, debug)
     try:
-        from .run import run_job  # torch: imported only by the commands that compute
-
-        job = agree(comm, lambda: load_job(job_file, list(overrides), values))
-        summary = run_job(job, comm=comm, progress=progress, stop=stop)
+        interrupted = call(comm, stop)
     except BaseException as exc:  # noqa: BLE001 - every failure must end all ranks
         if isinstance(exc, SystemExit):
             raise
@@ -127,9 +137,40 @@ def run(job_file: str, output: str | None, overwrite: bool | None, overrides: tu
             sys.exit(130)
         _fail(exc, debug, comm)
         return
-    if summary.interrupted:
+    if interrupted:
         stop.ignore_further()  # a repeated stop signal while exiting must not hide status 3
         sys.exit(EXIT_INTERRUPTED)
+
+
+@cli.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.argument("ends", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--curve", type=click.Choice(["bezier", "polychain"]), help="The curve to train (connect.curve).")
+@click.option("--bends", type=int, help="Bends between the two ends (connect.bends).")
+@click.option("--epochs", type=int, help="Training epochs of the bends (connect.epochs).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Surface file of the curve (output.path).")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace a surface file made by another job (output.overwrite).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a job key. Repeatable.")
+@click.option("--progress", type=click.Choice(["auto", "bar", "lines", "none"]), help="Progress display (run.progress).")
+@click.option("--verbose", "-v", is_flag=True, help="Let every rank log, not only rank 0.")
+@debug_option
+def connect(job_file: str, ends: tuple[str, ...], curve: str | None, bends: int | None, epochs: int | None,
+            output: str | None, overwrite: bool | None, overrides: tuple[str, ...], progress: str | None,
+            verbose: bool, debug: bool) -> None:
+    """Find a low-loss curve between the modes ENDS (A.pt B.pt, else connect.ends) of JOB_FILE's model
+    (Garipov et al. 2018), then evaluate it beside the straight line, barriers included."""
+    flags = {"connect.curve": curve, "connect.bends": bends, "connect.epochs": epochs, "output.path": output,
+             "output.overwrite": overwrite}
+    values = {key: value for key, value in flags.items() if value is not None}
+
+    def call(comm: Comm, stop: StopFlag) -> bool:
+        from .run import run_connect  # torch: imported only by the commands that compute
+
+        job = agree(comm, lambda: load_job(job_file, list(overrides), values))
+        result, summary = run_connect(job, ends, comm=comm, progress=progress, stop=stop)
+        return result.stopped or summary is None or summary.interrupted
+
+    _compute(call, verbose, debug)
 
 
 @cli.command()

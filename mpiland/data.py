@@ -237,3 +237,21 @@ def as_splits(data: Any, batch_size: int) -> "list[Split | Stream]":
                             f"got {bad[0]!r}")
         return [as_split(v, k, batch_size) for k, v in data.items()]
     return [as_split(data, DEFAULT_SPLIT, batch_size)]
+
+
+def as_tensors(obj: Any, name: str, batch_size: int) -> Split:
+    """One split of Python data as whole tensors (a loader's or dataset's batches are concatenated), for
+    methods that draw samples at random (curve training, Hessian-vector products)."""
+    split = as_split(obj, name, batch_size)
+    if isinstance(split, Split):
+        return split
+    inputs, targets = [], []
+    for x, y in split.batches():
+        if not isinstance(x, torch.Tensor):
+            raise DataError(f"data split {name!r}: dict batches cannot be joined into tensors here; give "
+                            "(inputs, targets) tensors or a loader of them")
+        inputs.append(x)
+        targets.append(y)
+    if not inputs:
+        raise DataError(f"data split {name!r}: the loader yields no batches; give it a non-empty dataset")
+    return Split(name, torch.cat(inputs), torch.cat(targets))

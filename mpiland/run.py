@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -25,13 +26,13 @@ import numpy as np
 import torch
 
 from . import surface
-from .analysis.measures import store_derived
+from .analysis.measures import derived_attributes, format_number, store_derived
 from .data import Split, Stream, load_split
 from .directions import CurvatureInputs, Directions, make_directions
 from .engine import EngineOptions, Evaluator, resolve_loss
 from .engine.losses import LossFn
 from .comm import Comm, agree, isolated, mpi_module, world
-from .errors import CheckpointError, JobFileError
+from .errors import CheckpointError, GridError, JobFileError, SettingsError
 from .grid import Chunks, Grid, make_chunks
 from .launch import Placement, check_launch, place
 from .spec import HessianSpec, Job
@@ -39,8 +40,12 @@ from .models import build_model, load_checkpoint
 from .grid import resolve_grid
 from .models import base_checkpoint
 from .progress import Progress
+from .surface.reader import load_surface
 from .protocol import ChunkResult, run_protocol
 from .signals import StopFlag
+from .curves import CurveResult, connect
+from .models import read_state_dict
+from .spec import ConnectSpec, resolve_directions
 from .train import train_model
 
 log = logging.getLogger("mpiland")
@@ -373,3 +378,67 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
             log.info("done: %d points evaluated in %.1f s (%.1f points/s after set-up); surface in %s",
                      evaluated, summary.seconds, evaluated / max(eval_seconds, 1e-9), path)
     return summary
+
+
+def _bends_dir(job: Job, ends: tuple[str, str], spec: ConnectSpec) -> Path:
+    """Where a connect job's bends go: ``connect.checkpoint_dir``, else beside the first end."""
+    if spec.checkpoint_dir:
+        return Path(spec.checkpoint_dir)
+    a, b = (Path(e).stem for e in ends)
+    return Path(ends[0]).parent / f"{a}-{b}-{spec.curve}{spec.bends}"
+
+
+def curve_job(job: Job, ends: tuple[str, str], bends: list[Path]) -> Job:
+    """The job that evaluates a trained curve: ``connect.curve`` through the ends and bends, with the line."""
+    assert job.connect is not None
+    if job.grid.y is not None:
+        raise GridError("the curve is a 1D path from t = 0 to 1: remove grid.y from the job")
+    directions = resolve_directions(replace(job.directions, kind=job.connect.curve, norm="auto", ignore="auto",
+                                            models=(ends[0], *map(str, bends), ends[1]), compare_line=True,
+                                            file=(), orthogonalize=False))
+    return replace(job, directions=directions)
+
+
+def run_connect(job: Job, ends: tuple[str, ...] = (), comm: Any = None, progress: str | None = None,
+                stop: StopFlag | None = None) -> tuple[CurveResult, RunSummary | None]:
+    """``mpiland connect``: train the bends of a curve between two modes, then evaluate it with the line.
+
+    ``ends`` (A, B) default to ``connect.ends``. The curve is trained on the data's
+    ``train`` split with the job's loss and [connect] settings (:mod:`mpiland.curves`),
+    then evaluated as a ``bezier``/``polychain`` path with the straight line beside it
+    into the job's output (barriers stored). Returns the training result and the
+    run's summary (None when a stop signal ended the training).
+    """
+    spec = job.connect or ConnectSpec()
+    pair = tuple(ends) or spec.ends
+    if len(pair) != 2:
+        raise SettingsError(f"connect: give the two end models (A.pt B.pt, or connect.ends), got {len(pair)}")
+    a_path, b_path = str(pair[0]), str(pair[1])
+    job = replace(job, connect=replace(spec, ends=(a_path, b_path)))
+    assert job.connect is not None
+    ranks = world(comm)
+    if job.grid.y is not None:
+        raise GridError("the curve is a 1D path from t = 0 to 1: remove grid.y from the job")
+
+    def inputs() -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor], Split]:
+        model = build_model(job.model)
+        a = read_state_dict(a_path, f"connect end {a_path!r}")
+        b = read_state_dict(b_path, f"connect end {b_path!r}")
+        return model, a, b, load_split(replace(job.data, subset=0), "train")
+
+    model, a, b, split = agree(ranks, inputs)
+    out = _bends_dir(job, (a_path, b_path), job.connect)
+    with StopFlag() if stop is None else nullcontext(stop) as flag:
+        result = connect(model, a, b, split, resolve_loss(job.loss), job.connect, out, comm=ranks,
+                         progress=progress or job.run.progress, stop=flag)
+        if result.stopped:
+            return result, None
+        summary = run_job(curve_job(job, (a_path, b_path), result.paths), ranks, progress, flag)
+    if ranks.Get_rank() == 0 and not summary.interrupted:
+        stored = derived_attributes(load_surface(summary.path))
+        for name in job.data.splits:
+            log.info("connect: %s barrier along the trained %s %s, along the straight line %s", name,
+                     job.connect.curve, format_number(stored.get(f"{name}_loss_barrier")),
+                     format_number(stored.get(f"line_{name}_loss_barrier")))
+    return result, summary
+
