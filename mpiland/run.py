@@ -32,7 +32,7 @@ from .directions import CurvatureInputs, Directions, make_directions
 from .engine import EngineOptions, Evaluator, resolve_loss
 from .engine.losses import LossFn
 from .comm import Comm, agree, isolated, mpi_module, world
-from .errors import CheckpointError, GridError, JobFileError, SettingsError
+from .errors import CheckpointError, GridError, JobFileError, ModelError, SettingsError
 from .grid import Chunks, Grid, make_chunks
 from .launch import Placement, check_launch, place
 from .spec import HessianSpec, Job
@@ -40,6 +40,7 @@ from .models import build_model, load_checkpoint
 from .grid import resolve_grid
 from .models import base_checkpoint
 from .progress import Progress
+from .surface.identity import WHAT
 from .surface.reader import load_surface
 from .protocol import ChunkResult, run_protocol
 from .signals import StopFlag
@@ -181,6 +182,19 @@ def _use_points_per_pass(comm: Any, evaluator: Evaluator, k: int) -> None:
         evaluator.use_points_per_pass(1)
 
 
+def _check_same_problem(digests: list[dict[str, str]]) -> None:
+    """Refuse ranks that would evaluate different things: their points would mix into one surface silently."""
+    differ: dict[str, list[int]] = {}
+    for r, theirs in enumerate(digests[1:], start=1):
+        for component, value in theirs.items():
+            if value != digests[0][component]:
+                differ.setdefault(component, []).append(r)
+    if differ:
+        what = "; ".join(f"{WHAT[c]} on rank(s) {', '.join(map(str, ranks))}" for c, ranks in differ.items())
+        raise ModelError(f"the ranks do not evaluate the same landscape as rank 0 ({what}): every rank must build "
+                         "the same model, directions and data (seed them alike, or load one checkpoint)")
+
+
 def _record_threads(writer: surface.SurfaceWriter | None, threads: list[int], rank: int) -> None:
     """Store the threads per rank in the file, and say when values may differ from earlier ones at rounding level.
 
@@ -266,17 +280,19 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
     problem = build(comm, job, placement)
     model, directions, splits = problem.model, problem.directions, problem.splits
 
-    def _engine() -> tuple[Evaluator, surface.Identity | None]:
-        ident = surface.job_identity(job, model, directions, splits) if rank == 0 else None
+    def _engine() -> tuple[Evaluator, surface.Identity]:
+        ident = surface.job_identity(job, model, directions, splits)
         evaluator = Evaluator(model, directions, splits, job.loss, placement.device,
                               dtype=getattr(torch, job.model.dtype), batch_size=job.data.batch_size,
                               memory_budget_mb=job.data.memory_budget_mb, mode=job.model.mode,
                               options=engine_options(job), bn_data=problem.bn_data, hessian=_curvature_spec(job),
                               copy_model=False, loss_fn=problem.loss_fn, metrics=problem.metrics)
-        return evaluator, None if ident is None else ident.with_data(evaluator.data_digests)
+        return evaluator, ident.with_data(evaluator.data_digests)
 
     evaluator, fp = agree(comm, _engine)
-    fp = comm.bcast(fp, root=0)
+    if size > 1:
+        digests = comm.allgather(fp.digests)
+        agree(comm, lambda: _check_same_problem(digests))
     # Points per pass: every rank takes part, and all use the smallest K any rank can run.
     agreed_k = min(comm.allgather(evaluator.points_per_pass))
     grid = Grid.from_spec(resolve_grid(job.grid, directions))

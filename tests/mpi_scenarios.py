@@ -124,8 +124,29 @@ def scenario_comm(out: Path) -> dict:
     return {"rank": MPI.COMM_WORLD.Get_rank(), "passed": run_all(MPI.COMM_WORLD)}
 
 
+def scenario_different_models(out: Path) -> dict:
+    """ml.landscape where each rank builds its model from another seed (a user's mistake): one agreed error."""
+    from mpi4py import MPI
+
+    import mpiland as ml
+
+    rank = MPI.COMM_WORLD.Get_rank()
+    torch.manual_seed(rank)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    gen = torch.Generator().manual_seed(0)
+    data = (torch.randn(40, 6, generator=gen), torch.randint(0, 3, (40,), generator=gen))
+    torch.manual_seed(0)
+    directions = ml.directions.random(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)), seed=0)
+    try:
+        ml.landscape(model, directions, data, x=(-1, 1, 3), y=(-1, 1, 3), comm=MPI.COMM_WORLD, progress="none",
+                     out=str(out / "mixed.h5"), settings={"run.threads": 1})
+    except ml.MpilandError as exc:
+        return {"rank": rank, "error": type(exc).__name__, "message": str(exc)}
+    return {"rank": rank, "error": None}
+
+
 SCENARIOS = {"self_comm": scenario_self_comm, "pending": scenario_pending, "stop_rank0": scenario_stop_rank0,
-             "comm": scenario_comm}
+             "comm": scenario_comm, "different_models": scenario_different_models}
 
 if __name__ == "__main__":
     import logging

@@ -211,3 +211,11 @@ def test_stop_on_rank0_reaches_a_worker_in_the_middle_of_its_chunk(tmp_path):
     assert proc.stderr.count("received SIGTERM") == 1
     done = values(tmp_path / "stop.h5")["done"]
     assert done.sum() == results[0]["here"] + results[1]["here"]
+
+
+def test_ranks_holding_different_models_are_refused_not_mixed(tmp_path):
+    # A surface whose points come from different models on different ranks would look fine and be wrong.
+    results, _ = scenario(2, "different_models", tmp_path)
+    assert all(r["error"] == "ModelError" for r in results.values())
+    assert "origin" in results[0]["message"] and "rank(s) 1" in results[0]["message"]
+    assert not (tmp_path / "mixed.h5").exists()
