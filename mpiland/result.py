@@ -33,7 +33,7 @@ from .analysis.measures import flatness as _flatness
 from .analysis.summary import format_summary, summarize
 from .errors import DependencyError, SurfaceFileError
 from .plots.common import check_formats
-from .plots.surface import KINDS_1D, KINDS_2D, image_paths, render
+from .plots.surface import image_paths, kinds_for, render
 from .surface import reader
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Surface", "SurfaceFigure", "from_reader", "open"]
 
-_OneKind = Literal["auto", "curve", "contour", "contourf", "heatmap", "surface3d"]
+_OneKind = Literal["auto", "curve", "contour", "contourf", "heatmap", "surface3d", "spectrum"]
 
 
 class SurfaceFigure(Figure):
@@ -94,7 +94,9 @@ class Surface(reader.Surface):
     Every field of :class:`mpiland.surface.reader.Surface` is here: ``path``,
     ``dims``, ``x``, ``y``, ``metrics`` (NaN where not computed), ``computed``,
     ``done``, ``seconds``, ``attrs`` (the file's root attributes), ``job``,
-    ``models``, ``trajectory``, ``endpoints`` ..., and its helpers ``shape``,
+    ``models``, ``trajectory``, ``endpoints``, ``spectrum`` (the Hessian eigenvalue
+    spectra of ``hessian.spectrum``: ``surf.spectrum["origin"].top``, ``.density``,
+    ``.group_lam_max()``; None when the file has none) ..., and its helpers ``shape``,
     ``values(metric)``, ``default_metric()``. The values are a snapshot taken
     when the file was read: call :func:`open` again to see the progress of a
     running job.
@@ -145,7 +147,9 @@ class Surface(reader.Surface):
         Parameters:
             kind: ``"auto"`` (curve for 1D, contour for 2D), ``"all"`` (one figure
                 per kind valid for the file), or one of ``curve`` (1D) /
-                ``contour``, ``contourf``, ``heatmap``, ``surface3d`` (2D).
+                ``contour``, ``contourf``, ``heatmap``, ``surface3d`` (2D) /
+                ``spectrum`` (a file with a Hessian spectrum: its eigenvalue density
+                and λmax per parameter group; the other arguments do not apply).
             metric: a dataset such as ``"test_loss"`` or ``"train_acc"``; default:
                 the first ``<split>_loss`` (a 1D curve without a metric shows
                 every split's loss and accuracy).
@@ -165,12 +169,12 @@ class Surface(reader.Surface):
 
         Raises:
             SurfaceFileError: an unknown kind or one that does not fit the file's
-                dimensions, a metric the file lacks or with nothing computed yet,
+                dimensions (or ``spectrum`` for a file without one), a metric the
+                file lacks or with nothing computed yet,
                 a bad marker, or an unsupported image format or ``out`` suffix.
         """
-        valid = KINDS_1D if self.dims == 1 else KINDS_2D
-        kinds = list(valid) if kind == "all" else [valid[0]] if kind == "auto" else [kind]
-        chosen = self.check_metric(metric)
+        kinds = kinds_for(self, kind)
+        chosen = self.check_metric(metric) if any(k != "spectrum" for k in kinds) else ""
         fmts = check_formats(formats)
         figures = [_displayable(render(self, k, metric, log=log, levels=levels, vmin=vmin, vmax=vmax,
                                        markers=markers)) for k in kinds]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SurfaceFileError
-from ..surface.reader import Positions, Surface, best_is, load_surface
+from ..surface.reader import Positions, Spectrum, Surface, best_is, load_surface
 from .measures import DEFAULT_EPSILON, barrier, check_flatness_args, flatness, format_number
 
 
@@ -71,6 +71,18 @@ def _positions_summary(p: Positions | None) -> list[dict[str, Any]] | None:
             for label, row in zip(p.labels, p.coordinates)]
 
 
+def _spectrum_summary(name: str, s: Spectrum) -> dict[str, Any]:
+    """One point's spectrum for ``info``: its top eigenvalues, the density's range and λmax per group."""
+    lo, hi = s.support
+    return {"point": name, "label": s.label, "coordinates": tuple(float(c) for c in s.coordinates),
+            "split": s.split, "n": s.n, "probes": s.probes, "steps": s.steps, "top": [float(v) for v in s.top],
+            "top_converged": s.top_converged, "support": [lo, hi],
+            "grid": [float(s.grid[0]), float(s.grid[-1])], "width": s.width,
+            "trace": s.trace, "trace_stderr": s.trace_stderr,
+            "groups": [{"name": g, "size": int(k), "lam_max": float(a), "lam_min": float(b)}
+                       for g, k, a, b in zip(s.groups, s.group_size, s.group_max, s.group_min)]}
+
+
 def summarize(path: str | Path | Surface, epsilon: float = DEFAULT_EPSILON,
               radius: float | None = None) -> dict[str, Any]:
     """Summarise a surface file (or a surface already in memory) as plain, JSON-safe data (see
@@ -88,8 +100,12 @@ def summarize(path: str | Path | Surface, epsilon: float = DEFAULT_EPSILON,
     ``explained_variance_ratio``, or None), ``barriers`` (1D files: per loss
     metric, :func:`barrier`'s result or None when too few values) and
     ``flatness`` (per ``<split>_loss``, :func:`flatness` with ``epsilon`` and
-    ``radius``, or None when the centre has no finite value). Undefined
-    numbers are None, never NaN.
+    ``radius``, or None when the centre has no finite value) and ``spectrum``
+    (``hessian.spectrum``: per point ``origin``, ``model_<i>``: ``top``
+    eigenvalues, the density's ``support`` [smallest, largest node] and ``grid``
+    range, ``width`` σ, the quadrature's ``trace`` and ``trace_stderr``, and
+    ``groups`` with each parameter group's ``lam_max`` and ``lam_min``; None without
+    one). Undefined numbers are None, never NaN.
     """
     epsilon, radius = check_flatness_args(epsilon, radius)
     s = path if isinstance(path, Surface) else load_surface(path)
@@ -170,6 +186,8 @@ def summarize(path: str | Path | Surface, epsilon: float = DEFAULT_EPSILON,
         except SurfaceFileError:
             flat[m] = None
     summary["flatness"] = flat
+    summary["spectrum"] = ({name: _spectrum_summary(name, sp) for name, sp in s.spectrum.items()}
+                           if s.spectrum else None)
     return _plain(summary)
 
 
@@ -243,6 +261,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
+def _short(v: float | None) -> str:
+    """A spectrum number for the ``info`` text: 4 significant digits, ``-`` for None."""
+    return "-" if v is None else f"{v:.4g}"
+
+
 def _bound(value: float | None, at_edge: bool) -> str:
     return ("≥" if at_edge and value is not None else "") + format_number(value)
 
@@ -293,4 +316,16 @@ def _measure_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             text += (f"; sharpness {format_number(f['sharpness'])} ({format_number(f['sharpness_relative'])} %) "
                      f"within r={format_number(f['radius'])}")
         rows.append(("flatness", text))
+    for sp in (summary.get("spectrum") or {}).values():
+        where = "origin" if sp["point"] == "origin" else f"model {sp['label']} at {_point_text(sp['coordinates'])}"
+        top = ", ".join(_short(v) for v in sp["top"])
+        text = (f"{where} on {sp['split']}, {sp['probes']} probes x {sp['steps']} steps: top {top}"
+                f"{'' if sp['top_converged'] else ' (not converged)'}; density over "
+                f"[{_short(sp['support'][0])}, {_short(sp['support'][1])}], "
+                f"σ {_short(sp['width'])}; trace {_short(sp['trace'])} "
+                f"± {_short(sp['trace_stderr'])}")
+        rows.append(("spectrum", text))
+        groups = ", ".join(f"{g['name']} {_short(g['lam_max'])}" for g in sp["groups"])
+        if groups:
+            rows.append(("λmax by group", groups))
     return rows

@@ -1,16 +1,22 @@
 """Curvature of the loss: Hessian-vector products (:mod:`.operator`), Lanczos and traces
-(:mod:`.linalg`, operator-agnostic), and curvature at every grid point (:mod:`.grid`)."""
+(:mod:`.linalg`, operator-agnostic), the eigenvalue density by stochastic Lanczos quadrature
+(:mod:`.spectrum`), and curvature at every grid point (:mod:`.grid`)."""
 
 from __future__ import annotations
 
-from .grid import Curvature, axis_labels, hessian_batches, metric_names
-from .linalg import (BREAKDOWN, EXTREMES, FLOOR, LARGEST, EigenPairs, ExtremeEigenvalues, LanczosResult, MatVec,
+from .grid import PROBE_SEED_OFFSET, Curvature, axis_labels, hessian_batches, metric_names
+from .linalg import (BREAKDOWN, EXTREMES, FIXED, FLOOR, LARGEST, EigenPairs, ExtremeEigenvalues, LanczosResult, MatVec,
                      Operator, PointOperator, Restricted, SizedOperator, TraceEstimate, directional_curvature,
                      exact_trace, extreme_eigenvalues, hutchinson_trace, lanczos, top_eigenvectors)
 from .operator import BoundHessian, HessianOperator
+from .spectrum import (GAUSSIAN, RADEMACHER, Density, GroupCurvature, HessianSpectrum, Quadrature, group_extremes,
+                       hessian_spectrum, lanczos_quadrature, module_groups, probe_vectors, smoothed_density,
+                       top_eigenvalues)
 
-__all__ = ["BREAKDOWN", "EXTREMES", "FLOOR", "LARGEST", "BoundHessian", "Curvature", "EigenPairs",
-           "ExtremeEigenvalues", "HessianOperator", "LanczosResult", "MatVec", "Operator", "PointOperator",
-           "Restricted", "SizedOperator", "TraceEstimate", "axis_labels",
-           "directional_curvature", "exact_trace", "extreme_eigenvalues", "hessian_batches", "hutchinson_trace",
-           "lanczos", "metric_names", "top_eigenvectors"]
+__all__ = ["BREAKDOWN", "EXTREMES", "FIXED", "FLOOR", "GAUSSIAN", "LARGEST", "PROBE_SEED_OFFSET", "RADEMACHER",
+           "BoundHessian", "Curvature", "Density", "EigenPairs", "ExtremeEigenvalues", "GroupCurvature",
+           "HessianOperator", "HessianSpectrum", "LanczosResult", "MatVec", "Operator", "PointOperator", "Quadrature",
+           "Restricted", "SizedOperator", "TraceEstimate", "axis_labels", "directional_curvature", "exact_trace",
+           "extreme_eigenvalues", "group_extremes", "hessian_batches", "hessian_spectrum", "hutchinson_trace",
+           "lanczos", "lanczos_quadrature", "metric_names", "module_groups", "probe_vectors", "smoothed_density",
+           "top_eigenvalues", "top_eigenvectors"]

@@ -5,7 +5,9 @@ and |λmin/λmax| (Li et al. 2018, Fig. 7: large where the surface only looks co
 for each split in ``hessian.splits``. At the origin, once per file: the trace by
 Hutchinson's estimator with its standard error, and the curvature dᵀHd/‖d‖² along
 each plotted direction. ``directions.kind = "hessian"``: the top-2 eigenvectors at θ*
-as the axes (PyHessian's view).
+as the axes (PyHessian's view). ``hessian.spectrum``: the eigenvalue density, top
+eigenvalues and λmax per parameter group at a point (:meth:`Curvature.spectrum`,
+:mod:`.spectrum`), on the first of ``hessian.splits``.
 
 The Hessian is that of the mean loss over the split's samples (or a seeded subset
 of ``hessian.subset`` of them), in eval mode, over the parameters only.
@@ -13,6 +15,7 @@ of ``hessian.subset`` of them), in eval mode, over the parameters only.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -21,6 +24,13 @@ from ..layout import ParamLayout
 from ..spec import HessianSpec
 from .linalg import directional_curvature, extreme_eigenvalues, hutchinson_trace
 from .operator import HessianOperator, LossFn
+from .spectrum import HessianSpectrum, hessian_spectrum, module_groups
+
+log = logging.getLogger("mpiland")
+
+PROBE_SEED_OFFSET = 7919
+"""The spectrum's probes are seeded with ``hessian.seed`` + this, so they are not the Hutchinson probes
+(seeded with ``hessian.seed``) and the two trace estimates are independent checks of each other."""
 
 
 def metric_names(spec: HessianSpec) -> list[str]:
@@ -71,6 +81,38 @@ class Curvature:
 
     def hvps(self) -> int:
         return sum(op.hvps for op in self.ops.values())
+
+    @property
+    def spectrum_split(self) -> str:
+        """The split the spectrum is taken on: the first of ``hessian.splits`` that has an operator."""
+        for name in self.spec.splits:
+            if name in self.ops:
+                return name
+        if not self.ops:
+            raise ValueError("no split has a Hessian operator: hessian.splits names none of the evaluated splits")
+        return next(iter(self.ops))
+
+    def spectrum(self, flat: torch.Tensor) -> HessianSpectrum:
+        """The Hessian spectrum at the point now in ``flat`` (:func:`~.spectrum.hessian_spectrum`) on
+        :attr:`spectrum_split`: ``spectrum_probes`` Rademacher probes × ``spectrum_steps`` Lanczos steps,
+        the top ``spectrum_top`` eigenvalues, and λmax/λmin of each module's parameter block, with
+        ``hessian.tol``/``max_iter``; probes seeded with ``hessian.seed`` + :data:`PROBE_SEED_OFFSET`, so
+        every point of a file gets the same probes."""
+        spec = self.spec
+        name = self.spectrum_split
+        op = self.ops[name]
+        n = self.layout.n_params
+        groups = module_groups(self.layout.names[:n], [self.layout.numel_of(i) for i in range(n)])
+        try:
+            result = hessian_spectrum(op.at(self.theta(flat)), probes=spec.spectrum_probes,
+                                      steps=spec.spectrum_steps, top=spec.spectrum_top, groups=groups, tol=spec.tol,
+                                      max_iter=spec.max_iter, seed=spec.seed + PROBE_SEED_OFFSET)
+        finally:
+            op.clear_cache()
+        log.info("Hessian spectrum on %s: %d probes x %d Lanczos steps, top %d eigenvalues, λmax of %d parameter "
+                 "groups: %d HVPs in %.1f s", name, result.quadrature.probes, result.quadrature.steps,
+                 result.top.size, len(result.groups), result.hvps, result.seconds)
+        return result
 
     def at_origin(self, flat: torch.Tensor, basis: torch.Tensor, axes: tuple[str, ...]) -> dict[str, float]:
         """Root attributes: trace (Hutchinson) with its standard error, and dᵀHd/‖d‖² along each basis vector."""

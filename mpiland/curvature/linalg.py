@@ -26,6 +26,7 @@ BREAKDOWN = 100.0
 """A Lanczos residual below BREAKDOWN · eps(dtype) · ‖T‖ is treated as an exact invariant subspace."""
 EXTREMES = "extremes"
 LARGEST = "largest"
+FIXED = "fixed"
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -196,7 +197,7 @@ class LanczosResult:
 
 def lanczos(matvec: MatVec, n: int, k_iter: int, tol: float = 1e-3, seed: int = 0, dtype: torch.dtype = torch.float64,
             device: torch.device | str | None = None, *, which: str = EXTREMES, k: int = 2,
-            floor: float = FLOOR) -> LanczosResult:
+            floor: float = FLOOR, start: torch.Tensor | None = None) -> LanczosResult:
     """Lanczos with full reorthogonalisation on a symmetric A given by ``matvec``, at most ``min(k_iter, n)`` steps.
 
     The Krylov basis is stored in ``dtype`` on ``device`` (the HVP's precision);
@@ -205,25 +206,34 @@ def lanczos(matvec: MatVec, n: int, k_iter: int, tol: float = 1e-3, seed: int = 
     tol·max(|θ|, floor·ρ) (ρ: the largest |Ritz value|); an eigenvalue of A lies
     within the residual of θ, so the stop bounds the actual error. Watched:
     ``which="extremes"``: the largest and the smallest Ritz value;
-    ``which="largest"``: the k largest. (How far a Ritz value moved in the last
-    step bounds nothing: between two close eigenvalues it creeps, and an earlier
-    rule stopped there up to 1.5 % off.) A breakdown (β ≈ 0: the Krylov space is invariant)
+    ``which="largest"``: the k largest; ``which="fixed"``: none, so exactly
+    ``min(k_iter, n)`` steps are taken (stochastic Lanczos quadrature). (How far a
+    Ritz value moved in the last step bounds nothing: between two close eigenvalues
+    it creeps, and an earlier rule stopped there up to 1.5 % off.) A breakdown (β ≈ 0: the Krylov space is invariant)
     restarts from a seeded random vector orthogonal to the basis, so repeated
     eigenvalues and a zero operator are handled; after n steps the result is exact.
     A breakdown step never ends a ``largest`` run: the invariant space holds one
     vector per distinct eigenvalue, and a repeated top eigenvalue needs the restart.
+    ``start``: the first Lanczos vector (normalised here; a quadrature's probe);
+    None draws a seeded Gaussian unit vector.
     """
     if n < 1 or k_iter < 1:
         raise ValueError(f"n and k_iter must be positive, got n = {n}, k_iter = {k_iter}")
-    if which not in (EXTREMES, LARGEST):
-        raise ValueError(f"which must be {EXTREMES!r} or {LARGEST!r}, got {which!r}")
+    if which not in (EXTREMES, LARGEST, FIXED):
+        raise ValueError(f"which must be {EXTREMES!r}, {LARGEST!r} or {FIXED!r}, got {which!r}")
     if which == LARGEST and not 1 <= k <= min(n, k_iter):
         raise ValueError(f"k must be between 1 and min(n, k_iter) = {min(n, k_iter)}, got {k}")
     device = torch.device(device if device is not None else "cpu")
     steps = min(k_iter, n)
     gen = torch.Generator().manual_seed(seed)
     basis = torch.empty(min(steps, 16), n, dtype=dtype, device=device)
-    q = _random_unit(gen, n, dtype, device)
+    if start is None:
+        q = _random_unit(gen, n, dtype, device)
+    else:
+        q = start.detach().reshape(-1).to(device=device, dtype=torch.float64)
+        if q.numel() != n or not float(q.norm()) > 0:
+            raise ValueError(f"start must be a non-zero vector of {n} entries, got shape {tuple(start.shape)}")
+        q = (q / q.norm()).to(dtype)
     alpha: list[float] = []
     beta: list[float] = []
     breakdown = BREAKDOWN * torch.finfo(dtype).eps
@@ -240,15 +250,17 @@ def lanczos(matvec: MatVec, n: int, k_iter: int, tol: float = 1e-3, seed: int = 
         w = _orthogonalise(w, span)
         residual = float(w.double().norm())
         scale = max(scale, abs(alpha[-1]), residual)
-        values, s = torch.linalg.eigh(_tridiagonal(alpha, beta))
-        rho = float(values.abs().max())
-        if which == EXTREMES:
-            watched = [0, len(alpha) - 1]
-        else:
-            watched = torch.argsort(values, descending=True)[:k].tolist() if j + 1 >= k else []
-        # Ritz residual ‖A·x − θx‖ = β·|s_m,i|: some eigenvalue lies within it of θ.
-        converged = bool(watched) and all(_within(residual * float(s[-1, i]), float(values[i]), floor * rho, tol)
-                                          for i in watched)
+        converged = False
+        if which != FIXED:  # a fixed run watches nothing: no Ritz values needed until the end
+            values, s = torch.linalg.eigh(_tridiagonal(alpha, beta))
+            rho = float(values.abs().max())
+            if which == EXTREMES:
+                watched = [0, len(alpha) - 1]
+            else:
+                watched = torch.argsort(values, descending=True)[:k].tolist() if j + 1 >= k else []
+            # Ritz residual ‖A·x − θx‖ = β·|s_m,i|: some eigenvalue lies within it of θ.
+            converged = bool(watched) and all(_within(residual * float(s[-1, i]), float(values[i]), floor * rho, tol)
+                                              for i in watched)
         invariant = residual <= breakdown * scale
         if which == LARGEST and invariant:
             converged = False

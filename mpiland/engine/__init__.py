@@ -30,13 +30,15 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..curvature import Curvature, axis_labels
+from ..curvature import Curvature, HessianSpectrum, axis_labels
 from ..curvature import metric_names as curvature_metrics
 from ..data import Split, Stream
 from ..directions import Directions
 from ..errors import DataError, ModelError
 from ..layout import ParamLayout
 from ..spec import HessianSpec, LossSpec
+from ..surface.names import SPECTRUM, SPECTRUM_ORIGIN, spectrum_model
+from ..surface.reader import Spectrum
 from .batching import (MAX_POINTS_PER_PASS, activation_bytes, choose_points_per_pass, make_forward, memory_bound,
                        vmap_failure)
 from .bn import BatchNormRecompute, batchnorm_modules
@@ -258,12 +260,58 @@ class Evaluator:
                 values[m][start: start + len(group)] = metrics[m]
         return values, seconds
 
-    def origin_curvature(self) -> dict[str, float]:
-        """Trace and directional curvatures at the origin (root attributes of a new file)."""
+    def origin_curvature(self) -> dict[str, Any]:
+        """Trace and directional curvatures at the origin (root attributes of a new file) and, with
+        ``hessian.spectrum``, the spectra under :data:`~mpiland.surface.names.SPECTRUM` (subgroup name ->
+        :class:`~mpiland.surface.reader.Spectrum`: the file's ``spectrum/`` group)."""
         if self.curvature is None:
             return {}
+        zero = np.zeros(self.directions.dims)
+        self.set_point(zero)
+        out: dict[str, Any] = dict(self.curvature.at_origin(self.flat, self.params.basis.t(),
+                                                            axis_labels(self.directions.dims)))
+        if self.curvature.spec.spectrum != "none":
+            out[SPECTRUM] = self.spectra()
+            self.set_point(zero)
+        return out
+
+    def spectra(self) -> dict[str, Spectrum]:
+        """The Hessian spectrum at the origin and, with ``hessian.spectrum = "models"``, at each model of the
+        path (origin + basis · c at the model's grid coordinates; a model at the origin shares its spectrum).
+
+        Leaves the model at the last point it visited."""
+        assert self.curvature is not None
+        models = self.directions.models
+        dims = len(models[0][1]) if models else self.directions.dims
+        split = self.curvature.spectrum_split
         self.set_point(np.zeros(self.directions.dims))
-        return self.curvature.at_origin(self.flat, self.params.basis.t(), axis_labels(self.directions.dims))
+        origin = self.curvature.spectrum(self.flat)
+        out = {SPECTRUM_ORIGIN: _spectrum_record(origin, "origin", np.zeros(dims), split)}
+        if self.curvature.spec.spectrum != "models":
+            return out
+        for i, (label, position) in enumerate(models):
+            coefficients = self.directions.coefficients(np.array([position], dtype=np.float64))[0]
+            if np.any(coefficients != 0):
+                self.set_point(coefficients)
+                result = self.curvature.spectrum(self.flat)
+            else:
+                result = origin
+            out[spectrum_model(i)] = _spectrum_record(result, label, np.asarray(position, dtype=np.float64), split)
+        return out
+
+
+def _spectrum_record(result: HessianSpectrum, label: str, coordinates: np.ndarray, split: str) -> Spectrum:
+    """A computed spectrum as the file stores it (the torch-free record of the surface reader)."""
+    quad, groups = result.quadrature, result.groups
+    return Spectrum(label=label, coordinates=coordinates, split=split, n=result.n, probes=quad.probes,
+                    steps=quad.steps, distribution=result.distribution, width=result.density.width,
+                    nodes=quad.nodes, weights=quad.weights, grid=result.density.grid,
+                    density=result.density.values, top=result.top, groups=[g.name for g in groups],
+                    group_size=np.array([g.size for g in groups], dtype=np.int64),
+                    group_max=np.array([g.lam_max for g in groups], dtype=np.float64),
+                    group_min=np.array([g.lam_min for g in groups], dtype=np.float64),
+                    trace=result.trace.trace, trace_stderr=result.trace.stderr, top_converged=result.top_converged,
+                    hvps=result.hvps, seconds=result.seconds)
 
 
 def _curvature(ev: Evaluator, coefficients: np.ndarray) -> dict[str, np.ndarray]:

@@ -16,7 +16,10 @@ What the file knows is drawn without being asked: the reference models
 explained variance in the axis labels), and on 1D curves the straight-line
 comparison (``line_*`` metrics, dashed) and the loss barrier between the end
 models (:mod:`.curve`). :func:`plot_trajectory` draws a training trajectory on
-its own (PCA path, Andrews curves, radar chart; :mod:`.trajectory`).
+its own (PCA path, Andrews curves, radar chart; :mod:`.trajectory`). A file with a
+Hessian spectrum (``hessian.spectrum``) also has the kind ``spectrum``: the
+eigenvalue density on a log scale with the top eigenvalues marked, and λmax per
+parameter group (:mod:`.spectrum`).
 
 Plotting reads files with :mod:`mpiland.surface.reader` and takes its numbers
 from :mod:`mpiland.analysis.measures`; it never imports the ``info`` summary.
@@ -25,8 +28,9 @@ from :mod:`mpiland.analysis.measures`; it never imports the ``info`` summary.
 from __future__ import annotations
 
 from .common import FORMATS
-from .surface import KINDS, KINDS_1D, KINDS_2D, plot_surface, render
+from .spectrum import draw_spectrum
+from .surface import KINDS, KINDS_1D, KINDS_2D, KINDS_SPECTRUM, plot_surface, render
 from .trajectory import andrews_curves, plot_trajectory, trajectory_figures
 
-__all__ = ["FORMATS", "KINDS", "KINDS_1D", "KINDS_2D", "andrews_curves", "plot_surface", "plot_trajectory",
-           "render", "trajectory_figures"]
+__all__ = ["FORMATS", "KINDS", "KINDS_1D", "KINDS_2D", "KINDS_SPECTRUM", "andrews_curves", "draw_spectrum",
+           "plot_surface", "plot_trajectory", "render", "trajectory_figures"]

@@ -1,4 +1,5 @@
-"""Pictures of surface files: a curve for 1D files; contours, heatmaps and 3D surfaces for 2D.
+"""Pictures of surface files: a curve for 1D files; contours, heatmaps and 3D surfaces for 2D;
+the Hessian eigenvalue spectrum of either (``spectrum``, :mod:`.spectrum`) when the file has one.
 
 :func:`render` draws one kind on a new Figure and :func:`plot_surface` writes
 the images of a file. What the file knows is drawn without being asked: the
@@ -23,6 +24,8 @@ from .common import (FORMATS, best_point, check_formats, check_markers, figure_t
                      require_values, spread)
 from .curve import draw_curve
 from .scales import colour_map, colourbar_extend, contour_levels, level_format, log_ticks, value_range
+from .spectrum import KIND as SPECTRUM
+from .spectrum import draw_spectrum, require_spectrum
 
 KINDS_1D: tuple[str, ...] = ("curve",)
 """Plot kinds for 1D surface files."""
@@ -30,21 +33,28 @@ KINDS_1D: tuple[str, ...] = ("curve",)
 KINDS_2D: tuple[str, ...] = ("contour", "contourf", "heatmap", "surface3d")
 """Plot kinds for 2D surface files."""
 
-KINDS: tuple[str, ...] = ("auto", "all") + KINDS_1D + KINDS_2D
+KINDS_SPECTRUM: tuple[str, ...] = (SPECTRUM,)
+"""Plot kinds for files with a Hessian spectrum (``spectrum/``), 1D or 2D; ``all`` includes them there."""
+
+KINDS: tuple[str, ...] = ("auto", "all") + KINDS_1D + KINDS_2D + KINDS_SPECTRUM
 """Every value ``kind`` accepts."""
 
 _DEFAULT_LEVELS = {"contour": 20, "contourf": 30}
 _TRAJECTORY_COLOUR = "crimson"
 
 
-def _kinds_for(surface: Surface, kind: str) -> list[str]:
-    valid = KINDS_1D if surface.dims == 1 else KINDS_2D
+def kinds_for(surface: Surface, kind: str) -> list[str]:
+    """The concrete kinds ``kind`` means for ``surface`` (``all``: each kind valid for it), else SurfaceFileError."""
+    valid = (KINDS_1D if surface.dims == 1 else KINDS_2D) + (KINDS_SPECTRUM if surface.spectrum else ())
     if kind == "auto":
         return [valid[0]]
     if kind == "all":
         return list(valid)
     if kind not in KINDS:
         raise SurfaceFileError(f"unknown plot kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind == SPECTRUM:
+        require_spectrum(surface)
+        return [kind]
     if kind not in valid:
         raise SurfaceFileError(
             f"{surface.path}: is a {surface.dims}D surface, so plot kind {kind!r} does not apply; "
@@ -203,11 +213,19 @@ def _draw_2d(fig: Figure, s: Surface, kind: str, metric: str, log: bool,
 def render(surface: Surface, kind: str, metric: str | None = None, log: bool = False,
            levels: int | Sequence[float] | None = None, vmin: float | None = None,
            vmax: float | None = None, markers: Mapping[str, tuple[float, float]] | None = None) -> Figure:
-    """Draw one concrete ``kind`` (not auto/all) of a loaded surface on a new Figure."""
-    kinds = _kinds_for(surface, kind)
+    """Draw one concrete ``kind`` (not auto/all) of a loaded surface on a new Figure.
+
+    ``spectrum`` draws the file's Hessian spectrum (:func:`~.spectrum.draw_spectrum`;
+    ``metric``, ``log``, ``levels``, ``vmin``, ``vmax`` and ``markers`` do not apply to it).
+    """
+    kinds = kinds_for(surface, kind)
     if len(kinds) != 1 or kinds[0] != kind:
         raise SurfaceFileError(f"render() needs one concrete kind, not {kind!r}; "
-                               f"choose one of {', '.join(KINDS_1D + KINDS_2D)}")
+                               f"choose one of {', '.join(KINDS_1D + KINDS_2D + KINDS_SPECTRUM)}")
+    if kind == SPECTRUM:
+        fig = Figure(figsize=(11.0, 4.8))
+        draw_spectrum(fig, surface)
+        return fig
     marks = check_markers(markers)
     if kind == "surface3d":
         fig = Figure(figsize=(8.0, 6.0))
@@ -224,8 +242,11 @@ def render(surface: Surface, kind: str, metric: str | None = None, log: bool = F
 
 def image_paths(path: pathlib.Path, out: str | os.PathLike[str] | None, kind: str, metric: str,
                 formats: list[str], several_kinds: bool) -> list[pathlib.Path]:
-    """Where the images of one plot go: beside ``path``, or in/at ``out`` (a directory, or a file name)."""
-    stem = f"{path.stem}_{kind}_{metric}"
+    """Where the images of one plot go: beside ``path``, or in/at ``out`` (a directory, or a file name).
+
+    The name is ``<stem>_<kind>_<metric>``; ``<stem>_spectrum`` for the spectrum, which has no metric.
+    """
+    stem = f"{path.stem}_{kind}" if kind == SPECTRUM else f"{path.stem}_{kind}_{metric}"
     if out is None:
         return [path.with_name(f"{stem}.{fmt}") for fmt in formats]
     target = pathlib.Path(out)
@@ -271,13 +292,18 @@ def plot_surface(
     (except on 3D surfaces). Curves show each loss's barrier between the end
     models (file attribute ``endpoints``; without it, between the grid ends when
     there is one) and draw ``line_*`` metrics dashed in their curve's colour.
+    ``kind="spectrum"`` draws the file's Hessian eigenvalue density and λmax per
+    parameter group (``surf.h5`` -> ``surf_spectrum.png``), whatever the grid's
+    progress; a file without ``spectrum/`` is refused with SurfaceFileError.
     """
     surface = load_surface(path)
-    kinds = _kinds_for(surface, kind)
-    chosen = surface.check_metric(metric)
+    kinds = kinds_for(surface, kind)
     fmts = check_formats(formats)
     check_markers(markers)
-    require_values(surface, chosen)
+    chosen = ""
+    if any(k != SPECTRUM for k in kinds):
+        chosen = surface.check_metric(metric)
+        require_values(surface, chosen)
     written: list[pathlib.Path] = []
     for k in kinds:
         targets = image_paths(surface.path, out, k, chosen, fmts, several_kinds=len(kinds) > 1)

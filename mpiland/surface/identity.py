@@ -31,7 +31,7 @@ from ..grid import Grid
 from ..spec import LOSSES, Job
 from . import lock, storage
 from .names import (ATTR_CODE, ATTR_FINGERPRINT, ATTR_PPP, ATTR_SCHEMA, ATTR_SETTINGS, COMPONENTS, DIGEST_PREFIX,
-                    DONE, data_attr)
+                    DONE, SPECTRUM, data_attr)
 from .writer import create, read_done, read_points_per_pass
 
 if TYPE_CHECKING:
@@ -240,10 +240,12 @@ def open_surface(path: Path, job: Job, ident: Identity, grid: Grid, directions: 
             return done, points_per_pass
         storage.check_room(path, grid.shape, len(metrics), int(directions.vectors.numel()))
         labels = (directions.labels[0], directions.labels[1] if grid.dims == 2 else "")
+        origin = dict(origin_attrs())
+        spectrum = origin.pop(SPECTRUM, None)  # the spectra become the spectrum/ group, not attributes
         create(path, grid=grid, metrics=metrics, splits=list(job.data.splits), directions=directions,
                fingerprint=ident.fingerprint, job_text=job.text, job_json=job.to_json(), labels=labels,
                points_per_pass=points_per_pass, bn=(job.model.bn, job.model.bn_batches),
-               attrs={**origin_attrs(), **ident.attrs()})
+               attrs={**origin, **ident.attrs()}, spectrum=spectrum)
         return np.zeros(grid.shape, dtype=np.uint8), points_per_pass
     except BaseException:
         lock.release(path)

@@ -25,3 +25,16 @@ COMPONENTS = ("settings", "code", "checkpoints", "data", "origin", "directions")
 def data_attr(split: str) -> str:
     """The attribute holding one split's data digest: ``digest_data_<split>``."""
     return f"{DIGEST_PREFIX}data_{split}"
+
+SPECTRUM = "spectrum"
+"""Group of the Hessian eigenvalue spectra (docs/schema.md); also the key under which the engine's origin
+curvature hands them to :func:`~mpiland.surface.writer.create` (they are not root attributes)."""
+SPECTRUM_ORIGIN = "origin"
+"""The subgroup of the spectrum at the origin; the spectra at a path's models are :func:`spectrum_model`."""
+SPECTRUM_ARRAYS = ("nodes", "weights", "grid", "density", "top", "group_max", "group_min", "group_size")
+"""The datasets of each spectrum subgroup."""
+
+
+def spectrum_model(i: int) -> str:
+    """The subgroup of the spectrum at model ``i`` of ``models/`` (``model_<i>``, in the models' order)."""
+    return f"model_{i}"

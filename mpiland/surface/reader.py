@@ -24,6 +24,7 @@ import numpy as np
 
 from ..version import SCHEMA_VERSION, __version__
 from ..errors import SurfaceFileError
+from .names import SPECTRUM, SPECTRUM_ORIGIN
 
 _COORDS = ("xcoordinates", "ycoordinates")
 _NON_METRICS = ("done", "seconds") + _COORDS
@@ -76,6 +77,65 @@ class Positions:
 
 
 @dataclass
+class Spectrum:
+    """The Hessian eigenvalue spectrum at one point: a subgroup of the file's ``spectrum/`` (docs/schema.md).
+
+    Stochastic Lanczos quadrature on ``split``: ``nodes`` and ``weights``
+    (probes × steps: each probe's tridiagonal eigenvalues and the squared first
+    components of its eigenvectors, rows summing to 1); the smoothed density
+    ``density`` at the eigenvalues ``grid`` (it integrates to 1: the fraction of the
+    ``n`` eigenvalues per unit; Gaussian width ``width``); the ``top`` eigenvalues,
+    descending; λmax and λmin of the Hessian's block on each parameter group
+    (``groups``, module names such as ``features.0``, with ``group_size``
+    parameters); ``trace`` = n·(the nodes' first moment) with its standard error.
+    ``label`` and ``coordinates`` (grid coordinates) say where: ``origin`` at 0, or
+    a model of ``models/``.
+    """
+
+    label: str
+    coordinates: np.ndarray
+    split: str
+    n: int
+    probes: int
+    steps: int
+    distribution: str
+    width: float
+    nodes: np.ndarray
+    weights: np.ndarray
+    grid: np.ndarray
+    density: np.ndarray
+    top: np.ndarray
+    groups: list[str]
+    group_size: np.ndarray
+    group_max: np.ndarray
+    group_min: np.ndarray
+    trace: float
+    trace_stderr: float
+    top_converged: bool = True
+    hvps: int = 0
+    seconds: float = float("nan")
+
+    def moment(self, power: int) -> float:
+        """∫ λ^power dρ estimated by the quadrature (mean over probes of Σ weights·nodes^power): power 1 is
+        tr H / n, power 2 ‖H‖_F² / n (the smoothed ``density`` adds ``width``² to the second)."""
+        return float((self.weights * self.nodes**power).sum(axis=1).mean())
+
+    @property
+    def support(self) -> tuple[float, float]:
+        """The smallest and the largest node: estimates of λmin and λmax (Ritz values lie between them)."""
+        return float(self.nodes.min()), float(self.nodes.max())
+
+    @property
+    def lam_max(self) -> float:
+        """The largest eigenvalue (the first of ``top``)."""
+        return float(self.top[0]) if self.top.size else self.support[1]
+
+    def group_lam_max(self) -> dict[str, float]:
+        """Parameter group -> λmax of its Hessian block, in the file's order."""
+        return {g: float(v) for g, v in zip(self.groups, self.group_max)}
+
+
+@dataclass
 class Surface:
     """The content of one surface file, read fully into memory.
 
@@ -84,8 +144,9 @@ class Surface:
     be ±inf or NaN for divergent points (compare with ``done``). The optional
     schema members are None when the file lacks them: ``models`` (reference
     models in grid coordinates), ``trajectory`` (projected checkpoints, 2D only)
-    with ``explained_variance_ratio``, and ``endpoints`` (t0, t1) of a 1D path
-    between two models.
+    with ``explained_variance_ratio``, ``endpoints`` (t0, t1) of a 1D path
+    between two models, and ``spectrum`` (``hessian.spectrum``: subgroup name ->
+    :class:`Spectrum`, ``origin`` first, then ``model_0`` … in the models' order).
     """
 
     path: Path
@@ -104,6 +165,7 @@ class Surface:
     trajectory: Positions | None = None
     explained_variance_ratio: np.ndarray | None = None
     endpoints: tuple[float, float] | None = None
+    spectrum: dict[str, Spectrum] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -299,6 +361,7 @@ def _read(path: Path) -> Surface:
         if dims == 1 and "endpoints" in f.attrs:
             t0, t1 = _float_attr(path, "endpoints", f.attrs["endpoints"], 2)
             endpoints = (float(t0), float(t1))
+        spectrum = _spectra(f, path)
 
     computed: dict[str, np.ndarray] = {}
     if done_arr is not None:
@@ -320,7 +383,7 @@ def _read(path: Path) -> Surface:
     return Surface(path=path, schema=schema, attrs=attrs, dims=dims, x=x, y=y, done=done,
                    metrics=metrics, computed=computed, seconds=seconds, job=job, splits=list(splits),
                    models=models, trajectory=trajectory, explained_variance_ratio=explained,
-                   endpoints=endpoints)
+                   endpoints=endpoints, spectrum=spectrum)
 
 
 def _float_attr(path: Path, name: str, value: Any, size: int | None) -> np.ndarray:
@@ -364,3 +427,70 @@ def _positions(f: h5py.File, path: Path, group: str, dims: int) -> Positions | N
                                "the file is damaged, recreate it with `mpiland run`")
     return Positions(coords, labels)
 
+
+
+def _damaged(path: Path, what: str) -> SurfaceFileError:
+    return SurfaceFileError(f"{path}: {what}; the file is damaged, recreate it with `mpiland run`")
+
+
+def _spectrum_order(name: str) -> tuple[int, int, str]:
+    """``origin`` first, then ``model_<i>`` by i, then anything else by name."""
+    if name == SPECTRUM_ORIGIN:
+        return (0, 0, name)
+    head, _, tail = name.rpartition("_")
+    if head == "model" and tail.isdigit():
+        return (1, int(tail), name)
+    return (2, 0, name)
+
+
+def _spectra(f: h5py.File, path: Path) -> dict[str, Spectrum] | None:
+    """Read the optional ``spectrum/`` group: one :class:`Spectrum` per subgroup (None without the group)."""
+    g = f.get(SPECTRUM)
+    if g is None:
+        return None
+    if not isinstance(g, h5py.Group):
+        raise _damaged(path, f"{SPECTRUM} is not a group")
+    out = {name: _spectrum(g[name], path, f"{SPECTRUM}/{name}") for name in sorted(g, key=_spectrum_order)}
+    return out or None
+
+
+def _spectrum(g: Any, path: Path, where: str) -> Spectrum:
+    """One spectrum subgroup, its shapes checked."""
+    if not isinstance(g, h5py.Group):
+        raise _damaged(path, f"{where} is not a group")
+
+    def array(name: str, ndim: int) -> np.ndarray:
+        ds = g.get(name)
+        if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "fiu" or ds.ndim != ndim:
+            raise _damaged(path, f"{where} has no {ndim}-D numeric dataset {name!r}")
+        return np.asarray(ds[()], dtype=np.float64)
+
+    def attr(name: str) -> Any:
+        if name not in g.attrs:
+            raise _damaged(path, f"{where} lacks the attribute {name!r}")
+        return _decode(g.attrs[name])
+
+    nodes, weights = array("nodes", 2), array("weights", 2)
+    grid, density = array("grid", 1), array("density", 1)
+    top = array("top", 1)
+    sizes, lam_max, lam_min = array("group_size", 1), array("group_max", 1), array("group_min", 1)
+    raw = attr("groups")
+    groups = [str(v) for v in (raw if isinstance(raw, list) else [raw])] if lam_max.size else []
+    if nodes.shape != weights.shape or not nodes.size:
+        raise _damaged(path, f"{where}: nodes {nodes.shape} and weights {weights.shape} differ or are empty")
+    if grid.shape != density.shape or grid.size < 2:
+        raise _damaged(path, f"{where}: grid {grid.shape} and density {density.shape} differ or are too short")
+    if not len(groups) == sizes.size == lam_max.size == lam_min.size:
+        raise _damaged(path, f"{where}: {len(groups)} group names for {lam_max.size} group values")
+    try:
+        coordinates = np.asarray(attr("coordinates"), dtype=np.float64).reshape(-1)
+        return Spectrum(label=str(attr("label")), coordinates=coordinates, split=str(attr("split")),
+                        n=int(attr("n")), probes=int(nodes.shape[0]), steps=int(nodes.shape[1]),
+                        distribution=str(attr("distribution")), width=float(attr("width")), nodes=nodes,
+                        weights=weights, grid=grid, density=density, top=top, groups=groups,
+                        group_size=sizes.astype(np.int64), group_max=lam_max, group_min=lam_min,
+                        trace=float(attr("trace")), trace_stderr=float(attr("trace_stderr")),
+                        top_converged=bool(g.attrs.get("top_converged", 1)), hvps=int(g.attrs.get("hvps", 0)),
+                        seconds=float(g.attrs.get("seconds", float("nan"))))
+    except (TypeError, ValueError):
+        raise _damaged(path, f"{where} has an attribute of the wrong type") from None

@@ -26,6 +26,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import h5py
@@ -37,7 +38,8 @@ from ..grid import Grid, row_runs
 from . import lock
 from .names import (ATTR_CREATED, ATTR_FINGERPRINT, ATTR_METRICS, ATTR_PPP, ATTR_PPP_HISTORY, ATTR_SCHEMA,
                     ATTR_THREADS, ATTR_THREADS_HISTORY,
-                    ATTR_VERSION, DONE, SECONDS, XCOORDS, YCOORDS)
+                    ATTR_VERSION, DONE, SECONDS, SPECTRUM, XCOORDS, YCOORDS)
+from .reader import Spectrum
 
 if TYPE_CHECKING:
     from ..directions.base import Directions
@@ -52,10 +54,13 @@ def _dataset(f: h5py.File, name: str, shape: tuple[int, ...], dtype: Any, fill: 
 
 def create(path: Path, *, grid: Grid, metrics: list[str], splits: list[str], directions: "Directions",
            fingerprint: str, job_text: str, job_json: str, labels: tuple[str, str], points_per_pass: int = 1,
-           bn: tuple[str, int] = ("eval", 0), attrs: dict[str, Any] | None = None) -> None:
+           bn: tuple[str, int] = ("eval", 0), attrs: dict[str, Any] | None = None,
+           spectrum: Mapping[str, Spectrum] | None = None) -> None:
     """Write a new, empty surface file (all values NaN, nothing done) atomically at ``path``.
 
     ``attrs``: further root attributes (curvature at the origin, the identity digests).
+    ``spectrum``: Hessian spectra by subgroup name (``origin``, ``model_<i>``), written
+    as the ``spectrum/`` group (:func:`write_spectrum`).
     No grid-sized array is built in memory. If writing fails (a full disk), the
     temporary file is removed and SurfaceFileError says why; ``path`` is untouched.
     """
@@ -91,6 +96,8 @@ def create(path: Path, *, grid: Grid, metrics: list[str], splits: list[str], dir
             _dataset(f, SECONDS, grid.shape, np.float64, np.nan)
             _dataset(f, DONE, grid.shape, np.uint8, 0)
             _write_directions(f, directions)
+            if spectrum:
+                write_spectrum(f, spectrum)
         os.replace(tmp, path)
     except (OSError, RuntimeError, ValueError) as exc:
         free = shutil.disk_usage(path.parent).free
@@ -124,6 +131,29 @@ def _write_directions(f: h5py.File, directions: "Directions") -> None:
         t.attrs["labels"] = list(directions.trajectory.labels)
         t.attrs["explained_variance_ratio"] = np.asarray(directions.trajectory.explained_variance_ratio,
                                                          dtype=np.float64)
+
+
+def write_spectrum(f: h5py.File, spectra: Mapping[str, Spectrum]) -> None:
+    """The ``spectrum/`` group: one subgroup per point with its arrays (datasets) and settings (attributes)."""
+    g = f.create_group(SPECTRUM)
+    for name, s in spectra.items():
+        sub = g.create_group(name)
+        for key in ("nodes", "weights", "grid", "density", "top", "group_max", "group_min"):
+            sub.create_dataset(key, data=np.asarray(getattr(s, key), dtype=np.float64))
+        sub.create_dataset("group_size", data=np.asarray(s.group_size, dtype=np.int64).reshape(-1))
+        a = sub.attrs
+        a["label"] = s.label
+        a["coordinates"] = np.asarray(s.coordinates, dtype=np.float64).reshape(-1)
+        a["split"] = s.split
+        a["n"] = s.n
+        a["probes"], a["steps"] = s.probes, s.steps
+        a["distribution"] = s.distribution
+        a["width"] = s.width
+        a["groups"] = list(s.groups) if s.groups else np.zeros(0, dtype=np.float64)
+        a["trace"], a["trace_stderr"] = s.trace, s.trace_stderr
+        a["top_converged"] = int(s.top_converged)
+        a["hvps"] = s.hvps
+        a["seconds"] = s.seconds
 
 
 MARK_SECONDS = 10.0
