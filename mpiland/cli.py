@@ -175,8 +175,11 @@ def connect(job_file: str, ends: tuple[str, ...], curve: str | None, bends: int 
 
 @cli.command()
 @click.argument("surface_file", type=click.Path(dir_okay=False))
-@click.option("--kind", type=click.Choice(["auto", "curve", "contour", "contourf", "heatmap", "surface3d", "all"]),
-              default="auto", show_default=True, help="Plot kind (auto: curve for 1D, contour for 2D).")
+@click.option("--kind", type=click.Choice(["auto", "curve", "contour", "contourf", "heatmap", "surface3d", "spectrum",
+                                           "all"]),
+              default="auto", show_default=True,
+              help="Plot kind (auto: curve for 1D, contour for 2D; spectrum: the Hessian eigenvalue density of a "
+                   "file made with hessian.spectrum).")
 @click.option("--metric", help="Dataset to plot, e.g. test_loss or train_acc (default: the first loss).")
 @click.option("--out", type=click.Path(), help="Output file or directory (default: beside the surface file).")
 @click.option("--format", "formats", multiple=True, type=click.Choice(["png", "pdf"]), help="Image format(s); repeatable.")
@@ -204,7 +207,7 @@ def plot(surface_file: str, kind: str, metric: str | None, out: str | None, form
 @click.option("--radius", type=float, help="Radius of ε-sharpness (default: the largest circle inside the grid).")
 @debug_option
 def info(surface_file: str, as_json: bool, epsilon: float, radius: float | None, debug: bool) -> None:
-    """Schema, job, progress, minima, barriers and flatness of SURFACE_FILE."""
+    """Schema, job, progress, minima, barriers, flatness and Hessian spectrum of SURFACE_FILE."""
     import json
 
     from .analysis.summary import format_summary, summarize

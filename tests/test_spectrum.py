@@ -302,6 +302,9 @@ def test_info_and_plot_of_the_spectrum(origin_file, tmp_path: Path) -> None:
     names = [p.name for p in plot_surface(path, kind="all", out=tmp_path / "all")]
     assert names == ["surface_curve_test_loss.png", "surface_spectrum.png"]
     assert ml.open(path).plot("spectrum").axes[0].get_yscale() == "log"
+    drawn = cli("plot", str(path), "--kind", "spectrum", "--out", str(tmp_path / "cli"))
+    assert drawn.returncode == 0, drawn.stderr
+    assert (tmp_path / "cli" / "surface_spectrum.png").exists()
 
 
 def test_a_file_without_a_spectrum_is_refused_by_the_spectrum_plot(tmp_path: Path) -> None:
