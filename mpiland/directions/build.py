@@ -7,6 +7,11 @@ checkpoint paths. Path kinds need one module for the architecture: the first mod
 among the models, else ``model=``. Nothing passed in is changed: checkpoints and
 state dicts are loaded into a scratch copy, and Hessian directions are computed on
 a copy of the model.
+
+The path builders take ``align=True`` as a job file takes ``directions.align``:
+the models after the first are permuted to match it by weight matching
+(:mod:`mpiland.align`), the path runs through the aligned models and the path
+through the models as given is evaluated beside it (metrics ``unaligned_*``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from ..spec import IGNORES, LOSSES, NORMS, DirectionsSpec, HessianSpec, LossSpec
 from .axes import file_directions, random_directions
 from .base import Directions
 from .eigen import CurvatureInputs, hessian_directions
-from .models import model_path, pca_directions, roles
+from .models import copy_state, align_models, model_path, pca_directions, roles
 
 ModelLike = Union[nn.Module, Mapping[str, torch.Tensor], str, "os.PathLike[str]"]
 """A model of a path: a module (its state), a state_dict, or a checkpoint file."""
@@ -106,77 +111,100 @@ def _reference(models: Sequence[Any], model: nn.Module | None, builder: str) -> 
                      "architecture) so they can be loaded")
 
 
-def _vector(obj: Any, scratch: nn.Module, layout: ParamLayout, where: str) -> tuple[torch.Tensor, str, str | None]:
-    """State vector, label and source file of one model of a path."""
+def _vector(obj: Any, scratch: nn.Module, layout: ParamLayout, where: str,
+            keep_state: bool = False) -> tuple[torch.Tensor, str, str | None, dict[str, torch.Tensor] | None]:
+    """State vector, label and source file of one model of a path; with ``keep_state``, a copy of its state_dict."""
+    state: dict[str, torch.Tensor] | None = None
     if isinstance(obj, nn.Module):
         if ParamLayout.from_model(obj, layout.states) != layout:
             raise ModelError(f"{where}: has other parameters (names or shapes) than the path's first model")
-        return state_vector(obj, layout), f"{type(obj).__name__} in memory", None
+        if keep_state:
+            state = copy_state(obj)
+        return state_vector(obj, layout), f"{type(obj).__name__} in memory", None, state
     if isinstance(obj, Mapping):
         load_state(scratch, obj, where, "give a state_dict of the same architecture")
-        return state_vector(scratch, layout), "state_dict in memory", None
+        state = copy_state(scratch) if keep_state else None
+        return state_vector(scratch, layout), "state_dict in memory", None, state
     if isinstance(obj, (str, os.PathLike)):
-        return checkpoint_vector(scratch, str(obj), layout, where), str(obj), str(obj)
+        vector = checkpoint_vector(scratch, str(obj), layout, where)
+        state = copy_state(scratch) if keep_state else None
+        return vector, str(obj), str(obj), state
     raise CheckpointError(f"{where}: is a {type(obj).__name__}; give an nn.Module, a state_dict or a checkpoint path")
 
 
 def _path(kind: str, models: Sequence[Any], model: nn.Module | None, states: bool,
-          compare_line: bool = True) -> Directions:
+          compare_line: bool = True, align: bool = False) -> Directions:
     ref = _reference(models, model, kind)
-    spec = DirectionsSpec(kind=kind, states=bool(states), compare_line=bool(compare_line))
+    spec = DirectionsSpec(kind=kind, states=bool(states), compare_line=bool(compare_line), align=bool(align))
     layout = ParamLayout.from_model(ref, spec.states)
     scratch = copy.deepcopy(ref)
-    found = [_vector(m, scratch, layout, f"{kind} model {i}") for i, m in enumerate(models)]
+    found = [_vector(m, scratch, layout, f"{kind} model {i}", spec.align) for i, m in enumerate(models)]
     settings = spec.relevant()
-    settings["models"] = [label for _, label, _ in found]
+    settings["models"] = [label for _, label, _, _ in found]
     role = roles(kind, len(found))
-    names = [Path(label).stem if source else role[i] for i, (_, label, source) in enumerate(found)]
-    sources = tuple(source for _, _, source in found if source is not None)
-    return model_path(spec, layout, [v for v, _, _ in found], names, settings, sources, where=kind)
+    names = [Path(label).stem if source else role[i] for i, (_, label, source, _) in enumerate(found)]
+    sources = tuple(source for _, _, source, _ in found if source is not None)
+    vectors = [v for v, _, _, _ in found]
+    aligned = None
+    if spec.align:
+        aligned = align_models(scratch, [s for _, _, _, s in found if s is not None], vectors, layout)
+    return model_path(spec, layout, vectors, names, settings, sources, where=kind, aligned=aligned)
 
 
-def interpolation(a: ModelLike, b: ModelLike, *, model: nn.Module | None = None, states: bool = False) -> Directions:
+def interpolation(a: ModelLike, b: ModelLike, *, model: nn.Module | None = None, states: bool = False,
+                  align: bool = False) -> Directions:
     """The line θ(t) = A + t·(B − A) (Goodfellow et al. 2015): A at t = 0, B at t = 1; a 1D landscape.
 
-    ``states``: interpolate floating buffers (BatchNorm statistics) too. Raises
-    ModelError/CheckpointError for models that do not share an architecture.
+    ``states``: interpolate floating buffers (BatchNorm statistics) too. ``align``:
+    B permuted to match A first, the unaligned line beside it (``directions.align``).
+    Raises ModelError/CheckpointError for models that do not share an architecture.
     """
-    return _path("interpolation", [a, b], model, states)
+    return _path("interpolation", [a, b], model, states, align=align)
 
 
 def plane(a: ModelLike, b: ModelLike, c: ModelLike, *, model: nn.Module | None = None,
-          states: bool = False) -> Directions:
+          states: bool = False, align: bool = False) -> Directions:
     """The plane through three models (Garipov et al. 2018): orthonormal axes from b − a and c − a, in
-    parameter-space distance; a 2D landscape. Raises JobFileError for three models on one line."""
-    return _path("plane", [a, b, c], model, states)
+    parameter-space distance; a 2D landscape. ``align``: b and c permuted to match a first, the unaligned
+    plane evaluated beside it at the same coordinates. Raises JobFileError for three models on one line."""
+    return _path("plane", [a, b, c], model, states, align=align)
 
 
 def bilinear(a: ModelLike, b: ModelLike, c: ModelLike, d: ModelLike, *, model: nn.Module | None = None,
-             states: bool = False) -> Directions:
-    """The bilinear patch with corners a (0, 0), b (1, 0), c (0, 1), d (1, 1) (Im et al. 2016); 2D."""
-    return _path("bilinear", [a, b, c, d], model, states)
+             states: bool = False, align: bool = False) -> Directions:
+    """The bilinear patch with corners a (0, 0), b (1, 0), c (0, 1), d (1, 1) (Im et al. 2016); 2D.
+
+    ``align``: b, c and d permuted to match a first, the unaligned patch beside it.
+    """
+    return _path("bilinear", [a, b, c, d], model, states, align=align)
 
 
-def _curve(kind: str, models: Sequence[Any], model: nn.Module | None, compare_line: bool, states: bool) -> Directions:
+def _curve(kind: str, models: Sequence[Any], model: nn.Module | None, compare_line: bool, states: bool,
+           align: bool) -> Directions:
     if len(models) < 3:
         raise SettingsError(f"{kind}: give the start, at least one bend and the end (3 models or more), "
                             f"got {len(models)}")
-    return _path(kind, models, model, states, compare_line)
+    return _path(kind, models, model, states, compare_line, align)
 
 
 def bezier(*models: ModelLike, model: nn.Module | None = None, compare_line: bool = True,
-           states: bool = False) -> Directions:
+           states: bool = False, align: bool = False) -> Directions:
     """The Bézier curve from the first model to the last with the others as control points; 1D, t in [0, 1].
 
     ``compare_line``: also evaluate the straight line between the end models (metrics ``line_*``).
+    ``align``: every model after the first permuted to match it (each on its own), the unaligned curve
+    and line beside them (``unaligned_*``, ``unaligned_line_*``).
     """
-    return _curve("bezier", models, model, compare_line, states)
+    return _curve("bezier", models, model, compare_line, states, align)
 
 
 def polychain(*models: ModelLike, model: nn.Module | None = None, compare_line: bool = True,
-              states: bool = False) -> Directions:
-    """The polygonal chain through the models, model i at t = i/m; 1D, t in [0, 1]."""
-    return _curve("polychain", models, model, compare_line, states)
+              states: bool = False, align: bool = False) -> Directions:
+    """The polygonal chain through the models, model i at t = i/m; 1D, t in [0, 1].
+
+    ``compare_line`` and ``align`` as for :func:`bezier`.
+    """
+    return _curve("polychain", models, model, compare_line, states, align)
 
 
 def pca(checkpoints: Sequence[ModelLike] | str, *, model: nn.Module | None = None, dims: int = 2,
@@ -199,11 +227,11 @@ def pca(checkpoints: Sequence[ModelLike] | str, *, model: nn.Module | None = Non
     found = [_vector(m, scratch, layout, f"pca checkpoint {i}") for i, m in enumerate(items)]
     final = state_vector(model, layout) if model is not None else found[-1][0]
     settings = spec.relevant()
-    settings["models"] = [label for _, label, _ in found]
-    stems = [Path(label).stem if source else f"checkpoint {i}" for i, (_, label, source) in enumerate(found)]
+    settings["models"] = [label for _, label, _, _ in found]
+    stems = [Path(label).stem if source else f"checkpoint {i}" for i, (_, label, source, _) in enumerate(found)]
     labels = stems if len(set(stems)) == len(stems) else [f"checkpoint {i}" for i in range(len(found))]
-    return pca_directions(final, layout, spec, [v for v, _, _ in found], labels, _dims(dims), settings,
-                          tuple(s for _, _, s in found if s is not None))
+    return pca_directions(final, layout, spec, [v for v, _, _, _ in found], labels, _dims(dims), settings,
+                          tuple(s for _, _, s, _ in found if s is not None))
 
 
 def _tensors(data: Any, batch_size: int) -> Split:
