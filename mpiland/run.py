@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from . import surface
-from .analysis.measures import derived_attributes, format_number, store_derived
+from .analysis.measures import format_number, store_derived
 from .data import Split, Stream, load_split
 from .directions import CurvatureInputs, Directions, make_directions
 from .engine import EngineOptions, Evaluator, resolve_loss
@@ -41,7 +41,6 @@ from .grid import resolve_grid
 from .models import base_checkpoint
 from .progress import Progress
 from .surface.identity import WHAT
-from .surface.reader import load_surface
 from .protocol import ChunkResult, run_protocol
 from .signals import StopFlag
 from .curves import CurveResult, connect
@@ -213,9 +212,16 @@ def _record_threads(writer: surface.SurfaceWriter | None, threads: list[int], ra
                     "from theirs at rounding level (set run.threads = %d to match)", threads[0], previous, previous)
 
 
-def _store_derived(path: Path) -> None:
-    """Store barrier and flatness numbers of a finished surface as root attributes (docs/schema.md)."""
-    store_derived(path)
+def _store_derived(path: Path, endpoints: tuple[float, float] | None) -> None:
+    """Store barrier and flatness numbers of a finished surface as root attributes (docs/schema.md), and
+    log the barriers of a path between two models (the straight line and unaligned path beside it too)."""
+    stored = store_derived(path)
+    if endpoints is None:
+        return
+    barriers = [(k[: -len("_barrier")], v) for k, v in stored.items() if k.endswith("_loss_barrier")]
+    if barriers:
+        log.info("loss barrier between the models: %s",
+                 ", ".join(f"{m} {format_number(float(v))}" for m, v in barriers))
 
 
 def _from_job(comm: Comm, job: Job, placement: Placement) -> Problem:
@@ -382,7 +388,7 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
     if rank == 0:
         try:
             if not interrupted and already + evaluated == grid.size:
-                _store_derived(path)
+                _store_derived(path, directions.endpoints)
         finally:
             surface.release_output(path)
     if rank == 0:
@@ -450,11 +456,5 @@ def run_connect(job: Job, ends: tuple[str, ...] = (), comm: Any = None, progress
         if result.stopped:
             return result, None
         summary = run_job(curve_job(job, (a_path, b_path), result.paths), ranks, progress, flag)
-    if ranks.Get_rank() == 0 and not summary.interrupted:
-        stored = derived_attributes(load_surface(summary.path))
-        for name in job.data.splits:
-            log.info("connect: %s barrier along the trained %s %s, along the straight line %s", name,
-                     job.connect.curve, format_number(stored.get(f"{name}_loss_barrier")),
-                     format_number(stored.get(f"line_{name}_loss_barrier")))
     return result, summary
 

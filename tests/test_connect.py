@@ -157,7 +157,7 @@ def test_the_connect_command_trains_and_evaluates_the_curve_beside_the_line(mode
     job = _job(tmp_path, modes)
     done = cli("connect", job)
     assert done.returncode == 0, done.stderr
-    assert "barrier along the trained bezier" in done.stderr
+    assert "loss barrier between the models: test_loss" in done.stderr and "line_test_loss" in done.stderr
     surf = ml.open(tmp_path / "curve.h5")
     assert {"test_loss", "line_test_loss"} <= set(surf.metrics) and surf.done.all()
     assert surf.attrs["line_test_loss_barrier"] > surf.attrs["test_loss_barrier"]

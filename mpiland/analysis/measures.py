@@ -360,9 +360,10 @@ def derived_attributes(surface: Surface) -> dict[str, Any]:
     return out
 
 
-def store_derived(path: str | Path) -> None:
-    """Store barrier and flatness numbers of a finished surface as root attributes (docs/schema.md)."""
+def store_derived(path: str | Path) -> dict[str, Any]:
+    """Store barrier and flatness numbers of a finished surface as root attributes (docs/schema.md); return them."""
     values = derived_attributes(load_surface(path))
     with h5py.File(path, "r+") as f:
         for key, value in values.items():
             f.attrs[key] = value
+    return values
