@@ -26,16 +26,19 @@ from .version import SCHEMA_VERSION, __version__
 if TYPE_CHECKING:
     from . import directions
     from .api import connect, landscape
+    from .rebasin import align
     from .result import Surface, open
 
 _LAZY = {"landscape": ("mpiland.api", "landscape"), "connect": ("mpiland.api", "connect"),
+         "align": ("mpiland.rebasin", "align"),
          "open": ("mpiland.result", "open"),
          "Surface": ("mpiland.result", "Surface"), "directions": ("mpiland.directions", "")}
 """Public name -> (module, attribute; "" for the module itself), imported on first access."""
 
 __all__ = ["SCHEMA_VERSION", "CheckpointError", "DataError", "DependencyError", "GridError", "JobFileError",
            "LaunchError", "MetricError", "ModelError", "MpilandError", "SettingsError", "Surface",
-           "SurfaceFileError", "WorldTooSmallError", "__version__", "connect", "directions", "landscape", "open"]
+           "SurfaceFileError", "WorldTooSmallError", "__version__", "align", "connect", "directions", "landscape",
+           "open"]
 
 
 def __getattr__(name: str) -> Any:

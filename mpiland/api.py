@@ -127,9 +127,10 @@ def _job(model: nn.Module, directions: Directions, split_names: list[str], x: An
 
 
 def _check_dims(directions: Directions, job: Job) -> None:
-    if directions.coefficient_map == "axes" and directions.dims != job.grid.dims:
-        fix = "pass y=(min, max, num)" if directions.dims == 2 else "remove y"
-        raise GridError(f"the directions have {directions.dims} axes but the grid {job.grid.dims}; {fix}, or build "
+    axes = directions.block_size
+    if directions.coefficient_map == "axes" and axes != job.grid.dims:
+        fix = "pass y=(min, max, num)" if axes == 2 else "remove y"
+        raise GridError(f"the directions have {axes} axes but the grid {job.grid.dims}; {fix}, or build "
                         f"the directions with dims={job.grid.dims}")
 
 

@@ -174,6 +174,29 @@ def connect(job_file: str, ends: tuple[str, ...], curve: str | None, bends: int 
 
 
 @cli.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.argument("model_a", type=click.Path(dir_okay=False))
+@click.argument("model_b", type=click.Path(dir_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Where the aligned B goes (.pt).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Order in which permutation groups are matched.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a job key. Repeatable.")
+@debug_option
+def align(job_file: str, model_a: str, model_b: str, out: str, seed: int, overrides: tuple[str, ...],
+          debug: bool) -> None:
+    """Permute the hidden units of MODEL_B to match MODEL_A (weight matching, Ainsworth et al. 2023) and save
+    it to --out; JOB_FILE's [model] gives the architecture. The aligned model computes the same function."""
+    def call() -> None:
+        from .run import align_checkpoints  # torch: imported only by the commands that compute
+
+        job = load_job(job_file, list(overrides))
+        done = align_checkpoints(job, model_a, model_b, out, seed)
+        click.echo(f"aligned {model_b} to {model_a}: {done.permuted_units} of {done.units} hidden units moved; "
+                   f"distance to A {done.distance_before:.6g} -> {done.distance_after:.6g}; saved {done.path}")
+
+    _guard(call, debug)
+
+
+@cli.command()
 @click.argument("surface_file", type=click.Path(dir_okay=False))
 @click.option("--kind", type=click.Choice(["auto", "curve", "contour", "contourf", "heatmap", "surface3d", "spectrum",
                                            "all"]),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -44,7 +45,9 @@ from .surface.identity import WHAT
 from .protocol import ChunkResult, run_protocol
 from .signals import StopFlag
 from .curves import CurveResult, connect
+from .layout import ParamLayout, state_vector
 from .models import read_state_dict
+from .rebasin import aligned_state, weight_matching
 from .spec import ConnectSpec, resolve_directions
 from .train import train_model
 
@@ -234,6 +237,10 @@ def _from_job(comm: Comm, job: Job, placement: Placement) -> Problem:
     if job.directions.kind == "hessian":
         found = agree(comm, lambda: _hessian_directions(job, model, splits, placement) if rank == 0 else None)
         directions: Directions = comm.bcast(found, root=0)
+    elif job.directions.align:
+        # Weight matching breaks near-ties by floating-point sums: rank 0 decides for all ranks.
+        found = agree(comm, lambda: make_directions(model, job.directions, job.grid.dims) if rank == 0 else None)
+        directions = comm.bcast(found, root=0)
     else:
         directions = agree(comm, lambda: make_directions(model, job.directions, job.grid.dims))
     bn_data = agree(comm, lambda: _bn_inputs(job))
@@ -458,3 +465,38 @@ def run_connect(job: Job, ends: tuple[str, ...] = (), comm: Any = None, progress
         summary = run_job(curve_job(job, (a_path, b_path), result.paths), ranks, progress, flag)
     return result, summary
 
+
+
+@dataclass(frozen=True)
+class AlignSummary:
+    """What ``mpiland align`` did: the units it permuted and B's distance to A before and after."""
+
+    path: Path
+    permuted_units: int
+    units: int
+    distance_before: float
+    distance_after: float
+
+
+def align_checkpoints(job: Job, a_path: str, b_path: str, out: str, seed: int = 0) -> AlignSummary:
+    """``mpiland align``: permute B's hidden units to match A's (weight matching); save the aligned B to ``out``.
+
+    The architecture is the job's [model]; both checkpoints are loaded strictly. The
+    aligned checkpoint computes the same function as B.
+    """
+    a, b = build_model(job.model), build_model(job.model)
+    load_checkpoint(a, a_path, key="align")
+    load_checkpoint(b, b_path, key="align")
+    alignment = weight_matching(a, b, seed=seed)
+    aligned = aligned_state(b, alignment)
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    torch.save(aligned, tmp)
+    os.replace(tmp, target)
+    layout = ParamLayout.from_model(a)
+    theta_a = state_vector(a, layout)
+    before = float((state_vector(b, layout) - theta_a).norm())
+    b.load_state_dict(aligned)
+    after = float((state_vector(b, layout) - theta_a).norm())
+    return AlignSummary(target, alignment.permuted_units, alignment.spec.units, before, after)

@@ -1,4 +1,4 @@
-"""Permutation alignment by weight matching (mpiland.align) and ``directions.align`` for model paths."""
+"""Permutation alignment by weight matching (mpiland.rebasin) and ``directions.align`` for model paths."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mpiland as ml
-import mpiland.align as align_module
-from mpiland.align import Alignment, align, aligned_state, match_states, permutation_spec, weight_matching
+from mpiland.rebasin import Alignment, align, aligned_state, match_states, permutation_spec, weight_matching
 from mpiland.data import digits_split
 from mpiland.demo import digits_cnn, digits_mlp
 from mpiland.directions import Directions, make_directions
@@ -233,7 +232,7 @@ def test_matching_undoes_a_permutation_made_by_hand(arch, permute):
 
 def test_the_module_is_callable_as_align():
     a, b = mlp(3), mlp(4)
-    assert_same_state(align_module(a, b, seed=2), align(a, b, seed=2))
+    assert_same_state(ml.align(a, b, seed=2), align(a, b, seed=2))
 
 
 # -- (b) two independent models: the same function as B, closer to A -----------------------------------------
@@ -543,3 +542,27 @@ def test_builders_align_modules_and_state_dicts_like_files(checkpoints):
     files = ml.directions.interpolation(checkpoints[0], checkpoints[1], model=a, align=True)
     assert torch.equal(d.vectors, files.vectors)
     assert d.settings["alignment"][0]["permuted_units"] == files.settings["alignment"][0]["permuted_units"]
+
+
+def test_the_align_command_saves_a_model_of_the_same_function(tmp_path):
+    from tests.util import cli, write_job
+
+    from mpiland.demo import digits_mlp
+
+    torch.manual_seed(1)
+    a = digits_mlp(hidden=16)
+    torch.manual_seed(2)
+    b = digits_mlp(hidden=16)
+    torch.save(a.state_dict(), tmp_path / "a.pt")
+    torch.save(b.state_dict(), tmp_path / "b.pt")
+    job = write_job(tmp_path)  # the digits MLP with 16 hidden units: the same architecture
+    done = cli("align", str(job), str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--out", str(tmp_path / "b2.pt"))
+    assert done.returncode == 0, done.stderr
+    assert "hidden units moved" in done.stdout
+    aligned = digits_mlp(hidden=16)
+    aligned.load_state_dict(torch.load(tmp_path / "b2.pt"))
+    x = torch.randn(32, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(aligned(x), b(x), rtol=1e-5, atol=1e-5)
+    missing = cli("align", str(job), str(tmp_path / "a.pt"), str(tmp_path / "nope.pt"), "--out", str(tmp_path / "c.pt"))
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "not found" in missing.stderr

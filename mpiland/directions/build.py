@@ -10,7 +10,7 @@ a copy of the model.
 
 The path builders take ``align=True`` as a job file takes ``directions.align``:
 the models after the first are permuted to match it by weight matching
-(:mod:`mpiland.align`), the path runs through the aligned models and the path
+(:mod:`mpiland.rebasin`), the path runs through the aligned models and the path
 through the models as given is evaluated beside it (metrics ``unaligned_*``).
 """
 

@@ -16,7 +16,7 @@ The straight line between the end models of a Bézier curve or chain is evaluate
 alongside (metrics prefixed ``line_``) unless ``compare_line = false``.
 
 With ``align = true`` (every kind but ``pca``), every model after the first is
-permuted to match the first by weight matching (:mod:`mpiland.align`; Ainsworth
+permuted to match the first by weight matching (:mod:`mpiland.rebasin`; Ainsworth
 et al. 2023) before the path is built: the path (its metrics, its models'
 positions and labels) is the aligned one, and the path through the models as
 given is evaluated beside it with the same coefficient map (metrics prefixed
@@ -38,7 +38,7 @@ from typing import Any, NamedTuple, TypedDict
 import numpy as np
 import torch
 
-from ..align import match_states, permutation_spec
+from ..rebasin import match_states, permutation_spec
 from ..errors import JobFileError
 from ..layout import ParamLayout, checkpoint_vector, state_vector
 from ..models import expand_checkpoints, load_state
@@ -107,7 +107,7 @@ class AlignedModels(NamedTuple):
 
 def align_models(scratch: torch.nn.Module, states: list[dict[str, torch.Tensor]], vectors: list[torch.Tensor],
                  layout: ParamLayout) -> AlignedModels:
-    """Permute every model after the first to match the first (weight matching, :mod:`mpiland.align`).
+    """Permute every model after the first to match the first (weight matching, :mod:`mpiland.rebasin`).
 
     ``scratch``: a module of the models' architecture, whose graph gives the
     permutation groups (the aligned states are loaded into it, one after the other);

@@ -268,8 +268,9 @@ class Evaluator:
             return {}
         zero = np.zeros(self.directions.dims)
         self.set_point(zero)
-        out: dict[str, Any] = dict(self.curvature.at_origin(self.flat, self.params.basis.t(),
-                                                            axis_labels(self.directions.dims)))
+        own = self.params.basis.t()[self.directions.rows("")]  # the path's own axes, not a comparison block
+        out: dict[str, Any] = dict(self.curvature.at_origin(self.flat, own,
+                                                            axis_labels(self.directions.block_size)))
         if self.curvature.spec.spectrum != "none":
             out[SPECTRUM] = self.spectra()
             self.set_point(zero)

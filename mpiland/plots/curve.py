@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from ..analysis.measures import barrier
 from ..errors import SurfaceFileError
-from ..surface.reader import LINE_PREFIX, Surface, curve_metric
+from ..surface.reader import COMPARISON_PREFIXES, LINE_PREFIX, UNALIGNED_PREFIX, Surface, comparison, curve_metric
 from .common import best_point, figure_title, finite_values, require_values
 
 def _curve_metrics(s: Surface, metric: str | None) -> tuple[list[str], list[str]]:
@@ -25,10 +25,16 @@ def _curve_metrics(s: Surface, metric: str | None) -> tuple[list[str], list[str]
         return [metric], []
     acc = metric[: -len("_loss")] + "_acc"
     left, right = [metric], [acc]
-    if not metric.startswith(LINE_PREFIX):
-        left.append(LINE_PREFIX + metric)
-        right.append(LINE_PREFIX + acc)
+    if not comparison(metric):
+        left += [p + metric for p in COMPARISON_PREFIXES[::-1]]
+        right += [p + acc for p in COMPARISON_PREFIXES[::-1]]
     return [m for m in left if m in s.metrics], [m for m in right if m in s.metrics]
+
+
+_STYLE = {"": "-", LINE_PREFIX: "--", UNALIGNED_PREFIX: ":", UNALIGNED_PREFIX + LINE_PREFIX: "-."}
+"""Line style of the file's own path and of each comparison beside it."""
+_WHAT = {LINE_PREFIX: "straight line", UNALIGNED_PREFIX: "before alignment",
+         UNALIGNED_PREFIX + LINE_PREFIX: "straight line before alignment"}
 
 
 def _draw_barrier(ax, x: np.ndarray, v: np.ndarray, s: Surface, label: str, colour: str, k: int,
@@ -49,11 +55,11 @@ def _draw_barrier(ax, x: np.ndarray, v: np.ndarray, s: Surface, label: str, colo
     ts = np.linspace(t0, t1, 64)
     ax.plot(ts, l0 + (ts - t0) * (l1 - l0) / (t1 - t0), color=colour, lw=0.8, ls=":", alpha=0.9)
     base = l0 + (at - t0) * (l1 - l0) / (t1 - t0)
-    line = label.startswith(LINE_PREFIX)
-    ax.plot([at, at], [base, base + h], color=colour, lw=1.4 if line else 2.4, alpha=0.9, solid_capstyle="butt")
+    other = comparison(label)
+    ax.plot([at, at], [base, base + h], color=colour, lw=1.4 if other else 2.4, alpha=0.9, solid_capstyle="butt")
     top = base + h
     mid = float(np.sqrt(base * top)) if log and base > 0 and top > 0 else base + h / 2
-    ax.annotate(f"{'straight line: ' if line else ''}barrier {h:.3g} at t={at:.3g}", (at, mid),
+    ax.annotate(f"{_WHAT[other] + ': ' if other else ''}barrier {h:.3g} at t={at:.3g}", (at, mid),
                 xytext=(6, 10 * (k % 3) - 10), textcoords="offset points", fontsize=8, color=colour,
                 ha="left", va="center", bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=colour, alpha=0.8),
                 zorder=6)
@@ -89,8 +95,8 @@ def draw_curve(fig: Figure, s: Surface, metric: str | None, log: bool,
         if log:
             v = np.where(v > 0, v, np.nan)
         c = colour(m)
-        line = m.startswith(LINE_PREFIX)
-        ax.plot(x, v, color=c, lw=1.4 if line else 1.8, ls="--" if line else "-", marker=marker, ms=4, label=m)
+        line = bool(comparison(m))
+        ax.plot(x, v, color=c, lw=1.4 if line else 1.8, ls=_STYLE[comparison(m)], marker=marker, ms=4, label=m)
         se = m + "_stderr"
         if se in s.metrics:
             e = finite_values(s, se)
@@ -137,17 +143,18 @@ def draw_curve(fig: Figure, s: Surface, metric: str | None, log: bool,
         ax2 = ax.twinx()
         for m in right:
             v = finite_values(s, m)
-            ax2.plot(x, v, color=colour(m), lw=1.2, ls=":" if m.startswith(LINE_PREFIX) else "-.",
-                     marker=marker, ms=3, label=m)
+            ax2.plot(x, v, color=colour(m), lw=1.2, ls=":" if comparison(m) else "-.", marker=marker, ms=3, label=m)
         ax2.set_ylabel("accuracy")
         ax.set_zorder(ax2.get_zorder() + 1)  # losses and their notes above the accuracy lines
         ax.patch.set_visible(False)
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize=8, loc="best", framealpha=0.8)
-    names = [m for m in left + right if not m.startswith(LINE_PREFIX)] or left
+    names = [m for m in left + right if not comparison(m)] or left
+    others = sorted({comparison(m) for m in left + right} - {""}, key=COMPARISON_PREFIXES.index)
     note = ""
-    if any(m.startswith(LINE_PREFIX) for m in left + right) and len(names) < len(left + right):
-        note = "\n(dashed: the straight line between the end models)"
+    if others and len(names) < len(left + right):
+        styles = {"--": "dashed", ":": "dotted", "-.": "dash-dotted"}
+        note = "\n(" + "; ".join(f"{styles[_STYLE[p]]}: {_WHAT[p]}" for p in others) + ")"
     ax.set_title(figure_title(s, ", ".join(names)) + note)
     ax.grid(True, alpha=0.3)

@@ -33,6 +33,18 @@ _REFERENCE_PLACEHOLDER = -1.0
 LINE_PREFIX = "line_"
 """Prefix of the metrics of the straight line evaluated beside a curved path (``line_test_loss``)."""
 
+UNALIGNED_PREFIX = "unaligned_"
+"""Prefix of the metrics of the path through the models as given, beside the aligned path
+(``directions.align``: ``unaligned_test_loss``, ``unaligned_line_test_loss``)."""
+
+COMPARISON_PREFIXES = (UNALIGNED_PREFIX + LINE_PREFIX, UNALIGNED_PREFIX, LINE_PREFIX)
+"""Prefixes of the paths evaluated beside a file's own path, longest first."""
+
+
+def comparison(name: str) -> str:
+    """The comparison path ``name`` belongs to (a prefix of :data:`COMPARISON_PREFIXES`), or "" for the file's own."""
+    return next((p for p in COMPARISON_PREFIXES if name.startswith(p)), "")
+
 
 def _decode(value: Any) -> Any:
     """Turn an HDF5 attribute value into plain Python (str, int, float, list)."""
@@ -48,8 +60,8 @@ def _decode(value: Any) -> Any:
 
 
 def curve_metric(name: str) -> str:
-    """The metric of the curved path that ``name`` belongs to: ``line_test_loss`` -> ``test_loss``."""
-    return name[len(LINE_PREFIX):] if name.startswith(LINE_PREFIX) else name
+    """The metric of the file's own path that ``name`` compares with: ``line_test_loss`` -> ``test_loss``."""
+    return name[len(comparison(name)):]
 
 
 def best_is(name: str) -> str | None:
@@ -199,8 +211,8 @@ class Surface:
         return [m for m in self.metrics if m.endswith("_loss")]
 
     def split_losses(self) -> list[str]:
-        """The plain ``<split>_loss`` datasets (no ``line_`` ones), in split order."""
-        return [m for m in self.loss_metrics() if not m.startswith(LINE_PREFIX)]
+        """The plain ``<split>_loss`` datasets (no ``line_`` or ``unaligned_`` ones), in split order."""
+        return [m for m in self.loss_metrics() if not comparison(m)]
 
     def default_metric(self) -> str:
         """The first ``<split>_loss`` of the file, else its first metric."""
@@ -331,7 +343,8 @@ def _read(path: Path) -> Surface:
             base = curve_metric(n)
             split, _, rest = base.partition("_")
             kind = {"loss": 0, "acc": 1, "loss_stderr": 2}.get(rest, 3)
-            return (rank.get(split, len(rank)), kind, "" if kind < 3 else base, int(base != n))
+            return (rank.get(split, len(rank)), kind, "" if kind < 3 else base, COMPARISON_PREFIXES[::-1].index(
+                comparison(n)) + 1 if comparison(n) else 0)
 
         metrics: dict[str, np.ndarray] = {}
         for n in sorted(dict.fromkeys(names), key=order):

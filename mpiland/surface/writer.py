@@ -110,11 +110,17 @@ def create(path: Path, *, grid: Grid, metrics: list[str], splits: list[str], dir
 def _write_directions(f: h5py.File, directions: "Directions") -> None:
     """The directions group, the models' positions and the trajectory (docs/schema.md)."""
     g = f.create_group("directions")
+    own = directions.vectors[directions.rows("")]
     if directions.coefficient_map == "axes":
-        for axis, vec in zip("xy", directions.vectors):
+        for axis, vec in zip("xy", own):
             g.create_dataset(axis, data=vec.numpy(), compression="gzip", shuffle=True)
     else:
-        g.create_dataset("basis", data=directions.vectors.numpy(), compression="gzip", shuffle=True)
+        g.create_dataset("basis", data=own.numpy(), compression="gzip", shuffle=True)
+    for prefix in directions.blocks[1:]:  # e.g. the unaligned path beside an aligned one
+        g.create_dataset(f"{prefix}basis", data=directions.vectors[directions.rows(prefix)].numpy(),
+                         compression="gzip", shuffle=True)
+    if len(directions.blocks) > 1:
+        g.attrs["blocks"] = list(directions.blocks)
     g.attrs["coefficient_map"] = directions.coefficient_map
     g.attrs["names"] = list(directions.layout.names)
     g.attrs["shapes"] = json.dumps([list(s) for s in directions.layout.shapes])

@@ -37,12 +37,9 @@ the same operations on unpermuted tensors (before the first hidden layer, say)
 are fine.
 
 Public functions: :func:`permutation_spec`, :func:`match_states`,
-:func:`weight_matching`, :func:`aligned_state` and :func:`align`. None of them
-changes the models it is given: tracing runs on a copy, and the aligned state is
-a new ``state_dict``. The module itself may be called as :func:`align`
-(``ml.align(a, b)``): a package attribute named like a submodule is replaced by
-the submodule whenever that is imported, so ``ml.align`` is this module, made
-callable.
+:func:`weight_matching`, :func:`aligned_state` and :func:`align` (``ml.align``).
+None of them changes the models it is given: tracing runs on a copy, and the
+aligned state is a new ``state_dict``.
 """
 
 from __future__ import annotations
@@ -50,8 +47,6 @@ from __future__ import annotations
 import copy
 import importlib
 import operator
-import sys
-import types
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Union
 
@@ -739,13 +734,3 @@ def align(model_a: StateLike, model_b: StateLike, **kw: Any) -> dict[str, torch.
     :func:`weight_matching` does.
     """
     return aligned_state(model_b, weight_matching(model_a, model_b, **kw))
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`align` (so ``ml.align(a, b)`` and ``ml.align.weight_matching`` both work)."""
-
-    def __call__(self, model_a: StateLike, model_b: StateLike, **kw: Any) -> dict[str, torch.Tensor]:
-        return align(model_a, model_b, **kw)
-
-
-sys.modules[__name__].__class__ = _CallableModule
