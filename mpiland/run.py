@@ -417,15 +417,25 @@ def _bends_dir(job: Job, ends: tuple[str, str], spec: ConnectSpec) -> Path:
     return Path(ends[0]).parent / f"{a}-{b}-{spec.curve}{spec.bends}"
 
 
-def curve_job(job: Job, ends: tuple[str, str], bends: list[Path]) -> Job:
-    """The job that evaluates a trained curve: ``connect.curve`` through the ends and bends, with the line."""
+def curve_job(job: Job, ends: tuple[str, str], bends: list[Path], batchnorm: bool = False) -> Job:
+    """The job that evaluates a trained curve: ``connect.curve`` through the ends and bends, with the line.
+
+    With ``batchnorm`` (the model has BatchNorm layers), the statistics are recomputed at
+    every t (``model.bn = "recompute"``), as Garipov et al. evaluate their curves: the
+    bends' own running statistics were never trained.
+    """
     assert job.connect is not None
     if job.grid.y is not None:
         raise GridError("the curve is a 1D path from t = 0 to 1: remove grid.y from the job")
     directions = resolve_directions(replace(job.directions, kind=job.connect.curve, norm="auto", ignore="auto",
                                             models=(ends[0], *map(str, bends), ends[1]), compare_line=True,
                                             file=(), orthogonalize=False))
-    return replace(job, directions=directions)
+    model = job.model
+    if batchnorm and model.bn == "eval" and model.mode == "eval":
+        log.info("connect: the model has BatchNorm layers: recomputing their statistics at every t "
+                 "(model.bn = \"recompute\")")
+        model = replace(model, bn="recompute")
+    return replace(job, directions=directions, model=model)
 
 
 def run_connect(job: Job, ends: tuple[str, ...] = (), comm: Any = None, progress: str | None = None,
@@ -462,7 +472,8 @@ def run_connect(job: Job, ends: tuple[str, ...] = (), comm: Any = None, progress
                          progress=progress or job.run.progress, stop=flag)
         if result.stopped:
             return result, None
-        summary = run_job(curve_job(job, (a_path, b_path), result.paths), ranks, progress, flag)
+        has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        summary = run_job(curve_job(job, (a_path, b_path), result.paths, has_bn), ranks, progress, flag)
     return result, summary
 
 

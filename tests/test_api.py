@@ -383,3 +383,12 @@ def test_an_in_memory_surface_has_its_summary_and_analyses():
     assert "7/7 points done" in surf.summary()
     barrier = surf.barrier()
     assert barrier["metric"] == "data_loss" and np.isfinite(barrier["height"])
+
+
+def test_pca_labels_name_the_trajectory():
+    states = [_mlp(seed).state_dict() for seed in range(4)]
+    model = _mlp(9)
+    d = ml.directions.pca(states, model=model, labels=[f"epoch {i}" for i in range(4)])
+    assert d.trajectory.labels == ("epoch 0", "epoch 1", "epoch 2", "epoch 3")
+    with pytest.raises(ml.SettingsError, match="4 checkpoints"):
+        ml.directions.pca(states, model=model, labels=["a"])

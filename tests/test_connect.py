@@ -184,3 +184,16 @@ def test_two_ranks_train_the_same_curve(modes, tmp_path):
     assert done.returncode == 0, done.stderr
     a, b = torch.load(one / "bends" / "bend_1.pt"), torch.load(two / "bends" / "bend_1.pt")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5, "the same steps, summed over ranks"
+
+
+def test_a_curve_through_batchnorm_models_is_evaluated_with_recomputed_statistics(modes, tmp_path):
+    from mpiland.jobfile import load_job
+    from mpiland.run import curve_job
+
+    job = load_job(_job(tmp_path, modes))
+    ends = (str(modes["dir"] / "a.pt"), str(modes["dir"] / "b.pt"))
+    plain = curve_job(job, ends, [tmp_path / "bend_1.pt"])
+    with_bn = curve_job(job, ends, [tmp_path / "bend_1.pt"], batchnorm=True)
+    assert plain.model.bn == "eval" and with_bn.model.bn == "recompute"
+    assert with_bn.directions.kind == "bezier" and with_bn.directions.compare_line
+    assert with_bn.directions.models == (ends[0], str(tmp_path / "bend_1.pt"), ends[1])

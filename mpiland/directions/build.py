@@ -209,12 +209,15 @@ def polychain(*models: ModelLike, model: nn.Module | None = None, compare_line: 
 
 def pca(checkpoints: Sequence[ModelLike] | str, *, model: nn.Module | None = None, dims: int = 2,
         ignore: str = "none", include: Sequence[str] = (), exclude: Sequence[str] = (),
-        states: bool = False) -> Directions:
+        states: bool = False, labels: Sequence[str] | None = None) -> Directions:
     """The top principal directions of a training trajectory around θ* (Li et al. 2018, section 7).
 
     ``checkpoints``: the trajectory's models in order, or a glob such as
     ``"runs/epoch_*.pt"`` (natural order). θ* is ``model``'s state when given, else the
-    last checkpoint. The checkpoints' projections are the trajectory of the plots.
+    last checkpoint. The checkpoints' projections are the trajectory of the plots,
+    labelled by ``labels`` (e.g. ``[f"epoch {i}" for i in ...]``), else by file stems
+    or ``checkpoint i``. Raises SettingsError for fewer than 2 checkpoints or a
+    ``labels`` list of another length.
     """
     items: list[Any] = expand_checkpoints([checkpoints]) if isinstance(checkpoints, str) else list(checkpoints)
     if len(items) < 2:
@@ -229,8 +232,12 @@ def pca(checkpoints: Sequence[ModelLike] | str, *, model: nn.Module | None = Non
     settings = spec.relevant()
     settings["models"] = [label for _, label, _, _ in found]
     stems = [Path(label).stem if source else f"checkpoint {i}" for i, (_, label, source, _) in enumerate(found)]
-    labels = stems if len(set(stems)) == len(stems) else [f"checkpoint {i}" for i in range(len(found))]
-    return pca_directions(final, layout, spec, [v for v, _, _, _ in found], labels, _dims(dims), settings,
+    names = stems if len(set(stems)) == len(stems) else [f"checkpoint {i}" for i in range(len(found))]
+    if labels is not None:
+        names = [str(x) for x in labels]
+        if len(names) != len(found):
+            raise SettingsError(f"pca: {len(names)} labels for {len(found)} checkpoints; give one label each")
+    return pca_directions(final, layout, spec, [v for v, _, _, _ in found], names, _dims(dims), settings,
                           tuple(s for _, _, s, _ in found if s is not None))
 
 
