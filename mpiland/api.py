@@ -13,10 +13,13 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import sys
 import tempfile
+import traceback
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -24,7 +27,8 @@ from torch import nn
 from .comm import Comm, agree, world
 from .curves import CurveResult
 from .curves import connect as train_curve
-from .data import as_splits, as_tensors
+from .data import as_splits, as_tensors, bn_inputs
+from .digest import tensors_digest
 from .directions import Directions
 from .engine.metrics import Metric, check_name
 from .errors import GridError, ModelError, SettingsError
@@ -34,21 +38,15 @@ from .layout import ParamLayout
 from .result import Surface
 from .result import open as open_surface
 from .run import Problem, RunSummary, run_landscape
-from .lossfns import BUILTIN_LOSSES
+from .lossfns import loss_function
 from .models import read_state_dict
-from .spec import LOSSES, PATH_KINDS, ConnectSpec, Job
-from .userimport import resolve_callable
+from .spec import PATH_KINDS, ConnectSpec, Job
+from .userimport import qualified_name
 
 __all__ = ["connect", "landscape"]
 
 AxisLike = tuple[float, float, int] | Sequence[float] | int
 """An axis: ``(min, max, num)``, or a bare ``num`` for a range that covers the models of a path."""
-
-
-def _name_of(obj: Any) -> str:
-    """``module:qualname`` of a callable or of an object's class (what the file records)."""
-    target = obj if callable(obj) and hasattr(obj, "__qualname__") else type(obj)
-    return f"{getattr(target, '__module__', None) or 'unknown'}:{getattr(target, '__qualname__', type(obj).__name__)}"
 
 
 def _axis(name: str, value: Any) -> Any:
@@ -61,16 +59,9 @@ def _axis(name: str, value: Any) -> Any:
 
 
 def _loss(loss: Any) -> tuple[str, Any]:
-    """The loss's recorded name, and the callable (None for a built-in)."""
-    if isinstance(loss, str):
-        if loss in LOSSES or ":" in loss:
-            return loss, None
-        raise SettingsError(f"loss={loss!r}: give one of {', '.join(LOSSES)}, 'module:callable' or a callable "
-                            "(outputs, targets) -> per-sample losses")
-    if callable(loss):
-        return _name_of(loss), loss
-    raise SettingsError(f"loss is a {type(loss).__name__}; give a loss name or a callable (outputs, targets) -> "
-                        "per-sample losses")
+    """The loss's recorded name, and the callable (None for a name the engine resolves itself)."""
+    name, fn = loss_function(loss)
+    return (name, None) if isinstance(loss, str) else (name, fn)
 
 
 def _metrics(metrics: Mapping[str, Any] | None) -> tuple[dict[str, str], dict[str, Any]]:
@@ -87,7 +78,7 @@ def _metrics(metrics: Mapping[str, Any] | None) -> tuple[dict[str, str], dict[st
         if not isinstance(fn, str) and not callable(fn) and not stateful:
             raise SettingsError(f"metric {name!r} is a {type(fn).__name__}; give a callable (outputs, targets) -> "
                                 "tensor, or an object with update() and compute()")
-        names[name] = fn if isinstance(fn, str) else _name_of(fn)
+        names[name] = fn if isinstance(fn, str) else qualified_name(fn)
     return names, dict(metrics)
 
 
@@ -104,14 +95,14 @@ def _job(model: nn.Module, directions: Directions, split_names: list[str], x: An
     kind = str(spec.get("kind", "random"))
     recorded = {k: v for k, v in spec.items() if k in ("kind", "seed", "norm", "ignore", "include", "exclude",
                                                           "orthogonalize", "models", "file", "states",
-                                                          "compare_line")}
+                                                          "compare_line", "align")}
     if kind == "hessian":
         recorded.pop("norm", None)
     if kind in PATH_KINDS and kind != "pca":
         recorded.pop("ignore", None)
     table: dict[str, Any] = {
         "name": name,
-        "model": {"factory": _name_of(model), "dtype": _dtype(model)},
+        "model": {"factory": qualified_name(model), "dtype": _dtype(model)},
         "data": {"splits": split_names, "batch_size": batch_size, "memory_budget_mb": memory_budget_mb},
         "loss": {"name": loss_name, "metrics": metric_names},
         "directions": recorded,
@@ -122,8 +113,57 @@ def _job(model: nn.Module, directions: Directions, split_names: list[str], x: An
     if settings:
         if not isinstance(settings, Mapping) or not all(isinstance(k, str) and "." in k for k in settings):
             raise SettingsError("settings: give job-file keys as 'section.key', e.g. {'run.points_per_pass': 4}")
+        for key in settings:
+            _check_setting(key)
         table = apply_overrides(table, [], dict(settings))
     return job_from_table(table, source="<python>", data_given=True)
+
+
+_FROM_ARGUMENTS = {"data": "the data argument (and batch_size, memory_budget_mb)", "directions": "the directions",
+                   "train": "training your model before the call", "connect": "ml.connect",
+                   "grid.x": "x", "grid.y": "y", "output.path": "out", "loss.name": "loss", "loss.metrics": "metrics",
+                   "model.factory": "the model argument", "model.kwargs": "the model argument",
+                   "model.checkpoint": "loading the checkpoint into the model first",
+                   "model.seed": "the model argument"}
+"""Job keys a Python call gives through its arguments: a ``settings`` entry for them would be ignored."""
+_ALLOWED_DATA = ("data.batch_size", "data.memory_budget_mb")
+
+
+def _check_setting(key: str) -> None:
+    """Refuse a ``settings`` key that the call's arguments decide, rather than record it and ignore it."""
+    if key in _ALLOWED_DATA:
+        return
+    for prefix, instead in _FROM_ARGUMENTS.items():
+        if key == prefix or key.startswith(prefix + "."):
+            raise SettingsError(f"settings: {key} is given from Python by {instead}, not by settings; remove it")
+
+
+def _bn_data(job: Job, data: Any, given: Any, batch_size: int) -> torch.Tensor | None:
+    """The inputs that recompute BatchNorm statistics at every point (``model.bn = "recompute"``)."""
+    if job.model.bn != "recompute":
+        return None
+    if given is None:
+        if not (isinstance(data, Mapping) and "train" in data):
+            raise SettingsError('model.bn = "recompute" re-estimates BatchNorm statistics from training data: '
+                                "pass bn_data=..., or a 'train' split in data")
+        given = data["train"]
+    split = as_tensors(given, "bn_data", batch_size)
+    return bn_inputs(split, job.model.bn_batches, job.data.batch_size, job.data.seed)
+
+
+@contextmanager
+def _abort_on_failure(ranks: Comm) -> Iterator[None]:
+    """Under several ranks, end the whole MPI job on an error only some ranks have (the others would wait
+    for them forever); an agreed error, which every rank raises alike, is raised as usual."""
+    try:
+        yield
+    except BaseException as exc:
+        if ranks.Get_size() > 1 and not getattr(exc, "agreed", False) and not isinstance(exc, SystemExit):
+            traceback.print_exception(exc, file=sys.stderr)
+            print(f"error (rank {ranks.Get_rank()}): {exc.__class__.__name__}: {exc}; aborting all ranks",
+                  file=sys.stderr, flush=True)
+            ranks.Abort(1)
+        raise
 
 
 def _check_dims(directions: Directions, job: Job) -> None:
@@ -138,7 +178,8 @@ def landscape(model: nn.Module, directions: Directions, data: Any, x: AxisLike =
               y: AxisLike | None = None, *, loss: Any = "cross_entropy", metrics: Mapping[str, Any] | None = None,
               out: str | os.PathLike[str] | None = None, overwrite: bool = False, comm: Comm | None = None,
               batch_size: int = 512, memory_budget_mb: float = 1024.0, device: str = "auto",
-              progress: str = "auto", name: str = "", settings: Mapping[str, Any] | None = None) -> Surface | None:
+              progress: str = "auto", name: str = "", settings: Mapping[str, Any] | None = None,
+              bn_data: Any = None) -> Surface | None:
     """Loss and accuracy of ``model`` at θ(a, b) = origin + a·δ + b·η over a grid; the surface back.
 
     Parameters:
@@ -167,7 +208,11 @@ def landscape(model: nn.Module, directions: Directions, data: Any, x: AxisLike =
         progress: ``auto`` (a bar, a widget in Jupyter), ``bar``, ``lines`` or ``none``.
         name: the landscape's name in plots and summaries.
         settings: any other job-file key by its name, e.g. ``{"run.points_per_pass": 4,
-            "hessian.enabled": True, "model.mode": "train"}`` (docs/jobfile.md).
+            "hessian.enabled": True, "model.mode": "train"}`` (docs/jobfile.md); keys the arguments
+            give (data, directions, grid axes, output, loss, model) are refused rather than ignored.
+        bn_data: training data whose inputs re-estimate BatchNorm statistics at every point with
+            ``settings={"model.bn": "recompute"}`` (tensors, a Dataset or a loader; default: the
+            ``train`` split of ``data``); ``model.bn_batches`` batches of ``batch_size`` are drawn.
 
     Returns:
         The :class:`~mpiland.result.Surface` on rank 0 (on an interrupted run, the points done so far);
@@ -178,7 +223,9 @@ def landscape(model: nn.Module, directions: Directions, data: Any, x: AxisLike =
         fix: ModelError (directions made for another model), DataError (empty loader, wrong batch
         structure, data that does not fit the model), MetricError (a loss or metric of the wrong shape),
         SettingsError/JobFileError/GridError (bad arguments), SurfaceFileError (``out`` belongs to
-        another landscape). Under ``comm`` every rank raises the same error.
+        another landscape). Under ``comm``, a set-up error is raised by every rank alike; an error only
+        some ranks meet while evaluating (a model failing at one point) aborts the MPI job, as
+        ``mpiland run`` does, since the other ranks would otherwise wait for them forever.
     """
     ranks = world(comm)
     if not isinstance(model, nn.Module):
@@ -206,11 +253,14 @@ def landscape(model: nn.Module, directions: Directions, data: Any, x: AxisLike =
                 if ParamLayout.from_model(model, directions.layout.states) != directions.layout:
                     raise ModelError("the directions were made for another model (parameter names or shapes "
                                      "differ); build them from this model")
+                bn = _bn_data(job, data, bn_data, batch_size)
                 return Problem(copy.deepcopy(model), directions, list(splits), loss_fn=loss_fn,
-                               metrics=metric_objects)
+                               metrics=metric_objects, bn_data=bn,
+                               digests={} if bn is None else {"bn_data": tensors_digest(bn)})
             return agree(own, make)
 
-        summary: RunSummary = run_landscape(job, build, ranks)
+        with _abort_on_failure(ranks):
+            summary: RunSummary = run_landscape(job, build, ranks)
         if ranks.Get_rank() != 0:
             return None
         surface = open_surface(summary.path)
@@ -266,15 +316,9 @@ def connect(model: nn.Module, a: Any, b: Any, data: Any, *, curve: str = "bezier
         raise ModelError(f"model is a {type(model).__name__}; give an nn.Module of the ends' architecture")
     spec = ConnectSpec(curve=curve, bends=bends, epochs=epochs, lr=lr, momentum=momentum,
                        weight_decay=weight_decay, batch_size=batch_size, seed=seed)
-    if callable(loss):
-        loss_fn = loss
-    elif isinstance(loss, str) and loss in BUILTIN_LOSSES:
-        loss_fn = BUILTIN_LOSSES[loss]
-    elif isinstance(loss, str) and ":" in loss:
-        loss_fn = resolve_callable(loss, "loss", SettingsError)
-    else:
-        raise SettingsError(f"loss={loss!r}: give one of {', '.join(LOSSES)}, 'module:callable' or a callable")
+    loss_name, loss_fn = loss_function(loss)
     ends = agree(ranks, lambda: (_state(a, "first end"), _state(b, "second end"),
                                  as_tensors(data, "train", batch_size)))
-    return train_curve(model, ends[0], ends[1], ends[2], loss_fn, spec, checkpoint_dir, comm=ranks,
-                       progress=progress)
+    with _abort_on_failure(ranks):
+        return train_curve(model, ends[0], ends[1], ends[2], loss_fn, spec, checkpoint_dir, loss_name=loss_name,
+                           comm=ranks, progress=progress)

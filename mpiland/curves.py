@@ -20,8 +20,9 @@ resumes from there, and a finished one is not trained again.
 Under MPI the ranks share each step's batch (data parallel): every rank uses the
 same t and a fixed slice of the batch, and the gradients are summed over ranks.
 Data rather than t parallelism keeps each step's estimator the one a single
-process takes (one t per batch, as in the paper), so the bends do not depend on
-the number of ranks beyond rounding.
+process takes (one t per batch, as in the paper), so for models without BatchNorm
+or dropout the bends do not depend on the number of ranks beyond rounding (with
+them, batch statistics and dropout masks are per rank's slice of the batch).
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm.std import tqdm
 
 from .comm import Comm, agree, world
 from .data import Split
@@ -48,7 +48,7 @@ from .digest import tensors_digest
 from .errors import CheckpointError, SettingsError
 from .layout import ParamLayout, state_vector
 from .lossfns import LossFn
-from .progress import in_notebook
+from .progress import bar_class, in_notebook
 from .spec import CURVES, ConnectSpec
 
 log = logging.getLogger("mpiland")
@@ -88,10 +88,12 @@ def _lr_factor(progress: float) -> float:
     return 0.01
 
 
-def _config(spec: ConnectSpec, a: torch.Tensor, b: torch.Tensor, split: Split, layout: ParamLayout) -> str:
-    """What the saved training state must match to be resumed (ends, data, settings, layout)."""
+def _config(spec: ConnectSpec, a: torch.Tensor, b: torch.Tensor, split: Split, layout: ParamLayout,
+            loss_name: str) -> str:
+    """What the saved training state must match to be resumed (ends, data, loss, settings, layout)."""
     settings = {k: getattr(spec, k) for k in ("curve", "bends", "epochs", "lr", "momentum", "weight_decay",
                                                 "batch_size", "seed")}
+    settings["loss"] = loss_name
     text = json.dumps([settings, list(layout.names), tensors_digest(a, b, split.inputs, split.targets)])
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -113,54 +115,61 @@ def _bend_state(template: dict[str, torch.Tensor], layout: ParamLayout, vector: 
 def _check(spec: ConnectSpec) -> None:
     if spec.curve not in CURVES:
         raise SettingsError(f"connect.curve = {spec.curve!r}: choose {' or '.join(CURVES)}")
-    if spec.bends < 1 or spec.epochs < 1 or spec.batch_size < 1:
-        raise SettingsError("connect: bends, epochs and batch_size must be at least 1")
+    for key in ("bends", "epochs", "batch_size", "seed"):
+        value = getattr(spec, key)
+        if isinstance(value, bool) or not isinstance(value, int) or (value < 1 and key != "seed"):
+            raise SettingsError(f"connect: {key} = {value!r}; give an integer" + (" of at least 1" if key != "seed" else ""))
+    for key in ("lr", "momentum", "weight_decay"):
+        value = getattr(spec, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 \
+                or (key == "lr" and value == 0):
+            raise SettingsError(f"connect: {key} = {value!r}; give a finite number" + (" > 0" if key == "lr" else " >= 0"))
 
 
 def connect(model: nn.Module, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], split: Split,
             loss_fn: LossFn, spec: ConnectSpec, checkpoint_dir: str | os.PathLike[str] | None, *,
-            comm: Comm | None = None, progress: str = "auto", stop: Callable[[], bool] | None = None) -> CurveResult:
+            loss_name: str = "", comm: Comm | None = None, progress: str = "auto",
+            stop: Callable[[], bool] | None = None) -> CurveResult:
     """Train the bends of ``spec.curve`` between the models ``a`` and ``b`` (state dicts of ``model``'s
     architecture) on ``split``; save them in ``checkpoint_dir`` (None: keep them in memory only),
     resuming what a previous run saved there.
 
-    ``model`` is only a template: it is copied, never changed. ``stop()`` True ends
-    the run after the current step with the state saved (``stopped`` in the result).
-    Raises SettingsError for bad settings, CheckpointError when ``checkpoint_dir``
-    holds the training state of another curve.
+    ``model`` is only a template: it is copied, never changed; training runs on its
+    device and in its dtype. ``loss_name`` names the loss in the saved state, so a
+    resume with another loss is refused. ``stop()`` True ends the run after the
+    current step with the state saved (``stopped`` in the result). Raises
+    SettingsError for bad settings, CheckpointError when ``checkpoint_dir`` holds the
+    training state of another curve.
     """
     _check(spec)
     ranks = world(comm)
-    rank, size = ranks.Get_rank(), ranks.Get_size()
+    rank = ranks.Get_rank()
     out = Path(checkpoint_dir) if checkpoint_dir is not None else None
     work = _copy(model, a)
+    template = _copy(model, a).state_dict()  # the bends' buffers: the first end's (recomputed when evaluated)
     layout = ParamLayout.from_model(work)
+    first = next(work.parameters())
     theta_a = state_vector(work, layout)
     theta_b = state_vector(_copy(model, b), layout)
     if float((theta_b - theta_a).norm()) == 0.0:
         raise SettingsError("connect: the two end models are the same; give two different modes")
-    config = _config(spec, theta_a, theta_b, split, layout)
+    config = _config(spec, theta_a, theta_b, split, layout, loss_name)
     n = spec.bends
     line = [theta_a + (i / (n + 1)) * (theta_b - theta_a) for i in range(1, n + 1)]
-    bends = nn.Parameter(torch.stack(line).to(torch.float32))
+    bends = nn.Parameter(torch.stack(line).to(device=first.device, dtype=first.dtype))
     opt = torch.optim.SGD([bends], lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
-    epoch, step, partial, losses = 0, 0, 0.0, []
-    saved = agree(ranks, lambda: _read_state(out, config) if rank == 0 and out is not None else None)
-    saved = ranks.bcast(saved, root=0)
-    if saved is not None:
-        epoch, step, partial = int(saved["epoch"]), int(saved["step"]), float(saved["partial"])
-        losses = [float(v) for v in saved["losses"]]
-        with torch.no_grad():
-            bends.copy_(saved["bends"])
-        if "momentum" in saved:
-            opt.state[bends]["momentum_buffer"] = saved["momentum"].clone()
-        if rank == 0 and epoch < spec.epochs:
-            log.info("connect: resuming %s in epoch %d of %d", out, epoch + 1, spec.epochs)
-    ends = (theta_a.to(torch.float32), theta_b.to(torch.float32))
+    saved = ranks.bcast(agree(ranks, lambda: _read_state(out, config) if rank == 0 and out is not None else None),
+                        root=0)
+    epoch, step, partial, losses = _resume(saved, bends, opt)
+    if saved is not None and rank == 0 and epoch < spec.epochs:
+        log.info("connect: resuming %s in epoch %d of %d", out, epoch + 1, spec.epochs)
+    ends = (theta_a.to(bends), theta_b.to(bends))
+    train = _Training(work, layout, ends, bends, opt, split, loss_fn, spec, ranks)
     stopped = False
     batches = -(-len(split) // spec.batch_size)
     bar = _bar(spec.epochs * batches, epoch * batches + step, progress) if rank == 0 else None
-    with torch.random.fork_rng(devices=[]):
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
         while epoch < spec.epochs and not stopped:
             for group in opt.param_groups:
                 group["lr"] = spec.lr * _lr_factor(epoch / spec.epochs)
@@ -171,26 +180,7 @@ def connect(model: nn.Module, a: dict[str, torch.Tensor], b: dict[str, torch.Ten
             for k in range(step, batches):
                 torch.manual_seed((spec.seed * 100003 + epoch) * 100003 + k)  # dropout: the same after a resume
                 idx = order[k * spec.batch_size: (k + 1) * spec.batch_size]
-                mine = idx[rank * len(idx) // size: (rank + 1) * len(idx) // size]
-                opt.zero_grad(set_to_none=True)
-                weights = torch.tensor(curve_weights(spec.curve, float(ts[k]), n), dtype=torch.float32)
-                theta = weights[0] * ends[0] + weights[-1] * ends[1] + (weights[1:-1, None] * bends).sum(dim=0)
-                params = dict(zip(layout.names, layout.views(theta)))
-                work.train()
-                if len(mine):
-                    out_k = torch.func.functional_call(work, params, (split.inputs[mine],))
-                    # a mean over the slice's units (samples, tokens, or one batch mean) weighted by its samples
-                    loss_sum = torch.as_tensor(loss_fn(out_k, split.targets[mine])).float().mean() * len(mine)
-                else:
-                    loss_sum = theta.sum() * 0
-                (loss_sum / len(idx)).backward()
-                batch_loss = float(loss_sum.detach())
-                if size > 1:
-                    assert bends.grad is not None
-                    grad = ranks.allreduce(bends.grad.numpy())
-                    bends.grad = torch.from_numpy(np.asarray(grad, dtype=np.float32))
-                    batch_loss = float(ranks.allreduce(batch_loss))
-                opt.step()
+                batch_loss = train.step(idx, float(ts[k]))
                 total += batch_loss
                 step = k + 1
                 if bar is not None:
@@ -206,14 +196,67 @@ def connect(model: nn.Module, a: dict[str, torch.Tensor], b: dict[str, torch.Ten
                 if rank == 0:
                     log.info("connect: epoch %d/%d, mean curve loss %.4f", epoch, spec.epochs, losses[-1])
             if rank == 0 and out is not None:
-                _write(out, config, work.state_dict(), layout, bends, opt, epoch, step, losses, partial)
+                _write(out, config, template, layout, bends, opt, epoch, step, losses, partial)
     if bar is not None:
         bar.close()
-    template = _copy(model, a).state_dict()
     states = [_bend_state(template, layout, bends[i]) for i in range(n)]
     paths = [out / f"bend_{i + 1}.pt" for i in range(n)] if out is not None else []
     ranks.Barrier()
     return CurveResult(paths, states, losses, stopped)
+
+
+def _resume(saved: dict[str, Any] | None, bends: nn.Parameter,
+            opt: torch.optim.Optimizer) -> tuple[int, int, float, list[float]]:
+    """Epoch, step, partial loss sum and losses of a saved state, loaded into the bends and the optimizer."""
+    if saved is None:
+        return 0, 0, 0.0, []
+    with torch.no_grad():
+        bends.copy_(saved["bends"])
+    if "momentum" in saved:
+        opt.state[bends]["momentum_buffer"] = saved["momentum"].to(bends).clone()
+    return int(saved["epoch"]), int(saved["step"]), float(saved["partial"]), [float(v) for v in saved["losses"]]
+
+
+@dataclass
+class _Training:
+    """One SGD step of the bends: θ(t) on the curve, the loss of this rank's slice of the batch, the gradient
+    summed over ranks."""
+
+    work: nn.Module
+    layout: ParamLayout
+    ends: tuple[torch.Tensor, torch.Tensor]
+    bends: nn.Parameter
+    opt: torch.optim.Optimizer
+    split: Split
+    loss_fn: LossFn
+    spec: ConnectSpec
+    ranks: Comm
+
+    def step(self, idx: torch.Tensor, t: float) -> float:
+        """Take the step for batch ``idx`` at ``t``; return the batch's summed loss (over all ranks)."""
+        rank, size = self.ranks.Get_rank(), self.ranks.Get_size()
+        mine = idx[rank * len(idx) // size: (rank + 1) * len(idx) // size]
+        self.opt.zero_grad(set_to_none=True)
+        w = torch.as_tensor(curve_weights(self.spec.curve, t, self.spec.bends)).to(self.bends)
+        theta = w[0] * self.ends[0] + w[-1] * self.ends[1] + (w[1:-1, None] * self.bends).sum(dim=0)
+        self.work.train()
+        if len(mine):
+            x = self.split.inputs[mine].to(self.bends.device)
+            out = torch.func.functional_call(self.work, dict(zip(self.layout.names, self.layout.views(theta))), (x,))
+            # a mean over the slice's units (samples, tokens, or one batch mean) weighted by its samples
+            values = torch.as_tensor(self.loss_fn(out, self.split.targets[mine].to(self.bends.device)))
+            loss_sum = values.to(self.bends.dtype).mean() * len(mine)
+        else:
+            loss_sum = theta.sum() * 0
+        (loss_sum / len(idx)).backward()
+        batch_loss = float(loss_sum.detach())
+        if size > 1:
+            assert self.bends.grad is not None
+            grad = self.ranks.allreduce(self.bends.grad.cpu().numpy())
+            self.bends.grad = torch.from_numpy(np.asarray(grad)).to(self.bends)
+            batch_loss = float(self.ranks.allreduce(batch_loss))
+        self.opt.step()
+        return batch_loss
 
 
 def _copy(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
@@ -229,10 +272,11 @@ def _copy(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
 def _bar(total: int, initial: int, progress: str) -> Any:
     """A bar over training steps with the running curve loss: for ``bar``, and for ``auto`` on a terminal or
     in Jupyter; None otherwise (``lines`` and logs get one line per epoch from the logger)."""
-    live = progress == "bar" or (progress == "auto" and (sys.stderr.isatty() or in_notebook()))
+    notebook = in_notebook()
+    live = progress == "bar" or (progress == "auto" and (sys.stderr.isatty() or notebook))
     if not live:
         return None
-    return tqdm(total=total, initial=initial, unit="step", desc="connect", leave=True)
+    return bar_class(notebook)(total=total, initial=initial, unit="step", desc="connect", leave=True)
 
 
 def _read_state(out: Path, config: str) -> dict[str, Any] | None:

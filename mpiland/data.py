@@ -23,7 +23,7 @@ from typing import Any, Iterator, Mapping, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler
 
 from .errors import DataError
 from .spec import DataSpec
@@ -162,10 +162,24 @@ class Stream:
     loader: DataLoader[Any]
 
     def batches(self) -> Iterator[tuple[Inputs, torch.Tensor]]:
-        """``(inputs, targets)`` batches on the host, in the loader's (sequential) order."""
+        """``(inputs, targets)`` batches on the host, in the loader's (sequential) order.
+
+        The dataset is read under a fixed seed of its own (the caller's random state is
+        restored afterwards), so random choices made in the main process are the same at
+        every point; a loader's error is one :class:`DataError`.
+        """
         where = f"data split {self.name!r}"
-        for batch in self.loader:
-            yield split_batch(batch, where)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            try:
+                for batch in self.loader:
+                    yield split_batch(batch, where)
+            except DataError:
+                raise
+            except Exception as exc:  # the user's dataset, collate function or workers
+                first = str(exc).strip().splitlines()
+                raise DataError(f"{where}: reading the loader raised {exc.__class__.__name__}"
+                                f"{': ' + first[0] if first else ''}; check the dataset and its collate_fn") from exc
 
 
 def own_generator() -> torch.Generator:
@@ -199,7 +213,16 @@ def stream_loader(loader: DataLoader[Any], name: str) -> Stream:
     shuffled = isinstance(loader.sampler, RandomSampler)
     if shuffled:
         log.info("data split %r: evaluated in dataset order (the loader's shuffling is not used)", name)
-    sampler = None if shuffled else loader.sampler  # None: sequential
+    sampler: Any = None if shuffled else loader.sampler  # None: sequential
+    batch_sampler: Any = loader.batch_sampler
+    if not isinstance(dataset, IterableDataset):
+        # Another random sampler (a subset, weighted sampling, a custom batch sampler) is drawn once, with a
+        # generator of its own, and that draw is used at every point: the same samples everywhere, and the
+        # caller's random state untouched.
+        if sampler is not None and not isinstance(sampler, SequentialSampler):
+            sampler = _drawn_once(sampler)
+        if batch_sampler is not None and loader.batch_size is None:
+            batch_sampler = _drawn_once(batch_sampler)
     if isinstance(dataset, IterableDataset):
         own = DataLoader(dataset, batch_size=loader.batch_size, drop_last=loader.drop_last, **options)
     elif loader.batch_sampler is None:  # automatic batching off: the dataset yields batches
@@ -208,8 +231,15 @@ def stream_loader(loader: DataLoader[Any], name: str) -> Stream:
         own = DataLoader(dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last,
                          **options)
     else:  # the caller's own batch sampler decides the batches
-        own = DataLoader(dataset, batch_sampler=loader.batch_sampler, **options)
+        own = DataLoader(dataset, batch_sampler=batch_sampler, **options)
     return Stream(name, own)
+
+
+def _drawn_once(sampler: Any) -> list[Any]:
+    """The indices (or batches of indices) ``sampler`` yields, drawn once under a seeded random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return list(sampler)
 
 
 def as_split(obj: Any, name: str, batch_size: int) -> "Split | Stream":
@@ -255,3 +285,11 @@ def as_tensors(obj: Any, name: str, batch_size: int) -> Split:
     if not inputs:
         raise DataError(f"data split {name!r}: the loader yields no batches; give it a non-empty dataset")
     return Split(name, torch.cat(inputs), torch.cat(targets))
+
+
+def bn_inputs(split: Split, batches: int, batch_size: int, seed: int) -> torch.Tensor:
+    """The training inputs that re-estimate BatchNorm statistics (``model.bn = "recompute"``): ``batches``
+    batches of ``batch_size`` samples drawn without replacement by a generator seeded with ``seed``."""
+    n = min(len(split), batches * batch_size)
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n]
+    return split.inputs[order]

@@ -7,14 +7,14 @@ weights a mean per batch by the batch's size).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-from .errors import JobFileError
+from .errors import JobFileError, SettingsError
 from .spec import LossSpec
-from .userimport import resolve_callable
+from .userimport import qualified_name, resolve_callable
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -40,3 +40,15 @@ def resolve_loss(spec: LossSpec) -> LossFn:
     if spec.name in BUILTIN_LOSSES:
         return BUILTIN_LOSSES[spec.name]
     return resolve_callable(spec.name, "loss.name", JobFileError)
+
+
+def loss_function(loss: Any) -> tuple[str, LossFn]:
+    """The recorded name and the function of a loss given from Python: a built-in name, a ``module:callable``
+    string or a callable ``(outputs, targets)``; SettingsError otherwise."""
+    if isinstance(loss, str) and (loss in BUILTIN_LOSSES or ":" in loss):
+        return loss, resolve_loss(LossSpec(name=loss)) if loss in BUILTIN_LOSSES else resolve_callable(
+            loss, "loss", SettingsError)
+    if callable(loss):
+        return qualified_name(loss), loss
+    raise SettingsError(f"loss={loss!r}: give one of {', '.join(BUILTIN_LOSSES)}, 'module:callable' or a callable "
+                        "(outputs, targets) -> per-sample losses")

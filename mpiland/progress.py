@@ -49,7 +49,7 @@ def in_notebook() -> bool:
     return type(shell).__name__ == "ZMQInteractiveShell"
 
 
-def _bar_class(notebook: bool) -> Any:
+def bar_class(notebook: bool) -> Any:
     """tqdm's widget class in a notebook with ipywidgets, else its text bar.
 
     (``tqdm.auto`` makes the same choice, but when it is imported, and warns on
@@ -95,7 +95,7 @@ class Progress:
         self._shown = -1  # points done at the last line written (mode lines)
         self._bar: Any = None
         if mode == "bar":
-            bar = _bar_class(notebook)
+            bar = bar_class(notebook)
             self._bar = bar(total=total, initial=already, desc=label.strip() or None, unit="point",
                             file=self.stream, dynamic_ncols=True, mininterval=0.2, smoothing=0.1,
                             leave=True, disable=False)

@@ -57,13 +57,17 @@ from torch import fx, nn
 
 from .errors import DependencyError, ModelError
 
-try:  # scipy (a dependency of mpiland, untyped) by name, so the rest imports where an environment lacks it
-    _optimize: Any = importlib.import_module("scipy.optimize")
-except ImportError:  # pragma: no cover - only without scipy
-    _optimize = None
-
 __all__ = ["Alignment", "PermutationGroup", "PermutationSpec", "PermutedAxis", "align", "aligned_state",
            "match_states", "permutation_spec", "weight_matching"]
+
+
+def _scipy_optimize() -> Any:
+    """``scipy.optimize``, imported when a matching is solved: not when mpiland loads this module (a run that
+    aligns nothing, or only evaluates, keeps SciPy out of the process)."""
+    try:
+        return importlib.import_module("scipy.optimize")
+    except ImportError:
+        raise DependencyError("align: weight matching needs scipy; pip install scipy") from None
 
 StateLike = Union[nn.Module, Mapping[str, torch.Tensor]]
 """A model for alignment: a module (its ``state_dict()``) or a ``state_dict``."""
@@ -625,8 +629,7 @@ def match_states(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor], sta
     Raises ModelError for states of another architecture, DependencyError
     without scipy, ValueError for ``max_iter`` < 1.
     """
-    if _optimize is None:
-        raise DependencyError("align: weight matching needs scipy; pip install scipy")
+    optimize = _scipy_optimize()
     if max_iter < 1:
         raise ValueError(f"max_iter must be at least 1, got {max_iter}")
     _check_shapes(spec, state_a, state_b)
@@ -675,7 +678,7 @@ def match_states(spec: PermutationSpec, state_a: Mapping[str, torch.Tensor], sta
                 b = permuted_b(ax.key, (ax.axis, g.name)).movedim(ax.axis, 0).reshape(n, -1)
                 cost += a @ b.t()
             c = cost.numpy()
-            _, cols = _optimize.linear_sum_assignment(c, maximize=True)
+            _, cols = optimize.linear_sum_assignment(c, maximize=True)
             rows = np.arange(n)
             old = float(c[rows, perms[g.name].numpy()].sum())
             new = float(c[rows, cols].sum())

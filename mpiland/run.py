@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -28,27 +28,23 @@ import torch
 
 from . import surface
 from .analysis.measures import format_number, store_derived
-from .data import Split, Stream, load_split
+from .comm import Comm, agree, isolated, mpi_module, world
+from .curves import CurveResult, connect
+from .data import Split, Stream, bn_inputs, load_split
 from .directions import CurvatureInputs, Directions, make_directions
 from .engine import EngineOptions, Evaluator, resolve_loss
 from .engine.losses import LossFn
-from .comm import Comm, agree, isolated, mpi_module, world
-from .errors import CheckpointError, GridError, JobFileError, ModelError, SettingsError
-from .grid import Chunks, Grid, make_chunks
+from .errors import CheckpointError, GridError, ModelError, SettingsError
+from .grid import Chunks, Grid, make_chunks, resolve_grid
 from .launch import Placement, check_launch, place
-from .spec import HessianSpec, Job
-from .models import build_model, load_checkpoint
-from .grid import resolve_grid
-from .models import base_checkpoint
-from .progress import Progress
-from .surface.identity import WHAT
-from .protocol import ChunkResult, run_protocol
-from .signals import StopFlag
-from .curves import CurveResult, connect
 from .layout import ParamLayout, state_vector
-from .models import read_state_dict
+from .models import base_checkpoint, build_model, load_checkpoint, read_state_dict
+from .progress import Progress
+from .protocol import ChunkResult, run_protocol
 from .rebasin import aligned_state, weight_matching
-from .spec import ConnectSpec, resolve_directions
+from .signals import StopFlag
+from .spec import ConnectSpec, HessianSpec, Job, resolve_directions
+from .surface.identity import WHAT
 from .train import train_model
 
 log = logging.getLogger("mpiland")
@@ -83,6 +79,8 @@ class Problem:
     loss_fn: LossFn | None = None
     metrics: Mapping[str, Any] | None = None
     bn_data: torch.Tensor | None = None
+    digests: dict[str, str] = field(default_factory=dict)
+    """Data digests beyond the splits' (e.g. ``bn_data`` given from Python), joining the file's identity."""
 
 
 Builder = Callable[[Comm, Job, Placement], Problem]
@@ -128,9 +126,7 @@ def _bn_inputs(job: Job) -> torch.Tensor | None:
     if job.model.bn != "recompute":
         return None
     split = load_split(replace(job.data, subset=0), "train")
-    n = min(split.inputs.shape[0], job.model.bn_batches * job.data.batch_size)
-    order = torch.randperm(split.inputs.shape[0], generator=torch.Generator().manual_seed(job.data.seed))[:n]
-    return split.inputs[order]
+    return bn_inputs(split, job.model.bn_batches, job.data.batch_size, job.data.seed)
 
 
 def _curvature_spec(job: Job) -> HessianSpec | None:
@@ -300,7 +296,7 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
                               memory_budget_mb=job.data.memory_budget_mb, mode=job.model.mode,
                               options=engine_options(job), bn_data=problem.bn_data, hessian=_curvature_spec(job),
                               copy_model=False, loss_fn=problem.loss_fn, metrics=problem.metrics)
-        return evaluator, ident.with_data(evaluator.data_digests)
+        return evaluator, ident.with_data({**evaluator.data_digests, **problem.digests})
 
     evaluator, fp = agree(comm, _engine)
     if size > 1:
@@ -429,8 +425,8 @@ def curve_job(job: Job, ends: tuple[str, str], bends: list[Path], batchnorm: boo
         raise GridError("the curve is a 1D path from t = 0 to 1: remove grid.y from the job")
     directions = resolve_directions(replace(job.directions, kind=job.connect.curve, norm="auto", ignore="auto",
                                             models=(ends[0], *map(str, bends), ends[1]), compare_line=True,
-                                            file=(), orthogonalize=False))
-    model = job.model
+                                            file=(), orthogonalize=False, align=False))
+    model = replace(job.model, checkpoint=None)  # the buffers come from the first end, the curve's origin
     if batchnorm and model.bn == "eval" and model.mode == "eval":
         log.info("connect: the model has BatchNorm layers: recomputing their statistics at every t "
                  "(model.bn = \"recompute\")")
@@ -468,8 +464,8 @@ def run_connect(job: Job, ends: tuple[str, ...] = (), comm: Any = None, progress
     model, a, b, split = agree(ranks, inputs)
     out = _bends_dir(job, (a_path, b_path), job.connect)
     with StopFlag() if stop is None else nullcontext(stop) as flag:
-        result = connect(model, a, b, split, resolve_loss(job.loss), job.connect, out, comm=ranks,
-                         progress=progress or job.run.progress, stop=flag)
+        result = connect(model, a, b, split, resolve_loss(job.loss), job.connect, out, loss_name=job.loss.name,
+                         comm=ranks, progress=progress or job.run.progress, stop=flag)
         if result.stopped:
             return result, None
         has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())

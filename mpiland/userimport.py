@@ -41,3 +41,9 @@ def resolve_callable(spec: str, key: str, error: type[MpilandError]) -> Callable
     if fn is None or not callable(fn):
         raise error(f"{key}: {target!r} has no callable named {attr!r}")
     return fn
+
+
+def qualified_name(obj: Any) -> str:
+    """``module:qualname`` of a callable, or of an object's class: how a file records user code it was given."""
+    target = obj if callable(obj) and hasattr(obj, "__qualname__") else type(obj)
+    return f"{getattr(target, '__module__', None) or 'unknown'}:{getattr(target, '__qualname__', type(obj).__name__)}"

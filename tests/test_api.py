@@ -392,3 +392,71 @@ def test_pca_labels_name_the_trajectory():
     assert d.trajectory.labels == ("epoch 0", "epoch 1", "epoch 2", "epoch 3")
     with pytest.raises(ml.SettingsError, match="4 checkpoints"):
         ml.directions.pca(states, model=model, labels=["a"])
+
+
+def test_batchnorm_statistics_are_recomputed_from_the_training_split():
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    b = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    for m in (a, b):
+        m.train()
+        with torch.no_grad():
+            m(torch.randn(64, 6) * 3 + 1)  # running statistics away from the defaults
+        m.eval()
+    data = {"train": _data(60, seed=1), "test": _data(40, seed=2)}
+    d = ml.directions.interpolation(a, b)
+    kw = {"x": (0, 1, 3), "device": "cpu", "progress": "none"}
+    plain = ml.landscape(a, d, data, settings={"run.threads": 1}, **kw)
+    again = ml.landscape(a, d, data, settings={"run.threads": 1, "model.bn": "recompute"}, **kw)
+    assert not np.allclose(plain.metrics["test_loss"], again.metrics["test_loss"])
+    with pytest.raises(ml.SettingsError, match="bn_data"):
+        ml.landscape(a, d, data["test"], settings={"run.threads": 1, "model.bn": "recompute"}, **kw)
+
+
+@pytest.mark.parametrize("key", ["data.subset", "directions.seed", "model.checkpoint", "grid.x", "train.epochs"])
+def test_settings_the_arguments_give_are_refused_not_ignored(key):
+    model = _mlp()
+    with pytest.raises(ml.SettingsError, match=key):
+        ml.landscape(model, ml.directions.random(model), _data(), x=(-1, 1, 2), y=(-1, 1, 2), device="cpu",
+                     progress="none", settings={key: 1})
+
+
+def test_random_samplers_are_drawn_once_and_leave_the_random_state_alone():
+    from torch.utils.data import WeightedRandomSampler
+
+    x, y = _data(50)
+    model = _mlp()
+    d = ml.directions.random(model, dims=1)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8, sampler=WeightedRandomSampler(torch.ones(50), 30))
+    rng = torch.get_rng_state()
+    first = ml.landscape(model, d, loader, x=(-1, 1, 3), **FAST)
+    second = ml.landscape(model, d, loader, x=(-1, 1, 3), **FAST)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert _same(first.metrics["data_loss"], second.metrics["data_loss"])
+
+
+class LateBadLabels(Dataset):
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, i: int):
+        return torch.zeros(6), torch.tensor(7 if i == 39 else 0)
+
+
+def test_labels_out_of_range_in_a_later_batch_are_a_data_error():
+    model = _mlp()
+    with pytest.raises(ml.DataError, match="0..7"):
+        ml.landscape(model, ml.directions.random(model), DataLoader(LateBadLabels(), batch_size=8), x=(-1, 1, 2),
+                     y=(-1, 1, 2), **FAST)
+
+
+class BrokenCompute(Correct):
+    def compute(self) -> float:
+        raise ZeroDivisionError("no samples")
+
+
+def test_a_broken_metric_object_is_refused_at_set_up():
+    model = _mlp()
+    with pytest.raises(ml.MetricError, match="compute"):
+        ml.landscape(model, ml.directions.random(model), _data(), x=(-1, 1, 2), y=(-1, 1, 2),
+                     metrics={"broken": BrokenCompute()}, **FAST)

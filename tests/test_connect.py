@@ -197,3 +197,12 @@ def test_a_curve_through_batchnorm_models_is_evaluated_with_recomputed_statistic
     assert plain.model.bn == "eval" and with_bn.model.bn == "recompute"
     assert with_bn.directions.kind == "bezier" and with_bn.directions.compare_line
     assert with_bn.directions.models == (ends[0], str(tmp_path / "bend_1.pt"), ends[1])
+
+
+def test_the_saved_bends_are_the_returned_bends_and_another_loss_is_refused(modes, tmp_path):
+    result = _connect(modes, checkpoint_dir=tmp_path, epochs=1)
+    saved = torch.load(tmp_path / "bend_1.pt")
+    assert set(saved) == set(result.bends[0])
+    assert all(torch.equal(saved[k], result.bends[0][k]) for k in saved)
+    with pytest.raises(ml.CheckpointError, match="another curve"):
+        _connect(modes, checkpoint_dir=tmp_path, epochs=1, loss="nll")

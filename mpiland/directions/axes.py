@@ -22,7 +22,6 @@ drawn before y, so a 1D job's direction is the 2D job's x direction.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
@@ -25,13 +26,13 @@ import torch
 from torch import nn
 
 from ..comm import Comm, agree, world
-from ..data import Split, Stream, as_split
+from ..data import as_tensors
 from ..errors import CheckpointError, ModelError, SettingsError
 from ..launch import resolve_device
 from ..layout import ParamLayout, checkpoint_vector, state_vector
-from ..lossfns import LossFn, resolve_loss
+from ..lossfns import loss_function
 from ..models import expand_checkpoints, load_state
-from ..spec import IGNORES, LOSSES, NORMS, DirectionsSpec, HessianSpec, LossSpec
+from ..spec import IGNORES, NORMS, DirectionsSpec, HessianSpec
 from .axes import file_directions, random_directions
 from .base import Directions
 from .eigen import CurvatureInputs, hessian_directions
@@ -237,26 +238,10 @@ def pca(checkpoints: Sequence[ModelLike] | str, *, model: nn.Module | None = Non
         names = [str(x) for x in labels]
         if len(names) != len(found):
             raise SettingsError(f"pca: {len(names)} labels for {len(found)} checkpoints; give one label each")
-    return pca_directions(final, layout, spec, [v for v, _, _, _ in found], names, _dims(dims), settings,
-                          tuple(s for _, _, s, _ in found if s is not None))
-
-
-def _tensors(data: Any, batch_size: int) -> Split:
-    """One split as tensors for Hessian-vector products (a loader's batches are concatenated)."""
-    split = as_split(data, "data", batch_size)
-    if isinstance(split, Split):
-        return split
-    assert isinstance(split, Stream)
-    inputs, targets = [], []
-    for x, y in split.batches():
-        if not isinstance(x, torch.Tensor):
-            raise SettingsError("hessian: the data must be tensors, a Dataset or a loader of (inputs, targets) "
-                                "tensors; dict batches are not supported here")
-        inputs.append(x)
-        targets.append(y)
-    if not inputs:
-        raise SettingsError("hessian: the data yields no batches; give a non-empty dataset")
-    return Split("data", torch.cat(inputs), torch.cat(targets))
+    d = pca_directions(final, layout, spec, [v for v, _, _, _ in found], names, _dims(dims), settings,
+                       tuple(s for _, _, s, _ in found if s is not None))
+    # Without model=, θ* is the last checkpoint: say so in the directions, whatever model they are used with.
+    return d if model is not None else replace(d, origin=final)
 
 
 def hessian(model: nn.Module, data: Any, *, dims: int = 2, loss: str | Any = "cross_entropy", batch_size: int = 512,
@@ -278,25 +263,16 @@ def hessian(model: nn.Module, data: Any, *, dims: int = 2, loss: str | Any = "cr
         if ranks.Get_rank() != 0:
             return None
         module = _module(model, "hessian")
-        loss_fn = _loss_fn(loss)
+        _, loss_fn = loss_function(loss)
         spec = DirectionsSpec(kind="hessian", ignore=_choice("ignore", ignore, IGNORES), include=tuple(include),
                               exclude=tuple(exclude))
         hspec = HessianSpec(splits=("data",), subset=int(subset), tol=float(tol), max_iter=int(max_iter),
                             dtype=_choice("dtype", dtype, ("float32", "float64")), seed=int(seed))
         dev = resolve_device(device, 0)
-        inputs = CurvatureInputs(hspec, _tensors(data, batch_size), loss_fn, batch_size, dev,
+        inputs = CurvatureInputs(hspec, as_tensors(data, "data", batch_size), loss_fn, batch_size, dev,
                                  next(module.parameters()).dtype)
         return hessian_directions(copy.deepcopy(module), spec, _dims(dims), inputs)
 
     found = agree(ranks, compute)
     result: Directions = ranks.bcast(found, root=0)
     return result
-
-
-def _loss_fn(loss: Any) -> LossFn:
-    """A per-sample loss function from a built-in name, an import string or a callable."""
-    if callable(loss):
-        return loss
-    if isinstance(loss, str) and (loss in LOSSES or ":" in loss):
-        return resolve_loss(LossSpec(name=loss))
-    raise SettingsError(f"loss={loss!r}: give {', '.join(LOSSES)}, 'module:callable' or a callable")

@@ -35,7 +35,6 @@ import copy
 from pathlib import Path
 from typing import Any, NamedTuple, TypedDict
 
-import numpy as np
 import torch
 
 from ..rebasin import match_states, permutation_spec

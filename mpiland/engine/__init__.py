@@ -39,8 +39,8 @@ from ..layout import ParamLayout
 from ..spec import HessianSpec, LossSpec
 from ..surface.names import SPECTRUM, SPECTRUM_ORIGIN, spectrum_model
 from ..surface.reader import Spectrum
-from .batching import (MAX_POINTS_PER_PASS, activation_bytes, choose_points_per_pass, make_forward, memory_bound,
-                       vmap_failure)
+from .batching import (MAX_POINTS_PER_PASS, activation_bytes, call_model, choose_points_per_pass, make_forward,
+                       memory_bound, vmap_failure)
 from .bn import BatchNormRecompute, batchnorm_modules
 from .checks import check_data_fits
 from .losses import (BUILTIN_LOSSES, LossFn, LossSums, mean_and_stderr, metric_names, resolve_loss, split_metrics,
@@ -48,7 +48,7 @@ from .losses import (BUILTIN_LOSSES, LossFn, LossSums, mean_and_stderr, metric_n
 from .metrics import Metric, checked, computed, fresh, resolve_metrics, updated
 from .metrics import metric_names as user_metric_names
 from .params import FlatParameters
-from .placement import BatchSplit, DeviceSplit, fits, place_split, place_stream, synchronize
+from .placement import BatchSplit, DeviceSplit, batch_bytes, fits, place_split, place_stream, synchronize
 
 Placed = DeviceSplit | BatchSplit
 
@@ -115,6 +115,7 @@ class Evaluator:
         for d in self.data:
             check_data_fits(self.model, d, self.loss_fn, loss.name, self.builtin_loss, self.accuracy,
                             self.batch_size, self.device, self._metric_fns)
+        self._check_metric_objects()
         self.base_metrics = metric_names(self.split_names, self.accuracy)
         self.base_metrics += user_metric_names(self.split_names, self._ordered_metrics())
         if hessian is not None:
@@ -123,12 +124,31 @@ class Evaluator:
         self.curvature = None
         if hessian is not None:
             # Resident splits are already on the device: the operators share them.
-            self.curvature = Curvature(self.model, {d.name: _tensors(d) for d in self.data}, self.loss_fn,
-                                       hessian, batch_size, device, dtype)
+            wanted = set(hessian.splits) or set(self.split_names)  # only the splits curvature is taken on
+            self.curvature = Curvature(self.model, {d.name: _tensors(d) for d in self.data if d.name in wanted},
+                                       self.loss_fn, hessian, batch_size, device, dtype)
         self.autocast = AUTOCAST.get(self.options.autocast)
         self.fallback_reason = ""
         self.points_per_pass = 1
         self.use_points_per_pass(self._choose_points_per_pass(mode))
+
+    def _check_metric_objects(self) -> None:
+        """Try every update/compute metric on one batch at set-up, so a broken one is a MetricError on every
+        rank before any point, not an error on one rank in the middle of a run."""
+        if not self._stateful:
+            return
+        x, y = self.data[0].first_batch(self.batch_size, self.device)
+        training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                out = call_model(self.model, x)
+        finally:
+            self.model.train(training)
+        for m in self._stateful:
+            obj = fresh(m, self.device)
+            updated(m, obj, out, y)
+            computed(m, obj)
 
     def _ordered_metrics(self) -> list[Metric]:
         """The user metrics in the order their values are produced: callables, then update/compute objects."""
@@ -145,7 +165,7 @@ class Evaluator:
                 data.append(place_split(s, self.device, self.dtype, resident, self.options.channels_last))
             else:
                 placed = place_stream(s, self.device, self.dtype, left, self.options.channels_last)
-                left -= sum(_batch_bytes(b) for b in placed.kept)
+                left -= sum(batch_bytes(x, y) for x, y in placed.kept)
                 data.append(placed)
         return data
 
@@ -328,12 +348,6 @@ def _curvature(ev: Evaluator, coefficients: np.ndarray) -> dict[str, np.ndarray]
             ev.set_point(c)
         rows.append(ev.curvature.at_point(ev.flat))
     return {m: np.array([r[m] for r in rows]) for m in rows[0]}
-
-
-def _batch_bytes(batch: tuple[Any, torch.Tensor]) -> int:
-    x, y = batch
-    tensors = list(x.values()) if isinstance(x, dict) else [x]
-    return sum(t.element_size() * t.nelement() for t in tensors + [y])
 
 
 def _tensors(d: Placed) -> tuple[torch.Tensor, torch.Tensor]:

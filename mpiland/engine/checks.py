@@ -54,8 +54,11 @@ def check_data_fits(model: nn.Module, split: DeviceSplit | BatchSplit, loss_fn: 
         if y.dim() != 1:
             raise DataError(f"{where}: {loss_name} needs one class index per sample, got targets of shape "
                             f"{_shape(y)} per sample; return 1-D integer labels")
-        labels = split.targets if isinstance(split, DeviceSplit) else y
-        lo, hi, classes = int(labels.min()), int(labels.max()), int(out.shape[-1])
+        if isinstance(split, DeviceSplit):
+            lo, hi = int(split.targets.min()), int(split.targets.max())
+        else:  # every batch was seen at set-up
+            lo, hi = split.labels if split.labels is not None else (int(y.min()), int(y.max()))
+        classes = int(out.shape[-1])
         if lo < 0 or hi >= classes:
             raise DataError(f"{where}: labels range over {lo}..{hi} but the model has {classes} outputs; "
                             "fix the labels or the model's number of classes")

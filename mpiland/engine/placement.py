@@ -53,7 +53,8 @@ class DeviceSplit:
         return self.inputs[:n].to(device)
 
 
-def _nbytes(inputs: Inputs, targets: torch.Tensor) -> int:
+def batch_bytes(inputs: Inputs, targets: torch.Tensor) -> int:
+    """Bytes of one batch's inputs (a tensor or a dict of them) and targets."""
     tensors = list(inputs.values()) if isinstance(inputs, dict) else [inputs]
     return sum(t.element_size() * t.nelement() for t in tensors + [targets])
 
@@ -95,6 +96,8 @@ class BatchSplit:
     samples: int
     first: tuple[Inputs, torch.Tensor]
     kept: list[tuple[Inputs, torch.Tensor]] = field(default_factory=list)
+    labels: tuple[int, int] | None = None
+    """The smallest and largest integer target over all batches (None for floating targets)."""
     dtype: torch.dtype = torch.float32
     channels_last: bool = False
 
@@ -126,14 +129,18 @@ def place_stream(stream: Stream, device: torch.device, dtype: torch.dtype, budge
     h = hashlib.sha256()
     kept: list[tuple[Inputs, torch.Tensor]] = []
     first: tuple[Inputs, torch.Tensor] | None = None
+    labels: tuple[int, int] | None = None
     keeping, total, samples = True, 0, 0
     for x, y in stream.batches():
         x = _cast(x, dtype, channels_last)
         if first is None:
             first = (to_device(x, device), y.to(device))
         update_batch(h, x, y)
+        if not y.is_floating_point() and y.numel():
+            lo, hi = int(y.min()), int(y.max())
+            labels = (lo, hi) if labels is None else (min(labels[0], lo), max(labels[1], hi))
         samples += int(y.shape[0]) if y.dim() else 1
-        total += _nbytes(x, y)
+        total += batch_bytes(x, y)
         keeping = keeping and total <= budget_bytes
         if keeping:
             kept.append((to_device(x, device), y.to(device)))
@@ -141,7 +148,7 @@ def place_stream(stream: Stream, device: torch.device, dtype: torch.dtype, budge
             kept.clear()
     if first is None or samples == 0:
         raise DataError(f"data split {stream.name!r}: the loader yields no batches; give it a non-empty dataset")
-    return BatchSplit(stream.name, stream, h.hexdigest(), samples, first, kept, dtype, channels_last)
+    return BatchSplit(stream.name, stream, h.hexdigest(), samples, first, kept, labels, dtype, channels_last)
 
 
 def fits(splits: list[Split], memory_budget_mb: float) -> bool:

@@ -30,7 +30,7 @@ from ..errors import SurfaceFileError
 from ..grid import Grid
 from ..spec import LOSSES, Job
 from . import lock, storage
-from .names import (ATTR_CODE, ATTR_FINGERPRINT, ATTR_PPP, ATTR_SCHEMA, ATTR_SETTINGS, COMPONENTS, DIGEST_PREFIX,
+from .names import (ATTR_CODE, ATTR_FINGERPRINT, ATTR_SCHEMA, ATTR_SETTINGS, COMPONENTS, DIGEST_PREFIX,
                     DONE, SPECTRUM, data_attr)
 from .writer import create, read_done, read_points_per_pass
 
@@ -92,7 +92,9 @@ def settings_that_count(job: Job) -> dict[str, Any]:
     if job.grid.auto:
         out["grid.margin"] = d["grid"]["margin"]
     if job.hessian.enabled or job.directions.kind == "hessian" or job.hessian.spectrum != "none":
-        out.update({f"hessian.{k}": v for k, v in d["hessian"].items()})
+        # the spectrum keys only with a spectrum, so files made before they existed still resume
+        out.update({f"hessian.{k}": v for k, v in d["hessian"].items()
+                    if not k.startswith("spectrum") or job.hessian.spectrum != "none"})
     out["run.autocast"] = job.run.autocast
     return json.loads(json.dumps(out, sort_keys=True, default=list))
 

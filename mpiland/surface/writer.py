@@ -37,8 +37,8 @@ from ..errors import SurfaceFileError
 from ..grid import Grid, row_runs
 from . import lock
 from .names import (ATTR_CREATED, ATTR_FINGERPRINT, ATTR_METRICS, ATTR_PPP, ATTR_PPP_HISTORY, ATTR_SCHEMA,
-                    ATTR_THREADS, ATTR_THREADS_HISTORY,
-                    ATTR_VERSION, DONE, SECONDS, SPECTRUM, XCOORDS, YCOORDS)
+                    ATTR_THREADS, ATTR_THREADS_HISTORY, ATTR_VERSION, DONE, SECONDS, SPECTRUM, SPECTRUM_ARRAYS,
+                    XCOORDS, YCOORDS)
 from .reader import Spectrum
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def write_spectrum(f: h5py.File, spectra: Mapping[str, Spectrum]) -> None:
     g = f.create_group(SPECTRUM)
     for name, s in spectra.items():
         sub = g.create_group(name)
-        for key in ("nodes", "weights", "grid", "density", "top", "group_max", "group_min"):
+        for key in SPECTRUM_ARRAYS[:-1]:  # the float arrays; group_size (int) follows
             sub.create_dataset(key, data=np.asarray(getattr(s, key), dtype=np.float64))
         sub.create_dataset("group_size", data=np.asarray(s.group_size, dtype=np.int64).reshape(-1))
         a = sub.attrs
