@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 MPIO_VENV ?= .venv-mpio
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo readme-figures test test-fast clean
 
 $(BIN)/mpiland: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ demo: setup
 	$(BIN)/mpiland trajectory "runs/quickstart/epoch_*.pt" --out plots/trajectory
 	$(BIN)/mpiland info surfaces/quickstart.h5
 	$(BIN)/mpiland info surfaces/interpolation.h5
+
+# The README's demo pictures and timing table, regenerated from the demo (training included); paste the
+# table it prints into the README's Quick start.
+readme-figures: setup
+	$(BIN)/python benchmarks/readme.py --fresh --img docs/img
 
 # The whole suite. Parallel-HDF5 tests use $(MPIO_VENV) when it exists
 # (created by docker/install-mpio-env.sh, as .ci/run does); SLURM tests need slurmctld/slurmd/munge.

@@ -4,6 +4,12 @@ Checkpoints ``epoch_000.pt`` (the initialisation) … ``epoch_NNN.pt`` go to
 ``train.checkpoint_dir`` (default: the checkpoint's folder), so a trajectory is
 there for later PCA or interpolation jobs; the final weights go to
 ``model.checkpoint``. Only rank 0 trains; the others wait for it.
+
+Training runs on one thread, whatever ``run.threads`` says: a kernel's sums may
+round differently with another thread count, and over hundreds of SGD steps that
+moved the demo's weights by up to 0.1, so every user's pictures differed. With one
+thread the trained model depends only on the job, the torch build and the CPU's
+instruction set (the same on every machine of a cluster, or a CI runner).
 """
 
 from __future__ import annotations
@@ -28,7 +34,17 @@ def _save(state: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def train_model(model: torch.nn.Module, job: Job, split: Split) -> list[Path]:
-    """Fit ``model`` on ``split`` with SGD as ``job.train`` says; return the checkpoint paths written."""
+    """Fit ``model`` on ``split`` with SGD as ``job.train`` says, on one thread (reproducible weights);
+    return the checkpoint paths written."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(model, job, split)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model: torch.nn.Module, job: Job, split: Split) -> list[Path]:
     assert job.train is not None and job.model.checkpoint is not None
     spec = job.train
     final = Path(job.model.checkpoint)
