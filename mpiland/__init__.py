@@ -12,6 +12,14 @@ Names load on first use: ``import mpiland`` itself imports neither torch nor
 h5py, so ``ml.open`` and plotting stay quick; ``ml.landscape`` and
 ``ml.directions`` bring in torch when they are first touched. User errors are the
 :mod:`mpiland.errors` classes, all subclasses of :class:`MpilandError`.
+
+Imported before torch on a busy machine, mpiland sets ``OMP_WAIT_POLICY=PASSIVE``
+unless the environment already sets ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or
+``KMP_BLOCKTIME``: torch's idle OpenMP threads then sleep instead of spinning on
+cores other processes need, which would make every point many times slower. On
+an idle machine it keeps the runtime's default (spinning is faster there).
+Imported after torch it changes nothing (the OpenMP runtime has read its
+environment already); see :func:`mpiland.launch.choose_wait_policy`.
 """
 
 from __future__ import annotations
@@ -21,7 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (CheckpointError, DataError, DependencyError, GridError, JobFileError, LaunchError, MetricError,
                      ModelError, MpilandError, SettingsError, SurfaceFileError, WorldTooSmallError)
+from .launch import choose_wait_policy as _choose_wait_policy
 from .version import SCHEMA_VERSION, __version__
+
+_choose_wait_policy()  # before anything imports torch: its OpenMP runtime reads the policy only once
 
 if TYPE_CHECKING:
     from . import directions

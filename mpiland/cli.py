@@ -19,7 +19,7 @@ from .version import __version__
 from .comm import Comm, agree, world
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, MpilandError
 from .jobfile import load_job
-from .launch import resolve_device, threads_per_rank
+from .launch import choose_wait_policy, resolve_device, threads_per_rank
 from .signals import StopFlag
 
 log = logging.getLogger("mpiland")
@@ -352,6 +352,9 @@ def bench(models: tuple[str, ...], device: str, threads: int, repeats: int, poin
 
 def main() -> None:
     """Console-script entry point: click's usage errors also end as one ``error: ...`` line, status 2."""
+    # Before any command imports torch: on a busy machine idle OpenMP threads sleep unless the user chose
+    # otherwise (``import mpiland`` has chosen already, once per process; mpiexec and srun ranks come here too).
+    choose_wait_policy()
     try:
         status = cli.main(prog_name="mpiland", standalone_mode=False)
     except click.exceptions.Abort:
