@@ -11,13 +11,15 @@ import torch.nn.functional as F
 
 from mpiland.data import load_split
 from mpiland.demo import digits_cnn, digits_mlp
+from mpiland.curvature import FLOOR, Curvature
 from mpiland.directions import CurvatureInputs, make_directions, parameter_mask
+from mpiland.engine import EngineOptions, Evaluator
 from mpiland.errors import JobFileError
 from mpiland.jobfile import load_job
 from mpiland.layout import ParamLayout
 from mpiland.models import build_model
 from mpiland.run import run_job
-from mpiland.spec import DataSpec, DirectionsSpec, HessianSpec, resolve_directions
+from mpiland.spec import DataSpec, DirectionsSpec, HessianSpec, LossSpec, resolve_directions
 
 from util import write_job
 
@@ -200,3 +202,119 @@ def test_hessian_directions_refuse_norm(tmp_path):
         make_directions(digits_mlp(hidden=4, depth=1), DirectionsSpec(kind="hessian", norm="layer"), 2,
                         CurvatureInputs(HessianSpec(), load_split(DataSpec(dataset="digits", subset=20), "test"),
                                         per_sample_ce, 20, torch.device("cpu"), torch.float32))
+
+
+HESS = ("test_hess_max", "test_hess_min", "test_hess_ratio")
+
+
+def grid_problem(hidden=16, depth=2, span=0.2, n=3):
+    """An untrained digits MLP, seeded filter-normalised random directions and an n × n grid of ±span."""
+    torch.manual_seed(0)
+    model = digits_mlp(hidden=hidden, depth=depth).eval()
+    split = load_split(DataSpec(dataset="digits", subset=120), "test")
+    directions = make_directions(model, DirectionsSpec(seed=3, norm="filter"), 2)
+    x = np.linspace(-span, span, n)
+    return model, directions, split, np.array([(a, b) for a in x for b in x])
+
+
+def curvature_evaluator(model, directions, split, warm, points_per_pass=1, **hessian):
+    ev = Evaluator(model, directions, [split], LossSpec(), torch.device("cpu"), batch_size=50,
+                   options=EngineOptions(points_per_pass=points_per_pass),
+                   hessian=HessianSpec(enabled=True, splits=("test",), trace_samples=0, **hessian))
+    ev.curvature.warm_start = warm
+    return ev
+
+
+def point_eigenvalues(ev, coefficients, split):
+    """The exact float64 eigenvalues of the Hessian at origin + basis · c (as the evaluator sets the point)."""
+    ev.set_point(coefficients)
+    model = copy.deepcopy(ev.model)
+    with torch.no_grad():
+        for p, v in zip(model.parameters(), ParamLayout.from_model(model).views(ev.curvature.theta(ev.flat))):
+            p.copy_(v)
+    return torch.linalg.eigvalsh(model_hessian(model, split.inputs, split.targets))
+
+
+def test_warm_start_values_agree_with_cold_ones_within_the_tolerance():
+    """Warm-started λmax and λmin are within the stop rule's bound tol·max(|λ|, 0.01·ρ) of the exact extreme
+    eigenvalues at every point, as cold ones are, so the two differ by at most twice that."""
+    model, directions, split, coords = grid_problem(hidden=4, depth=1, span=0.5)
+    tol = 1e-3
+    got = {warm: curvature_evaluator(model, directions, split, warm).evaluate_points(coords)[0]
+           for warm in (False, True)}
+    assert not np.array_equal(got[True]["test_hess_min"], got[False]["test_hess_min"])  # the start did change
+    ev = curvature_evaluator(model, directions, split, False)
+    for i, c in enumerate(directions.coefficients(coords)):
+        exact = point_eigenvalues(ev, c, split)
+        rho = float(exact.abs().max())
+        for values in got.values():
+            for m, ref in (("test_hess_max", float(exact[-1])), ("test_hess_min", float(exact[0]))):
+                bound = tol * max(abs(values[m][i]), FLOOR * rho)
+                assert abs(values[m][i] - ref) <= bound * 1.001 + 1e-6, (i, m)
+        for m in ("test_hess_max", "test_hess_min"):
+            bound = tol * max(abs(got[False][m][i]), FLOOR * rho)
+            assert abs(got[True][m][i] - got[False][m][i]) <= 2 * bound * 1.001 + 1e-6
+
+
+def test_warm_start_values_do_not_depend_on_order_chunking_or_resume():
+    """The start is computed at θ*, not taken from the previous point: the same bits whatever order and
+    grouping the points come in, in one evaluator or a fresh one (a resume, another rank)."""
+    model, directions, split, coords = grid_problem()
+    n = len(coords)
+    ref = curvature_evaluator(model, directions, split, True).evaluate_points(coords)[0]
+    # reversed, one point per call
+    ev = curvature_evaluator(model, directions, split, True)
+    backward = [ev.evaluate_points(coords[i: i + 1])[0] for i in reversed(range(n))][::-1]
+    # shuffled, in chunks of 4, 2 and 3 points, 3 points per pass
+    order = np.random.default_rng(0).permutation(n)
+    ev = curvature_evaluator(model, directions, split, True, points_per_pass=3)
+    assert ev.points_per_pass == 3
+    shuffled = {}
+    for chunk in np.split(order, [4, 6]):
+        values = ev.evaluate_points(coords[chunk])[0]
+        shuffled.update({int(j): {m: values[m][k] for m in HESS} for k, j in enumerate(chunk)})
+    # a fresh evaluator that only sees the last points (a resumed run, or another rank's chunk)
+    late = curvature_evaluator(model, directions, split, True).evaluate_points(coords[5:])[0]
+    for m in HESS:
+        np.testing.assert_array_equal(np.array([b[m][0] for b in backward]), ref[m], err_msg=m)
+        np.testing.assert_array_equal(np.array([shuffled[i][m] for i in range(n)]), ref[m], err_msg=m)
+        np.testing.assert_array_equal(late[m], ref[m][5:], err_msg=m)
+
+
+def test_warm_start_takes_fewer_hvps_per_point():
+    """HVPs counted, not timed: on this 3 × 3 grid (±0.05 along filter-normalised random directions of an
+    untrained digits MLP, 120 samples, tol 1e-3) 18.9 per point warm against 23.8 cold were measured (0.79×),
+    plus 25 once for the start at θ* (on ±0.2: 18.9 against 21.2, 0.89×)."""
+    model, directions, split, coords = grid_problem(span=0.05)
+    hvps = {}
+    for warm in (False, True):
+        ev = curvature_evaluator(model, directions, split, warm)
+        ev.evaluate_points(coords)
+        hvps[warm] = (ev.curvature.hvps() - ev.curvature.setup_hvps) / len(coords)
+        setup = ev.curvature.setup_hvps
+        if warm:
+            assert 0 < setup <= ev.curvature.spec.max_iter
+            ev.evaluate_points(coords[:2])
+            assert ev.curvature.setup_hvps == setup  # once, not per call
+        else:
+            assert setup == 0
+    assert hvps[True] <= 0.88 * hvps[False], hvps
+
+
+def test_warm_curvature_needs_its_origin_first():
+    model, _, split, _ = grid_problem()
+    curvature = Curvature(model, {"test": (split.inputs, split.targets)}, per_sample_ce,
+                          HessianSpec(enabled=True, splits=("test",)), 50, torch.device("cpu"), torch.float32,
+                          warm_start=True)
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert curvature.needs_origin
+    with pytest.raises(RuntimeError, match="set_origin"):
+        curvature.at_point(flat)
+    curvature.set_origin(flat)
+    assert not curvature.needs_origin and curvature.setup_hvps > 0
+    cold = Curvature(model, {"test": (split.inputs, split.targets)}, per_sample_ce,
+                     HessianSpec(enabled=True, splits=("test",)), 50, torch.device("cpu"), torch.float32,
+                     warm_start=False)
+    assert not cold.needs_origin
+    warm, plain = curvature.at_point(flat), cold.at_point(flat)
+    assert warm["test_hess_max"] == pytest.approx(plain["test_hess_max"], rel=2e-3)

@@ -14,8 +14,8 @@ from torch import nn
 from torch.func import functional_call
 
 from mpiland.layout import ParamLayout
-from mpiland.curvature import (HessianOperator, directional_curvature, exact_trace, extreme_eigenvalues,
-                             hutchinson_trace, lanczos, top_eigenvectors)
+from mpiland.curvature import (FLOOR, HessianOperator, directional_curvature, exact_trace, extreme_eigenvalues,
+                             hutchinson_trace, lanczos, top_eigenvectors, warm_start)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SAMPLES = 40
@@ -382,3 +382,73 @@ def test_float64_operator_uses_each_points_buffers() -> None:
         assert got[torch.float32].lam_min == pytest.approx(got[torch.float64].lam_min, rel=1e-3)
         assert got[torch.float64].lam_max != pytest.approx(first[torch.float64].lam_max, rel=1e-3)
         first = got
+
+
+def within_rule(value: float, exact: float, rho: float, tol: float) -> bool:
+    """The stop rule's promise: within tol·max(|value|, FLOOR·ρ) of the eigenvalue (a float64 margin added)."""
+    return abs(value - exact) <= tol * max(abs(value), FLOOR * rho) * (1 + 1e-6) + 1e-12
+
+
+@pytest.mark.parametrize("per_end", [1, 2])
+def test_warm_start_vector_holds_both_ends_and_the_random_start(mlp: Case, per_end: int) -> None:
+    """Half the start is the cold run's seeded random vector, half the unit sum of θ's per_end largest and
+    per_end smallest Ritz vectors: λmin's eigenvector gets as much weight as λmax's."""
+    op = mlp.operator()
+    start = warm_start(op, mlp.theta, tol=1e-10, max_iter=mlp.layout.numel, seed=4, per_end=per_end)
+    assert torch.equal(start, warm_start(op, mlp.theta, tol=1e-10, max_iter=mlp.layout.numel, seed=4,
+                                         per_end=per_end))
+    assert float(start.norm()) == pytest.approx(1.0, abs=1e-12)
+    cold = lanczos(lambda v: mlp.hessian @ v, mlp.layout.numel, 1, seed=4).basis[0]
+    assert float(start @ cold) == pytest.approx(2 ** -0.5, abs=0.05)
+    # start = (cold + warm)/‖cold + warm‖ with unit cold and warm, so ‖cold + warm‖ = 2·start·cold
+    warm = 2 * float(start @ cold) * start - cold
+    assert float(warm.norm()) == pytest.approx(1.0, abs=1e-12)
+    ends = list(range(per_end)) + list(range(-per_end, 0))
+    for k in ends:  # the warm half is the unit sum of the extreme eigenvectors
+        assert abs(float(warm @ mlp.eigenvectors[:, k])) == pytest.approx((2 * per_end) ** -0.5, abs=1e-6)
+    rest = mlp.eigenvectors[:, per_end: mlp.layout.numel - per_end]
+    assert float((warm @ rest).norm()) < 1e-6
+    tiny = warm_start(diagonal([3.0, -1.0, 0.5]), n=3, tol=1e-12)  # fewer Ritz values than 2 per end
+    assert tiny.shape == (3,) and float(tiny.norm()) == pytest.approx(1.0)
+
+
+def test_warm_started_values_meet_the_tolerance_nearby(mlp: Case) -> None:
+    """From θ's warm start, λmax and λmin at nearby points are within the stop rule's bound of the exact
+    eigenvalues, as cold ones are."""
+    op = mlp.operator()
+    start = warm_start(op, mlp.theta)
+    gen = torch.Generator().manual_seed(8)
+    for scale in (0.05, 0.2, 0.5):
+        theta = mlp.theta + scale * torch.randn(mlp.layout.numel, generator=gen, dtype=torch.float64)
+        exact = torch.linalg.eigvalsh(full_hessian(mlp.model, mlp.x, mlp.y, per_sample_ce, theta=theta))
+        rho = float(exact.abs().max())
+        for res in (extreme_eigenvalues(op, theta, start=start), extreme_eigenvalues(op, theta)):
+            assert res.converged
+            assert within_rule(res.lam_max, float(exact[-1]), rho, 1e-3)
+            assert within_rule(res.lam_min, float(exact[0]), rho, 1e-3)
+
+
+def test_lambda_min_outside_the_warm_vectors_is_still_found() -> None:
+    """A new lowest eigenvector orthogonal to everything the warm half holds: the random half finds it.
+
+    A start of the warm vectors alone spans an invariant subspace here, and Lanczos stops there with the
+    old λmin (asserted, so that this case does test the random half)."""
+    n = 60
+    gen = torch.Generator().manual_seed(11)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    values = torch.linspace(-1.0, 10.0, n, dtype=torch.float64)
+    a0 = q @ torch.diag(values) @ q.t()
+    ends = q[:, [0, 1, n - 2, n - 1]]
+    z = torch.randn(n, generator=gen, dtype=torch.float64)
+    z = z - ends @ (ends.t() @ z)
+    z = z / z.norm()
+    a1 = a0 - 20.0 * torch.outer(z, z)
+    exact = torch.linalg.eigvalsh(a1)
+    assert float(exact[0]) < -15.0
+    start = warm_start(lambda v: a0 @ v, n=n, tol=1e-12, max_iter=n)
+    res = extreme_eigenvalues(lambda v: a1 @ v, n=n, tol=1e-3, max_iter=n, start=start)
+    assert res.converged
+    assert within_rule(res.lam_min, float(exact[0]), float(exact.abs().max()), 1e-3)
+    assert within_rule(res.lam_max, float(exact[-1]), float(exact.abs().max()), 1e-3)
+    alone = extreme_eigenvalues(lambda v: a1 @ v, n=n, tol=1e-3, max_iter=n, start=ends.sum(dim=1))
+    assert alone.lam_min == pytest.approx(-1.0, abs=1e-6)

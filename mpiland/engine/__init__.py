@@ -30,7 +30,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..curvature import Curvature, HessianSpectrum, axis_labels
+from ..curvature import WARM_START, Curvature, HessianSpectrum, axis_labels
 from ..curvature import metric_names as curvature_metrics
 from ..data import Split, Stream
 from ..directions import Directions
@@ -126,7 +126,8 @@ class Evaluator:
             # Resident splits are already on the device: the operators share them.
             wanted = set(hessian.splits) or set(self.split_names)  # only the splits curvature is taken on
             self.curvature = Curvature(self.model, {d.name: _tensors(d) for d in self.data if d.name in wanted},
-                                       self.loss_fn, hessian, batch_size, device, dtype)
+                                       self.loss_fn, hessian, batch_size, device, dtype,
+                                       warm_start=bool(getattr(hessian, "warm_start", WARM_START)))
         self.autocast = AUTOCAST.get(self.options.autocast)
         self.fallback_reason = ""
         self.points_per_pass = 1
@@ -340,11 +341,18 @@ def _curvature(ev: Evaluator, coefficients: np.ndarray) -> dict[str, np.ndarray]
 
     After a one-point pass the model already holds the point (and its recomputed
     BatchNorm statistics); a batched pass wrote its K×n buffer, so each point is set here.
+    A warm-started curvature first gets its start vectors at the origin (coefficients 0:
+    θ*, the same on every rank and in every resume), before this rank's first point.
     """
     assert ev.curvature is not None
+    moved = False
+    if ev.curvature.needs_origin:
+        ev.set_point(np.zeros(ev.directions.dims))
+        ev.curvature.set_origin(ev.flat)
+        moved = True
     rows = []
     for c in coefficients:
-        if ev.params.rows is not None:
+        if moved or ev.params.rows is not None:
             ev.set_point(c)
         rows.append(ev.curvature.at_point(ev.flat))
     return {m: np.array([r[m] for r in rows]) for m in rows[0]}
