@@ -1,6 +1,6 @@
 """Shared cores: the demo job on an idle and on a loaded machine, with the old and the new OpenMP wait default.
 
-    python benchmarks/shared_cores.py [--grid 11] [--repeats 3] [--busy N] [--load spin,torch] [--no-passive] [--json]
+    python benchmarks/shared_cores.py [--grid 11] [--repeats 3] [--busy N] [--load torch,spin] [--no-passive] [--json]
 
 Policies. "old" is how mpiland ran before it chose a wait policy: torch's OpenMP
 runtime with its own default (GNU libgomp spins about 300,000 times before a
@@ -30,8 +30,9 @@ average when the run started and the mean number of runnable tasks while it ran
 on a shared machine "idle" only means that this script adds nothing) and, for
 "new", what mpiland saw and chose. With --json it prints one JSON object:
 ``loaded_over_idle_old``, ``loaded_over_idle_new``, ``idle_new_over_idle_old``
-and ``loaded_new_over_loaded_old`` for the "spin" load (the first in --load),
-the same per load under ``by_load``, the medians and every run.
+and ``loaded_new_over_loaded_old`` for the first load in --load ("torch" by
+default: the kind that collapses the old default), the same per load under
+``by_load``, the medians and every run.
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="runs per condition (default 3)")
     ap.add_argument("--busy", type=int, default=os.cpu_count() or 1,
                     help="neighbour processes in the loaded runs (default: one per core)")
-    ap.add_argument("--load", default="spin,torch", help="loads besides idle, comma-separated (default spin,torch)")
+    ap.add_argument("--load", default="torch,spin", help="loads besides idle, comma-separated (default torch,spin)")
     ap.add_argument("--threads", type=int, default=0, help="run.threads (default 0: the cores, as in the demo)")
     ap.add_argument("--no-passive", action="store_true", help="skip the always-PASSIVE runs")
     ap.add_argument("--json", action="store_true", help="one JSON object instead of text")
