@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import replace
@@ -159,9 +160,11 @@ def _abort_on_failure(ranks: Comm) -> Iterator[None]:
         yield
     except BaseException as exc:
         if ranks.Get_size() > 1 and not getattr(exc, "agreed", False) and not isinstance(exc, SystemExit):
-            traceback.print_exception(exc, file=sys.stderr)
             print(f"error (rank {ranks.Get_rank()}): {exc.__class__.__name__}: {exc}; aborting all ranks",
                   file=sys.stderr, flush=True)
+            traceback.print_exception(exc, file=sys.stderr)
+            sys.stderr.flush()
+            time.sleep(0.5)  # let the launcher forward the lines above before every rank is killed
             ranks.Abort(1)
         raise
 

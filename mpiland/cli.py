@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import traceback
 from typing import Any, Callable
 
@@ -23,6 +24,9 @@ from .launch import choose_wait_policy, resolve_device, threads_per_rank
 from .signals import StopFlag
 
 log = logging.getLogger("mpiland")
+
+ABORT_DRAIN_S = 0.5
+"""Seconds a failing rank waits between writing its error and aborting the MPI job."""
 
 
 def _setup_logging(rank: int, size: int, verbose: bool, debug: bool) -> None:
@@ -46,18 +50,23 @@ def _fail(exc: BaseException, debug: bool, comm: Comm | None = None) -> None:
     rank = comm.Get_rank() if comm is not None else 0
     user = isinstance(exc, MpilandError)
     agreed = getattr(exc, "agreed", False)
-    if debug or not user:
-        traceback.print_exception(exc, file=sys.stderr)
     if user and (size == 1 or agreed):
+        if debug:
+            traceback.print_exception(exc, file=sys.stderr)
         if rank == 0:
             click.echo(f"error: {one_line(str(exc))}", err=True)
         sys.exit(EXIT_USAGE)
+    # The one line first: an abort kills the ranks while the launcher may still be forwarding their output,
+    # so what matters most must not wait behind a long traceback.
     if user:
         click.echo(f"error (rank {rank}): {one_line(str(exc))}", err=True)
     else:
         click.echo(f"error (rank {rank}): {exc.__class__.__name__}: {one_line(str(exc))}; aborting all ranks", err=True)
+    if debug or not user:
+        traceback.print_exception(exc, file=sys.stderr)
     sys.stderr.flush()
     if comm is not None and size > 1:
+        time.sleep(ABORT_DRAIN_S)  # let the launcher forward the lines above before every rank is killed
         comm.Abort(EXIT_USAGE if user else 1)
     sys.exit(EXIT_USAGE if user else 1)
 
