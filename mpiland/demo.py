@@ -33,7 +33,9 @@ def digits_mlp(hidden: int = 64, depth: int = 2) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-class _BasicBlock(nn.Module):
+class BasicBlock(nn.Module):
+    """The ResNet basic block: two 3×3 conv-BN layers and a shortcut (a 1×1 conv-BN when the shape changes)."""
+
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -62,7 +64,7 @@ class ResNetCIFAR(nn.Module):
         layers, cin = [], 16
         for cout, stride in ((16, 1), (32, 2), (64, 2)):
             for i in range(n):
-                layers.append(_BasicBlock(cin, cout, stride if i == 0 else 1))
+                layers.append(BasicBlock(cin, cout, stride if i == 0 else 1))
                 cin = cout
         self.layers = nn.Sequential(*layers)
         self.head = nn.Linear(64, num_classes)

@@ -15,7 +15,7 @@ from torch import nn
 import mpiland as ml
 from mpiland.rebasin import Alignment, align, aligned_state, match_states, permutation_spec, weight_matching
 from mpiland.data import digits_split
-from mpiland.demo import digits_cnn, digits_mlp
+from mpiland.demo import BasicBlock, digits_cnn, digits_mlp
 from mpiland.directions import Directions, make_directions
 from mpiland.errors import JobFileError, ModelError
 from mpiland.jobfile import load_job
@@ -57,30 +57,14 @@ def cnn(seed: int) -> nn.Module:
     return randomise_bn(digits_cnn(channels=4, hidden=16, batchnorm=True), seed).eval()
 
 
-class Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
 class SmallResNet(nn.Module):
     """A stem, an identity-shortcut block, a projection-shortcut block, global average pooling, a head."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU())
-        self.b1 = Block(4, 4, 1)
-        self.b2 = Block(4, 8, 2)
+        self.b1 = BasicBlock(4, 4, 1)
+        self.b2 = BasicBlock(4, 8, 2)
         self.head = nn.Linear(8, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
