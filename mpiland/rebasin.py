@@ -285,6 +285,16 @@ class _Tracer:
                              f"{SUPPORTED}")
         self.axes[(key, axis)] = group if seen is None else self.uf.find(group)
 
+    def new_units(self, target: str, x: _Space, free: bool, size: int) -> int:
+        """A Linear or ungrouped conv layer: its input axis follows ``x``'s group (unless unpermuted), and its
+        ``size`` output units are a new group (weight rows and bias); return that group."""
+        if not free:
+            self.record(target, "weight", 1, x.group)
+        g = self.make_group(target, size)
+        self.record(target, "weight", 0, g)
+        self.record(target, "bias", 0, g)
+        return g
+
     def make_group(self, target: str, size: int) -> int:
         """The output space of the layer ``target`` (the same one if the layer is called again)."""
         if target not in self.module_groups:
@@ -330,12 +340,7 @@ class _Tracer:
         if isinstance(module, nn.Linear):
             if not free and x.kind != "features":
                 return self.touch(f"{what}, applied to a convolution's map without flattening it,", [x])
-            if not free:
-                self.record(target, "weight", 1, x.group)
-            g = self.make_group(target, module.out_features)
-            self.record(target, "weight", 0, g)
-            self.record(target, "bias", 0, g)
-            return _Space(g, "features")
+            return _Space(self.new_units(target, x, free, module.out_features), "features")
         conv_rank = _CONV_RANK.get(type(module))
         if conv_rank is not None:
             assert isinstance(module, nn.modules.conv._ConvNd)
@@ -349,12 +354,7 @@ class _Tracer:
                 return _Space(x.group, "channels", conv_rank) if not free else _FIXED_SPACE
             if module.groups != 1:
                 return self.touch(f"{what}, a grouped convolution ({module.groups} groups),", [x])
-            if not free:
-                self.record(target, "weight", 1, x.group)
-            g = self.make_group(target, module.out_channels)
-            self.record(target, "weight", 0, g)
-            self.record(target, "bias", 0, g)
-            return _Space(g, "channels", conv_rank)
+            return _Space(self.new_units(target, x, free, module.out_channels), "channels", conv_rank)
         if free:
             # Unpermuted input: the module's output is unpermuted too (and nothing of it is recorded).
             return _FIXED_SPACE
