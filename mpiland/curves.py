@@ -47,6 +47,7 @@ from .data import Split
 from .digest import tensors_digest
 from .errors import CheckpointError, SettingsError
 from .layout import ParamLayout, state_vector
+from .models import save_checkpoint
 from .lossfns import LossFn
 from .progress import bar_class, in_notebook
 from .spec import CURVES, ConnectSpec
@@ -96,12 +97,6 @@ def _config(spec: ConnectSpec, a: torch.Tensor, b: torch.Tensor, split: Split, l
     settings["loss"] = loss_name
     text = json.dumps([settings, list(layout.names), tensors_digest(a, b, split.inputs, split.targets)])
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _bend_state(template: dict[str, torch.Tensor], layout: ParamLayout, vector: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -298,10 +293,10 @@ def _write(out: Path, config: str, template: dict[str, torch.Tensor], layout: Pa
            opt: torch.optim.Optimizer, epoch: int, step: int, losses: list[float], partial: float) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for i in range(bends.shape[0]):
-        _save(_bend_state(template, layout, bends[i]), out / f"bend_{i + 1}.pt")
+        save_checkpoint(_bend_state(template, layout, bends[i]), out / f"bend_{i + 1}.pt")
     state: dict[str, Any] = {"config": config, "epoch": epoch, "step": step, "bends": bends.detach().clone(),
                              "losses": torch.tensor(losses, dtype=torch.float64), "partial": partial}
     buffer = opt.state.get(bends, {}).get("momentum_buffer") if bends in opt.state else None
     if buffer is not None:
         state["momentum"] = buffer.detach().clone()
-    _save(state, out / STATE)
+    save_checkpoint(state, out / STATE)

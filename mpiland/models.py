@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -131,3 +132,12 @@ def base_checkpoint(spec: DirectionsSpec) -> str | None:
         return None
     paths = expand_checkpoints(spec.models)
     return paths[-1] if spec.kind == "pca" else paths[0]
+
+
+def save_checkpoint(obj: Any, path: str | Path) -> None:
+    """Write ``obj`` with ``torch.save`` to ``path`` atomically: a file written beside it, then renamed, so
+    a run killed while saving never leaves a truncated checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -38,7 +37,7 @@ from .errors import CheckpointError, GridError, ModelError, SettingsError
 from .grid import Chunks, Grid, make_chunks, resolve_grid
 from .launch import Placement, check_launch, place
 from .layout import ParamLayout, state_vector
-from .models import base_checkpoint, build_model, load_checkpoint, read_state_dict
+from .models import base_checkpoint, build_model, load_checkpoint, read_state_dict, save_checkpoint
 from .progress import Progress
 from .protocol import ChunkResult, run_protocol
 from .rebasin import aligned_state, weight_matching
@@ -498,9 +497,7 @@ def align_checkpoints(job: Job, a_path: str, b_path: str, out: str, seed: int = 
     aligned = aligned_state(b, alignment)
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-    torch.save(aligned, tmp)
-    os.replace(tmp, target)
+    save_checkpoint(aligned, target)
     layout = ParamLayout.from_model(a)
     theta_a = state_vector(a, layout)
     before = float((state_vector(b, layout) - theta_a).norm())

@@ -15,22 +15,16 @@ instruction set (the same on every machine of a cluster, or a CI runner).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
 
 from .data import Split
 from .engine import resolve_loss
+from .models import save_checkpoint
 from .spec import Job
 
 log = logging.getLogger("mpiland")
-
-
-def _save(state: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def train_model(model: torch.nn.Module, job: Job, split: Split) -> list[Path]:
@@ -55,7 +49,7 @@ def _train(model: torch.nn.Module, job: Job, split: Split) -> list[Path]:
     gen = torch.Generator().manual_seed(spec.seed)
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     written = [out_dir / "epoch_000.pt"]
-    _save(model.state_dict(), written[0])
+    save_checkpoint(model.state_dict(), written[0])
     n = len(split)
     for epoch in range(1, spec.epochs + 1):
         model.train()
@@ -69,10 +63,10 @@ def _train(model: torch.nn.Module, job: Job, split: Split) -> list[Path]:
             opt.step()
             total += loss.item() * len(idx)
         path = out_dir / f"epoch_{epoch:03d}.pt"
-        _save(model.state_dict(), path)
+        save_checkpoint(model.state_dict(), path)
         written.append(path)
         log.info("train: epoch %d/%d, mean loss %.4f", epoch, spec.epochs, total / n)
     model.eval()
-    _save(model.state_dict(), final)
+    save_checkpoint(model.state_dict(), final)
     written.append(final)
     return written
