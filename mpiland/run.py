@@ -335,20 +335,10 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
     def evaluate_chunk(chunk: int, poll: Callable[[], bool]) -> ChunkResult:
         points = chunks.points(chunk)
         coords = grid.coords(points)
-        values = {m: np.full(len(points), np.nan) for m in metrics}
-        seconds = np.full(len(points), np.nan)
-        n = 0
-        stopped = False
-        for group in chunks.groups(points):
-            if poll():
-                stopped = True
-                break
-            v, s = evaluator.evaluate_points(coords[group])
-            for m in metrics:
-                values[m][group] = v[m]
-            seconds[group] = s
-            n = group.stop
-        result = ChunkResult(chunk, points[:n], {m: a[:n] for m, a in values.items()}, seconds[:n], stopped)
+        # poll() is asked before each pass: once it says stop, only the points before it are returned
+        values, seconds = evaluator.evaluate_points(coords, chunks.groups(points), poll)
+        n = len(seconds)
+        result = ChunkResult(chunk, points[:n], {m: values[m] for m in metrics}, seconds, n < len(points))
         if writer_kind == "mpio" and n:
             # every rank has an MPI-IO writer, and the values were just set
             assert writer is not None and result.values is not None and result.seconds is not None

@@ -155,7 +155,8 @@ def test_dict_batches_feed_keyword_inputs():
     kw = {"x": (-1, 1, 3), "batch_size": 16, **FAST}
     ref = ml.landscape(plain, ml.directions.random(plain, dims=1), (x, y), **kw)
     got = ml.landscape(kw_model, ml.directions.random(kw_model, dims=1), DictSet(x, y), **kw)
-    assert _same(got.metrics["data_loss"], ref.metrics["data_loss"])
+    # the plain Sequential runs through the Linear-chain plan, the keyword model as a module: equal to rounding
+    np.testing.assert_allclose(got.metrics["data_loss"], ref.metrics["data_loss"], rtol=1e-6)
     assert _same(got.metrics["data_acc"], ref.metrics["data_acc"])
 
 

@@ -197,8 +197,11 @@ def test_auto_points_per_pass_is_deterministic_and_bounded(test_split):
     model = digits_mlp(hidden=16)
     d = random_directions(model, DirectionsSpec(), 2)
     ev = Evaluator(model, d, [test_split], LossSpec(), torch.device("cpu"), options=EngineOptions())
-    assert ev.points_per_pass == 1  # automatic on a CPU: one point per pass, never a timing-dependent choice
     assert 1 < ev.max_points_per_pass() <= MAX_POINTS_PER_PASS
+    cnn = digits_cnn()
+    conv = Evaluator(cnn, random_directions(cnn, DirectionsSpec(), 2), [test_split], LossSpec(), torch.device("cpu"),
+                     options=EngineOptions())
+    assert conv.plan is None and conv.points_per_pass == 1  # under vmap, K is never a timing-dependent choice
     tiny = Evaluator(digits_mlp(hidden=16), d, [test_split], LossSpec(), torch.device("cpu"),
                      options=EngineOptions(batch_memory_mb=1e-3))
     assert tiny.max_points_per_pass() == 1

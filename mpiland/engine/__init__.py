@@ -7,6 +7,8 @@
 - :mod:`.placement`: the data, resident on the device when it fits the budget,
   streamed from (pinned) host memory otherwise;
 - :mod:`.batching`: how many points per forward pass, and the vmapped pass;
+- :mod:`.plan`: a plain Linear chain (an MLP) run by batched products instead, with its
+  first layer's products with the resident data computed once;
 - :mod:`.bn`: BatchNorm statistics recomputed at each point (``bn = "recompute"``);
 - :mod:`.losses`: per-unit or batch-weighted losses, accuracy, their sums on the
   device (one host synchronisation per pass) and the metrics they give;
@@ -25,7 +27,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -39,8 +41,8 @@ from ..layout import ParamLayout
 from ..spec import HessianSpec, LossSpec
 from ..surface.names import SPECTRUM, SPECTRUM_ORIGIN, spectrum_model
 from ..surface.reader import Spectrum
-from .batching import (MAX_POINTS_PER_PASS, activation_bytes, call_model, choose_points_per_pass, make_forward,
-                       memory_bound, vmap_failure)
+from .batching import (MAX_POINTS_PER_PASS, MEASURED_SIZES, Forward, activation_bytes, call_model,
+                       choose_points_per_pass, make_forward, memory_bound, vmap_failure)
 from .bn import BatchNormRecompute, batchnorm_modules
 from .checks import check_data_fits
 from .losses import (BUILTIN_LOSSES, LossFn, LossSums, mean_and_stderr, metric_names, resolve_loss, split_metrics,
@@ -49,6 +51,7 @@ from .metrics import Metric, checked, computed, fresh, resolve_metrics, updated
 from .metrics import metric_names as user_metric_names
 from .params import FlatParameters
 from .placement import BatchSplit, DeviceSplit, batch_bytes, fits, place_split, place_stream, synchronize
+from .plan import ChainPlan
 
 Placed = DeviceSplit | BatchSplit
 
@@ -57,6 +60,8 @@ __all__ = ["AUTOCAST", "BUILTIN_LOSSES", "MAX_POINTS_PER_PASS", "EngineOptions",
 
 log = logging.getLogger("mpiland")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+EPILOGUE_POINTS = 16
+"""At most this many points' outputs wait for one loss epilogue (:meth:`Evaluator._evaluate`)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,8 @@ class Evaluator:
             check_data_fits(self.model, d, self.loss_fn, loss.name, self.builtin_loss, self.accuracy,
                             self.batch_size, self.device, self._metric_fns)
         self._check_metric_objects()
+        self.fused_loss = self.builtin_loss and loss.name == "cross_entropy" and all(map(_class_indices, self.data))
+        self.plan = self._make_plan(mode, memory_budget_mb)
         self.base_metrics = metric_names(self.split_names, self.accuracy)
         self.base_metrics += user_metric_names(self.split_names, self._ordered_metrics())
         if hessian is not None:
@@ -130,8 +137,35 @@ class Evaluator:
                                        warm_start=bool(getattr(hessian, "warm_start", WARM_START)))
         self.autocast = AUTOCAST.get(self.options.autocast)
         self.fallback_reason = ""
+        self._epilogue_points: int | None = None
         self.points_per_pass = 1
         self.use_points_per_pass(self._choose_points_per_pass(mode))
+
+    def _make_plan(self, mode: str, memory_budget_mb: float) -> ChainPlan | None:
+        """The batched-product plan of a plain Linear chain (:mod:`.plan`), checked against the model at the
+        origin, with the first layer's products for the data kept on the device in what the budget leaves;
+        None for other models, and under autocast, compile or per-point BatchNorm statistics."""
+        if mode != "eval" or self.bn is not None or self.options.autocast != "none" or self.options.compile:
+            return None
+        plan = ChainPlan.build(self.model, self.layout)
+        if plan is None:
+            return None
+        plan.prepare(self.params.theta0, self.params.vectors)
+        plan.set_coefficients(torch.zeros(1, self.directions.dims, device=self.device, dtype=self.dtype))
+        x = self._probe_batch(2)
+        with torch.inference_mode():
+            ref = call_model(self.model, x)
+            out = plan.forward(self.params.theta0.unsqueeze(0), 1, x)[0]
+        if out.shape != ref.shape or not torch.allclose(out, ref, rtol=1e-3, atol=1e-5):
+            log.info("the model's Linear chain does not reproduce its own output; running it as a module")
+            return None
+        kept = [x for d in self.data for x, _ in _kept_batches(d, self.batch_size, self.device)]
+        left = memory_budget_mb * 2**20 - sum(batch_bytes(x, y) for d in self.data
+                                              for x, y in _kept_batches(d, self.batch_size, self.device))
+        used = plan.precompute(kept, left)
+        log.debug("Linear chain of %d layers run by batched products; first layer precomputed for %.1f MiB of "
+                  "batches", len(plan.layers), used / 2**20)
+        return plan
 
     def _check_metric_objects(self) -> None:
         """Try every update/compute metric on one batch at set-up, so a broken one is a MetricError on every
@@ -196,21 +230,63 @@ class Evaluator:
         k, self.fallback_reason = choose_points_per_pass(
             self.options.points_per_pass, self.device, recompute_bn=self.bn is not None, mode=mode,
             bound=self.max_points_per_pass,
-            vmap_check=lambda: vmap_failure(self.model, self.layout, self.params.theta0, self._probe_batch(2)))
+            vmap_check=lambda: vmap_failure(self.model, self.layout, self.params.theta0, self._probe_batch(2)),
+            measure=self._measure_points_per_pass if self.plan is not None else None)
         if self.fallback_reason:
             log.info("evaluating one point per pass: %s", self.fallback_reason)
         return k
 
+    def _measure_points_per_pass(self) -> int:
+        """The fastest K of :data:`~.batching.MEASURED_SIZES` (to the memory bound), timed on the first batch
+        (for a plan, whose values do not depend on K); leaves the evaluator at K = 1."""
+        x, y = self.data[0].first_batch(self.batch_size, self.device)
+        bound = self.max_points_per_pass()
+        timings: dict[int, float] = {}
+        for k in [k for k in MEASURED_SIZES if k <= bound] or [1]:
+            self.use_points_per_pass(k)
+            coefficients = np.zeros((k, self.directions.dims))
+
+            def one_pass() -> None:
+                self._set_points(coefficients)
+                with torch.inference_mode():
+                    LossSums(self.loss_fn, self.builtin_loss, self.accuracy, k, self.device,
+                             self.fused_loss).add(self.forward(k, x), y)
+
+            times = []
+            for _ in range(4):
+                t0 = time.perf_counter()
+                one_pass()
+                synchronize(self.device)
+                times.append(time.perf_counter() - t0)
+            timings[k] = sorted(times[1:])[1] / k  # the median of three, after one warm-up
+        self.use_points_per_pass(1)
+        best = min(timings, key=lambda k: timings[k])
+        log.debug("points per pass measured on the first batch: %s ms/point; taking %d",
+                 ", ".join(f"{k}: {t * 1e3:.3g}" for k, t in timings.items()), best)
+        return best
+
     def use_points_per_pass(self, k: int, compile_: bool | None = None) -> None:
-        """Evaluate ``k`` points per forward pass from now on (1: one point at a time on the model itself)."""
+        """Evaluate ``k`` points per forward pass from now on (1: one point at a time on the model itself,
+        or on the rows of a plan)."""
         self.points_per_pass = k
-        self.params.reserve(k)
+        self.forward: Forward
+        plan = self.plan
+        self.params.reserve(k, rows=plan is not None)
+        if plan is not None:
+            params = self.params
+
+            def planned(n: int, x: Any) -> torch.Tensor:
+                assert params.rows is not None
+                return plan.forward(params.rows, n, x)
+
+            self.forward = planned
+            return
         self.forward = make_forward(self.model, self.layout, k, self.params.row_views,
-                                     self.options.compile if compile_ is None else compile_)
+                                    self.options.compile if compile_ is None else compile_)
 
     def batched_pass_works(self) -> bool:
         """Whether vmap runs this model correctly (for a points-per-pass taken from a file)."""
-        if self.points_per_pass == 1:
+        if self.points_per_pass == 1 or self.plan is not None:
             return True
         return not vmap_failure(self.model, self.layout, self.params.theta0, self._probe_batch(2))
 
@@ -226,7 +302,11 @@ class Evaluator:
         if self.params.rows is None:
             self.set_point(coefficients[0])
             return 1
-        return self.params.set_rows(coefficients)
+        k = self.params.set_rows(coefficients)
+        if self.plan is not None:
+            assert self.params.row_coefficients is not None
+            self.plan.set_coefficients(self.params.row_coefficients)
+        return k
 
     def reset(self) -> None:
         """Put θ* back into the model."""
@@ -234,52 +314,127 @@ class Evaluator:
 
     # -- evaluating ----------------------------------------------------------------------
 
-    def _pass(self, coefficients: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Sums (splits × 1+metrics × k × sums) for the points in ``coefficients`` (at most points_per_pass
-        rows), and per split the values of the update/compute metrics (metrics × k)."""
+    def _pass(self, coefficients: np.ndarray) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """Sums on the device (splits × 1+metrics × k × sums) for the points in ``coefficients`` (at most
+        points_per_pass rows), and per split the values of the update/compute metrics (metrics × k)."""
         k = self._set_points(coefficients)
         with torch.inference_mode():
             passes = [_split_sums(self, d, k) for d in self.data]
-            sums = torch.stack([p[0] for p in passes]).cpu().numpy()
+            sums = torch.stack([p[0] for p in passes])
         if self._restore_buffers:
             torch._foreach_copy_(self._buffers, self._buffers0)
         return sums, [p[1] for p in passes]
 
-    def evaluate_points(self, coords: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def evaluate_points(self, coords: np.ndarray, groups: list[slice] | None = None,
+                        stop: Callable[[], bool] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Evaluate each row of grid ``coords`` (n × dims); return metric arrays and per-point seconds.
 
-        Every variant of the path (the path, its comparison line) is evaluated at
-        each point; its metrics carry the variant's prefix and the seconds add up.
+        ``groups``: consecutive slices of ``coords`` from 0, one forward pass each (at
+        most points_per_pass points; by default passes of points_per_pass). ``stop``:
+        asked before each pass; once it says True the arrays cover only the points
+        evaluated. Every variant of the path (the path, its comparison line) is
+        evaluated at each point; its metrics carry the variant's prefix and the seconds add up.
         """
-        values: dict[str, np.ndarray] = {}
-        seconds = np.zeros(coords.shape[0])
-        for variant in self.directions.variants:
-            v, s = self.evaluate_coefficients(self.directions.coefficients(coords, variant))
-            values.update({variant + m: a for m, a in v.items()})
-            seconds += s
-        return values, seconds
+        variants = self.directions.variants
+        values, seconds = self._evaluate([self.directions.coefficients(coords, v) for v in variants], groups, stop)
+        return {v + m: a for v, part in zip(variants, values) for m, a in part.items()}, seconds
 
     def evaluate_coefficients(self, coefficients: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Evaluate origin + basis · c for each row c of ``coefficients`` (n × m).
+        """Evaluate origin + basis · c for each row c of ``coefficients`` (n × m), in passes of points_per_pass."""
+        values, seconds = self._evaluate([coefficients], None, None)
+        return values[0], seconds
 
-        Points go through in passes of ``points_per_pass``; a batched pass's time is
-        shared equally by its points.
+    def _evaluate(self, sets: list[np.ndarray], groups: list[slice] | None,
+                  stop: Callable[[], bool] | None) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+        """Metric arrays per coefficient set (each n × m, the same points) and per-point seconds.
+
+        Passes run as the groups say; their outputs wait, up to :attr:`epilogue_points`
+        points, for one loss epilogue over all of them (a window), so a small model
+        does not pay the epilogue's kernels at every point. The sums stay on the device
+        and come to the host in one copy at the end, where the metrics of all points are
+        computed at once. Seconds: a window's wall time shared by its points, the
+        device synchronised at the end of the call (so on an accelerator the whole
+        call's time is what is shared, in proportion to the windows' host times).
         """
-        n = coefficients.shape[0]
-        values = {m: np.full(n, np.nan) for m in self.base_metrics}
+        n = sets[0].shape[0]
+        k = self.points_per_pass
+        groups = groups if groups is not None else [slice(a, min(a + k, n)) for a in range(0, n, k)]
+        curvature = self.curvature is not None and self.curvature.spec.enabled
+        window = self.epilogue_points
+        sums: list[list[torch.Tensor]] = [[] for _ in sets]
+        objects: list[list[list[np.ndarray]]] = [[] for _ in sets]
+        curv: list[list[dict[str, np.ndarray]]] = [[] for _ in sets]
+        waiting: list[list[tuple[int, list[list[tuple[torch.Tensor, torch.Tensor]]]]]] = [[] for _ in sets]
         seconds = np.zeros(n)
-        for start in range(0, n, self.points_per_pass):
-            group = coefficients[start: start + self.points_per_pass]
-            t0 = time.perf_counter()
-            sums, objects = self._pass(group)
-            metrics = _metrics(self.split_names, sums, self.accuracy, self._ordered_metrics(), objects)
-            if self.curvature is not None and self.curvature.spec.enabled:
-                metrics.update(_curvature(self, group))
-            synchronize(self.device)
-            seconds[start: start + len(group)] = (time.perf_counter() - t0) / len(group)
-            for m in self.base_metrics:
-                values[m][start: start + len(group)] = metrics[m]
-        return values, seconds
+        start = done = 0
+        t0 = t_start = time.perf_counter()
+
+        def close_window() -> None:
+            nonlocal start, t0
+            for i in range(len(sets)):
+                if waiting[i]:
+                    s, o = _window_sums(self, waiting[i])
+                    sums[i].append(s)
+                    objects[i].append(o)
+                    waiting[i] = []
+            t1 = time.perf_counter()
+            seconds[start:done] = (t1 - t0) / max(done - start, 1)
+            start, t0 = done, t1
+
+        for g in groups:
+            if stop is not None and stop():
+                break
+            for i, coefficients in enumerate(sets):
+                group = coefficients[g]
+                if window > 1:
+                    k = self._set_points(group)
+                    with torch.inference_mode():
+                        waiting[i].append((k, [_outputs(self, d, k) for d in self.data]))
+                    if self._restore_buffers:
+                        torch._foreach_copy_(self._buffers, self._buffers0)
+                else:
+                    s, o = self._pass(group)
+                    sums[i].append(s)
+                    objects[i].append(o)
+                if curvature:
+                    curv[i].append(_curvature(self, group))
+            done = g.stop
+            if done - start >= window:
+                close_window()
+        if done > start:
+            close_window()
+        synchronize(self.device)
+        if done and self.device.type != "cpu":
+            seconds[:done] *= (time.perf_counter() - t_start) / max(seconds[:done].sum(), 1e-12)
+        out = []
+        for i in range(len(sets)):
+            metrics: dict[str, np.ndarray] = {}
+            if done:
+                host = torch.cat(sums[i], dim=2).cpu().numpy()
+                per_split = [np.concatenate([o[j] for o in objects[i]], axis=1) for j in range(len(self.data))]
+                metrics = _metrics(self.split_names, host, self.accuracy, self._ordered_metrics(), per_split)
+                for c in curv[i][:1]:
+                    metrics.update({m: np.concatenate([part[m] for part in curv[i]]) for m in c})
+            out.append({m: np.asarray(metrics.get(m, np.zeros(0)), dtype=np.float64) for m in self.base_metrics})
+        return out, seconds[:done]
+
+    @property
+    def epilogue_points(self) -> int:
+        """Points whose outputs wait for one loss epilogue: up to :data:`EPILOGUE_POINTS` while their outputs on
+        every split fit a quarter of ``batch_memory_mb``; 1 (each pass its own) for streamed data and with
+        curvature at every point."""
+        if self._epilogue_points is None:
+            self._epilogue_points = 1
+            if all(d.resident for d in self.data) and not (self.curvature is not None and self.curvature.spec.enabled):
+                x, _ = self.data[0].first_batch(self.batch_size, self.device)
+                with torch.inference_mode():
+                    out = call_model(self.model, x)
+                rows = max(int(out.shape[0]), 1) if out.dim() else 1
+                per_sample = 4 * max(out.numel() // rows, 1)
+                samples = sum(_samples(d) for d in self.data)
+                fit = int(self.options.batch_memory_mb * 2**20 / 4 // max(per_sample * samples, 1))
+                self._epilogue_points = max(1, min(EPILOGUE_POINTS, fit))
+        return self._epilogue_points
 
     def origin_curvature(self) -> dict[str, Any]:
         """Trace and directional curvatures at the origin (root attributes of a new file) and, with
@@ -289,7 +444,7 @@ class Evaluator:
             return {}
         zero = np.zeros(self.directions.dims)
         self.set_point(zero)
-        own = self.params.basis.t()[self.directions.rows("")]  # the path's own axes, not a comparison block
+        own = self.params.vectors[self.directions.rows("")]  # the path's own axes, not a comparison block
         out: dict[str, Any] = dict(self.curvature.at_origin(self.flat, own,
                                                             axis_labels(self.directions.block_size)))
         if self.curvature.spec.spectrum != "none":
@@ -358,6 +513,28 @@ def _curvature(ev: Evaluator, coefficients: np.ndarray) -> dict[str, np.ndarray]
     return {m: np.array([r[m] for r in rows]) for m in rows[0]}
 
 
+def _kept_batches(d: Placed, batch_size: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches of a split that stay on the device for the whole run (none for streamed data)."""
+    if isinstance(d, DeviceSplit):
+        return list(d.batches(batch_size, device)) if d.resident else []
+    return [(x, y) for x, y in d.kept if isinstance(x, torch.Tensor)]
+
+
+def _samples(d: Placed) -> int:
+    """Samples of a split."""
+    return int(d.inputs.shape[0]) if isinstance(d, DeviceSplit) else d.samples
+
+
+def _class_indices(d: Placed) -> bool:
+    """Whether every target of a split is an integer class index, one per sample, none negative (a negative
+    one is cross-entropy's ignore index); a loader's split is known from its reading at set-up."""
+    if isinstance(d, DeviceSplit):
+        y = d.targets
+        return not y.is_floating_point() and y.dim() == 1 and (y.numel() == 0 or int(y.min()) >= 0)
+    y = d.first[1]
+    return not y.is_floating_point() and y.dim() == 1 and d.labels is not None and d.labels[0] >= 0
+
+
 def _tensors(d: Placed) -> tuple[torch.Tensor, torch.Tensor]:
     """A split's inputs and targets as whole tensors (what the curvature operators read)."""
     if isinstance(d, DeviceSplit):
@@ -383,19 +560,44 @@ def _metrics(split_names: list[str], sums: np.ndarray, accuracy: bool, user: lis
     return out
 
 
+def _forward(ev: Evaluator, k: int, x: Any) -> torch.Tensor:
+    """Outputs (k, batch, ...) of the k points now set, in float32 under autocast."""
+    if ev.autocast is not None:
+        with torch.autocast(ev.device.type, dtype=ev.autocast):
+            out = ev.forward(k, x)
+        return out.float()
+    return ev.forward(k, x)
+
+
+def _outputs(ev: Evaluator, d: Placed, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The outputs of the k points now set on every batch of a split, with the batch's targets."""
+    return [(_forward(ev, k, x), y) for x, y in d.batches(ev.batch_size, ev.device)]
+
+
 def _split_sums(ev: Evaluator, d: Placed, k: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Per point the loss and metric sums over one split (see :class:`~mpiland.engine.losses.LossSums`),
-    and the values of the update/compute metrics (metrics × k)."""
-    sums = [LossSums(ev.loss_fn, ev.builtin_loss, ev.accuracy, k, ev.device)]
+    """Per point the loss and metric sums over one split, each batch's outputs consumed as it comes."""
+    return _sums(ev, ((_forward(ev, k, x), y) for x, y in d.batches(ev.batch_size, ev.device)), k)
+
+
+def _window_sums(ev: Evaluator, passes: list[tuple[int, list[list[tuple[torch.Tensor, torch.Tensor]]]]]
+                 ) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """Sums (splits × 1+metrics × points × sums) and update/compute metric values of several passes at once:
+    each batch's outputs of all their points, stacked, go through the epilogue once."""
+    k = sum(n for n, _ in passes)
+    parts = []
+    for j in range(len(ev.data)):
+        batches = zip(*(outs[j] for _, outs in passes))
+        parts.append(_sums(ev, ((torch.cat([o for o, _ in b]), b[0][1]) for b in batches), k))
+    return torch.stack([p[0] for p in parts]), [p[1] for p in parts]
+
+
+def _sums(ev: Evaluator, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], k: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Per point the loss and metric sums over a split's batches (outputs (k, batch, ...), targets) (see
+    :class:`~mpiland.engine.losses.LossSums`), and the values of the update/compute metrics (metrics × k)."""
+    sums = [LossSums(ev.loss_fn, ev.builtin_loss, ev.accuracy, k, ev.device, ev.fused_loss)]
     sums += [LossSums(fn, False, False, k, ev.device) for fn in ev._metric_fns]
     objects = [[fresh(m, ev.device) for _ in range(k)] for m in ev._stateful]
-    for x, y in d.batches(ev.batch_size, ev.device):
-        if ev.autocast is not None:
-            with torch.autocast(ev.device.type, dtype=ev.autocast):
-                out = ev.forward(k, x)
-            out = out.float()
-        else:
-            out = ev.forward(k, x)
+    for out, y in batches:
         for s in sums:
             s.add(out, y)
         for m, copies in zip(ev._stateful, objects):

@@ -2,11 +2,14 @@
 
 The parameters of K points sit in the rows of a K × n buffer and the model runs
 once over them with ``torch.func.vmap`` + ``functional_call``, which keeps a small
-model from leaving most of a GPU idle. K is a pure function of the job, the model
-and the device type, never of timings: values depend on K at rounding level, so
-K must not change between runs or ranks of one surface. Models vmap cannot run
-(in-place buffer updates, data-dependent control flow) fall back to one point
-per pass, with the reason logged.
+model from leaving most of a GPU idle. Values depend on K at rounding level under
+vmap, so there K is a pure function of the job, the model and the device type,
+never of timings. A plain Linear chain runs through :mod:`.plan` instead, whose
+values do not depend on K on a CPU; there the automatic K is measured (the fastest
+of :data:`MEASURED_SIZES` on the first batch). Either way K is stored in the
+surface file and a resume takes it from there, so it never changes between the
+runs or ranks of one surface. Models vmap cannot run (in-place buffer updates,
+data-dependent control flow) fall back to one point per pass, with the reason logged.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from torch import nn
 from ..layout import ParamLayout
 
 MAX_POINTS_PER_PASS = 64
+MEASURED_SIZES = (1, 4, 16, 64)
+"""The points per pass a CPU run of a Linear chain times at set-up (up to the memory bound)."""
 
 Forward = Callable[[int, Any], torch.Tensor]
 """``forward(k, x)``: outputs of the k points now set, shape (k, batch, ...); x a tensor or a dict of them."""
@@ -108,14 +113,18 @@ def make_forward(model: nn.Module, layout: ParamLayout, k: int, rows: Callable[[
 
 
 def choose_points_per_pass(requested: int, device: torch.device, *, recompute_bn: bool, mode: str,
-                           bound: Callable[[], int], vmap_check: Callable[[], str]) -> tuple[int, str]:
-    """K for a run and, when it falls back to 1, the reason; never a timing (values depend on K).
+                           bound: Callable[[], int], vmap_check: Callable[[], str],
+                           measure: Callable[[], int] | None = None) -> tuple[int, str]:
+    """K for a run and, when it falls back to 1, the reason.
 
-    ``requested``: the job's K (0 automatic, 1 one point per pass). Automatic is one
-    point per pass on a CPU, where a batched pass rarely wins (a vmapped convolution
-    becomes a grouped one), and the memory ``bound()`` on a GPU, where a small model
-    leaves the device idle. ``vmap_check()`` returns why vmap cannot run the model, or "".
+    ``requested``: the job's K (0 automatic, 1 one point per pass). Automatic is, on a
+    CPU, ``measure()`` where given (a Linear chain, whose values do not depend on K)
+    and otherwise one point per pass, where a vmapped pass rarely wins (a vmapped
+    convolution becomes a grouped one); on a GPU the memory ``bound()``, where a small
+    model leaves the device idle. ``vmap_check()`` returns why vmap cannot run the model, or "".
     """
+    if requested == 0 and device.type == "cpu" and measure is not None and not recompute_bn and mode == "eval":
+        return measure(), ""
     if requested == 1 or (requested == 0 and device.type == "cpu"):
         return 1, ""
     if recompute_bn:

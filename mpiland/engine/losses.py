@@ -66,11 +66,35 @@ def predictions(out: torch.Tensor) -> torch.Tensor:
     return out.argmax(dim=-1)
 
 
-class LossSums:
-    """Per-point sums of one split's losses over its batches, kept on the device (no synchronisation)."""
+EXP_FLOOR = 80.0
+"""log-sum-exp terms are taken from max − EXP_FLOOR up (e^-80 ≈ 1.8e-35, below a float32's resolution at 1)."""
 
-    def __init__(self, loss_fn: LossFn, builtin: bool, accuracy: bool, k: int, device: torch.device) -> None:
+
+def cross_entropy_terms(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample cross-entropy (k, batch) of outputs (k, batch, C) for class indices ``y`` (batch) in [0, C),
+    and the predicted classes, from one max over the classes: log Σ exp(o − max) + max − o_y, the
+    arg-max of the same max (first maximal index, as ``argmax``). Eight small kernels instead of
+    ``cross_entropy`` and ``argmax``, which cost as much as a small MLP's forward pass on a CPU."""
+    k = out.shape[0]
+    top, predicted = out.max(dim=-1)
+    picked = out.gather(-1, y.view(1, -1, 1).expand(k, -1, 1)).squeeze(-1)
+    # Terms below e^-80 cannot change a sum that holds 1 (the maximum's), and they would be denormal: an
+    # order of magnitude slower on a CPU far from θ*, where logits differ by hundreds.
+    shifted = (out - top.unsqueeze(-1)).clamp_(min=-EXP_FLOOR)
+    return shifted.exp_().sum(dim=-1).log_().add_(top).sub_(picked), predicted
+
+
+class LossSums:
+    """Per-point sums of one split's losses over its batches, kept on the device (no synchronisation).
+
+    ``fused``: the loss is the built-in cross-entropy and every target is a class index in
+    range, so losses and accuracy come from :func:`cross_entropy_terms`.
+    """
+
+    def __init__(self, loss_fn: LossFn, builtin: bool, accuracy: bool, k: int, device: torch.device,
+                 fused: bool = False) -> None:
         self.loss_fn = loss_fn
+        self.fused = fused
         self.builtin = builtin
         self.accuracy = accuracy
         self.k = k
@@ -90,6 +114,15 @@ class LossSums:
     def add(self, out: torch.Tensor, y: torch.Tensor) -> None:
         """Add one batch of k points' outputs (k, batch, ...) with its targets."""
         batch = int(y.shape[0])
+        if self.fused:
+            losses, predicted = cross_entropy_terms(out, y)
+            losses = losses.double()
+            self.acc[:2] += torch.stack([ordered_sum(losses), ordered_sum(losses.square())])
+            self.units += losses.shape[1]
+            if self.accuracy:
+                self.acc[6] += (predicted == y).sum(dim=1)
+            self.samples += batch
+            return
         losses = self._losses(out, y).to(torch.float64)
         if losses.shape[1] == 1 and (batch > 1 or self.batches):
             m, w = losses[:, 0], float(batch)

@@ -2,9 +2,11 @@
 
 Parameters (and, for a states layout, floating buffers) are re-pointed into one
 flat buffer, so a point origin + basis · c is written with a single fused
-``addmv``, never a Python loop over tensors and never a model copy. For several
-points per pass the parameters of K points are written by one ``addmm`` into a
-(K × n) buffer whose rows the batched forward pass reads.
+``addmm`` over the basis vectors stored as contiguous rows (m × n: the product
+then streams each vector once; an ``addmv`` over the n × m transpose is seven
+times slower on a CPU), never a Python loop over tensors and never a model copy.
+For several points per pass the parameters of K points are written by one
+``addmm`` into a (K × n) buffer whose rows the batched forward pass reads.
 """
 
 from __future__ import annotations
@@ -35,12 +37,24 @@ def flatten_into(model: nn.Module, layout: ParamLayout, device: torch.device, dt
     return flat
 
 
+def rows_product(base: torch.Tensor, coefficients: torch.Tensor, matrix: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[:k] = base + coefficients @ matrix`` (k = rows of ``coefficients``) with the same rounding in each
+    row whatever k is: a one-row product is a matrix-vector kernel that rounds differently from the
+    matrix kernel, so k = 1 is computed as two equal rows (``out`` has room for two)."""
+    k = coefficients.shape[0]
+    if k == 1:
+        torch.addmm(base, coefficients.expand(2, -1), matrix, out=out[:2])
+    else:
+        torch.addmm(base, coefficients, matrix, out=out[:k])
+
+
 def _coefficients(c: np.ndarray | list[float], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.as_tensor(np.asarray(c, dtype=np.float64), dtype=dtype).to(device, non_blocking=True)
 
 
 class FlatParameters:
-    """θ₀ (the origin), the basis and the flat buffer the model reads; writes points with one fused update."""
+    """θ₀ (the origin), the basis vectors (rows of :attr:`vectors`, m × n) and the flat buffer the model reads;
+    writes points with one fused update."""
 
     def __init__(self, model: nn.Module, layout: ParamLayout, directions: Directions, device: torch.device,
                  dtype: torch.dtype) -> None:
@@ -51,23 +65,33 @@ class FlatParameters:
         if directions.origin is not None:
             self.flat.copy_(directions.origin.to(device=device, dtype=dtype))
         self.theta0 = self.flat.clone()
-        self.basis = directions.vectors.to(device=device, dtype=dtype).t().contiguous()
+        self.vectors = directions.vectors.to(device=device, dtype=dtype).contiguous()
         self.rows: torch.Tensor | None = None
+        self.row_coefficients: torch.Tensor | None = None
 
-    def reserve(self, k: int) -> None:
-        """Make room for ``k`` points per pass (k > 1: a K × n buffer; 1: the model's own buffer)."""
-        self.rows = torch.empty(k, self.layout.numel, device=self.device, dtype=self.dtype) if k > 1 else None
+    @property
+    def basis(self) -> torch.Tensor:
+        """The basis vectors as columns (n × m, a view)."""
+        return self.vectors.t()
+
+    def reserve(self, k: int, rows: bool = False) -> None:
+        """Make room for ``k`` points per pass: a K × n buffer when k > 1 or ``rows`` (two rows at least, see
+        :func:`rows_product`), else the model's own buffer."""
+        need = k > 1 or rows
+        self.rows = torch.empty(max(k, 2), self.layout.numel, device=self.device, dtype=self.dtype) if need else None
 
     def set_point(self, coefficients: np.ndarray | list[float]) -> None:
         """Write origin + Σ_k coefficients[k]·basis_k into the model's flat buffer."""
-        torch.addmv(self.theta0, self.basis, _coefficients(coefficients, self.device, self.dtype), out=self.flat)
+        c = _coefficients(coefficients, self.device, self.dtype).view(1, -1)
+        torch.addmm(self.theta0.unsqueeze(0), c, self.vectors, out=self.flat.view(1, -1))
 
     def set_rows(self, coefficients: np.ndarray) -> int:
-        """Write one point per row of ``coefficients`` into the K × n buffer (one ``addmm``); return the count."""
+        """Write one point per row of ``coefficients`` into the K × n buffer (one ``addmm``); return the count.
+        The coefficients stay on the device as :attr:`row_coefficients` (k × m)."""
         assert self.rows is not None
         k = coefficients.shape[0]
-        torch.addmm(self.theta0.unsqueeze(0), _coefficients(coefficients, self.device, self.dtype), self.basis.t(),
-                    out=self.rows[:k])
+        self.row_coefficients = _coefficients(coefficients, self.device, self.dtype)
+        rows_product(self.theta0.unsqueeze(0), self.row_coefficients, self.vectors, self.rows)
         return k
 
     def row_views(self, k: int) -> dict[str, torch.Tensor]:

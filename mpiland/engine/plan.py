@@ -1,0 +1,261 @@
+"""A lean forward pass for plain feed-forward chains (MLPs): K points per pass with batched products, no vmap.
+
+A model that is an ``nn.Sequential`` (nested ones are flattened) of a leading
+``Flatten``, ``Linear`` layers, elementwise activations, ``Dropout`` and ``Identity``
+is run by :class:`ChainPlan` itself: the K points' weights are views of the rows of
+the K × n parameter buffer, and each layer after the first is one ``baddbmm``. That
+removes what the general path pays on a small model: module calls, and the
+per-call overhead of vmap over ``functional_call``.
+
+The first layer is linear in the parameters and its input is the data, which is the
+same at every point: with W(c) = W₀ + Σⱼ cⱼ Dⱼ and b(c) = b₀ + Σⱼ cⱼ dⱼ (W₀, b₀ the
+origin's first layer, Dⱼ, dⱼ the first layer's block of basis vector j),
+
+    x·W(c)ᵀ + b(c) = A₀ + Σⱼ cⱼ Aⱼ,   A₀ = x·W₀ᵀ + b₀,   Aⱼ = x·Dⱼᵀ + dⱼ.
+
+So a point's first layer is one product of its coefficients with A, of inner
+dimension m + 1 instead of ``in_features``; for data kept on the device A is
+computed once per batch at set-up (:meth:`ChainPlan.precompute`), and for streamed
+batches at each pass, with the same operations, so values do not depend on where
+the data lives.
+
+The same operations run for one point and for K, row by row, so on a CPU a point's
+values do not depend on K (checked bitwise by the tests), and a CPU run may choose K
+by measuring (:func:`~mpiland.engine.batching.choose_points_per_pass`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layout import ParamLayout
+from .params import rows_product
+
+Activation = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _activation(m: nn.Module) -> Activation | None:
+    """The in-place (where torch has one) elementwise function of an activation module, or None."""
+    if isinstance(m, nn.ReLU):
+        return torch.relu_
+    if isinstance(m, nn.LeakyReLU):
+        slope = m.negative_slope
+        return lambda h: F.leaky_relu_(h, slope)
+    if isinstance(m, nn.ReLU6):
+        return lambda h: F.hardtanh_(h, 0.0, 6.0)
+    if isinstance(m, nn.Tanh):
+        return torch.tanh_
+    if isinstance(m, nn.Sigmoid):
+        return torch.sigmoid_
+    if isinstance(m, nn.GELU):
+        approximate = m.approximate
+        return lambda h: F.gelu(h, approximate=approximate)
+    if isinstance(m, nn.SiLU):
+        return lambda h: F.silu(h, inplace=True)
+    if isinstance(m, nn.ELU):
+        alpha = m.alpha
+        return lambda h: F.elu_(h, alpha)
+    if isinstance(m, nn.Softplus):
+        beta, threshold = m.beta, m.threshold
+        return lambda h: F.softplus(h, beta, threshold)
+    return None
+
+
+PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.AlphaDropout)
+"""Modules that are the identity in eval mode."""
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One Linear layer: where its weight and bias sit in the flat parameters, and what follows it."""
+
+    weight: int
+    bias: int | None
+    out_features: int
+    in_features: int
+    activations: tuple[Activation, ...]
+
+
+def _modules(model: nn.Module) -> list[nn.Module] | None:
+    """The chain of leaf modules of a (nested) Sequential, or None for any other model."""
+    if not isinstance(model, nn.Sequential):
+        return None
+    out: list[nn.Module] = []
+    for m in model:
+        if isinstance(m, nn.Sequential):
+            inner = _modules(m)
+            if inner is None:
+                return None
+            out += inner
+        else:
+            out.append(m)
+    return out
+
+
+def _hooked(model: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+class ChainPlan:
+    """The forward pass of a Linear chain for k points whose parameters are the rows of a (K × n) buffer."""
+
+    def __init__(self, layers: list[_Layer], flatten: bool, layout: ParamLayout) -> None:
+        self.layers = layers
+        self.flatten = flatten
+        self.layout = layout
+        self.cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.coefficients: torch.Tensor | None = None
+        self.scratch: dict[tuple[int, int, int], torch.Tensor] = {}
+        self.first_weights = torch.empty(0)
+        self.first_biases: torch.Tensor | None = None
+
+    @classmethod
+    def build(cls, model: nn.Module, layout: ParamLayout) -> ChainPlan | None:
+        """The plan of ``model``, or None when it is not a plain chain the plan runs exactly."""
+        chain = _modules(model)
+        if not chain or _hooked(model) or model.training:
+            return None
+        index = {name: i for i, name in enumerate(layout.names)}
+        names = {id(p): n for n, p in model.named_parameters()}
+        flatten = False
+        layers: list[_Layer] = []
+        for m in chain:
+            if isinstance(m, nn.Flatten):
+                if layers or flatten or m.start_dim != 1 or m.end_dim != -1:
+                    return None
+                flatten = True
+            elif isinstance(m, nn.Linear):
+                w = index.get(names.get(id(m.weight), ""))
+                b = None if m.bias is None else index.get(names.get(id(m.bias), ""))
+                if w is None or (m.bias is not None and b is None):
+                    return None
+                layers.append(_Layer(w, b, m.out_features, m.in_features, ()))
+            elif isinstance(m, PASS_THROUGH):
+                continue
+            else:
+                act = _activation(m)
+                if act is None or not layers:
+                    return None
+                last = layers[-1]
+                layers[-1] = _Layer(last.weight, last.bias, last.out_features, last.in_features,
+                                    last.activations + (act,))
+        if not layers:
+            return None
+        return cls(layers, flatten, layout)
+
+    # -- the first layer's products with the data --------------------------------------
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) if self.flatten else x
+
+    def prepare(self, theta0: torch.Tensor, vectors: torch.Tensor) -> None:
+        """Take the first layer of the origin (``theta0``, n) and of each basis vector (``vectors``, m × n):
+        the m + 1 weight matrices the first layer's products are taken with."""
+        first = self.layers[0]
+
+        def block(i: int, size: int) -> torch.Tensor:  # parameter i of the origin and of each basis vector
+            off = self.layout.offsets[i]
+            return torch.cat([theta0[None, off: off + size], vectors[:, off: off + size]])
+
+        self.first_weights = block(first.weight, first.out_features * first.in_features).view(
+            -1, first.out_features, first.in_features).transpose(1, 2)
+        self.first_biases = block(first.bias, first.out_features).unsqueeze(1) if first.bias is not None else None
+
+    def products(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A₀ (1, batch·out) and A (m, batch·out) of one batch of inputs."""
+        a = torch.matmul(self._inputs(x), self.first_weights)
+        if self.first_biases is not None:
+            a += self.first_biases
+        a = a.reshape(a.shape[0], -1)
+        return a[:1], a[1:]
+
+    def precompute(self, batches: list[torch.Tensor], budget_bytes: float) -> int:
+        """Keep the products of each batch of inputs kept on the device, while they fit ``budget_bytes``;
+        return the bytes used (:meth:`prepare` first)."""
+        used = 0
+        for x in batches:
+            need = self.first_weights.shape[0] * x.shape[0] * self.layers[0].out_features * x.element_size()
+            if used + need > budget_bytes:
+                break
+            # The batch is kept with its products: while the cache holds it, no other tensor can take its address.
+            self.cache[_key(x)] = (x, *self.products(x))
+            used += need
+        return used
+
+    def set_coefficients(self, coefficients: torch.Tensor) -> None:
+        """The coefficients (k × m) of the points now in the rows, for the precomputed first layer."""
+        self.coefficients = coefficients
+
+    # -- the pass ------------------------------------------------------------------------
+
+    def _scratch(self, layer: int, k: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The reused output buffer (k, n, out) of a layer before the last: passes allocate nothing that size,
+        which on a CPU would be fresh pages (page faults) at every pass."""
+        key = (layer, k, n)
+        buf = self.scratch.get(key)
+        if buf is None or buf.dtype != dtype or buf.device != device:
+            rows = max(k, 2)  # room for rows_product's two rows at k = 1
+            buf = torch.empty(rows, n, self.layers[layer].out_features, dtype=dtype, device=device)
+            self.scratch[key] = buf
+        return buf
+
+    def forward(self, rows: torch.Tensor, k: int, x: torch.Tensor) -> torch.Tensor:
+        """Outputs (k, batch, out) of the k points in the first k rows of ``rows`` (K × n): a new tensor; the
+        layers before the last write into reused buffers."""
+        rows = rows[:k]
+        n = int(x.shape[0])
+        last = len(self.layers) - 1
+
+        def target(i: int) -> torch.Tensor:
+            """Layer i's output buffer, with room for two rows (rows_product at k = 1)."""
+            if i == last:
+                return torch.empty(max(k, 2), n, self.layers[i].out_features, dtype=rows.dtype, device=rows.device)
+            return self._scratch(i, k, n, rows.dtype, rows.device)
+
+        first = self.layers[0]
+        full = target(0)
+        h = full[:k]
+        cached = self.cache.get(_key(x))
+        a0, a = cached[1:] if cached is not None else self.products(x)
+        assert self.coefficients is not None, "set_coefficients before the pass"
+        rows_product(a0, self.coefficients[:k], a, full.view(full.shape[0], -1))
+        h = _activate(h, first.activations)
+        for i, layer in enumerate(self.layers[1:], start=1):
+            w = self._weight(rows, layer).transpose(1, 2)
+            out = target(i)[:k]
+            if layer.bias is not None:
+                torch.baddbmm(self._bias(rows, layer), h, w, out=out)
+            else:
+                torch.bmm(h, w, out=out)
+            h = _activate(out, layer.activations)
+        return h
+
+    def _weight(self, rows: torch.Tensor, layer: _Layer) -> torch.Tensor:
+        off = self.layout.offsets[layer.weight]
+        return rows[:, off: off + layer.out_features * layer.in_features].view(-1, layer.out_features,
+                                                                                 layer.in_features)
+
+    def _bias(self, rows: torch.Tensor, layer: _Layer) -> torch.Tensor:
+        assert layer.bias is not None
+        off = self.layout.offsets[layer.bias]
+        return rows[:, off: off + layer.out_features].unsqueeze(1)
+
+
+def _activate(h: torch.Tensor, activations: tuple[Activation, ...]) -> torch.Tensor:
+    """``h`` after the activations, written back into ``h`` (an activation torch has no in-place form of
+    returns a new tensor)."""
+    for act in activations:
+        y = act(h)
+        if y is not h:
+            h.copy_(y)
+    return h
+
+
+def _key(x: Any) -> tuple[int, int]:
+    """A batch's identity for the first-layer cache: its data pointer and length (resident batches never move)."""
+    return (x.data_ptr(), int(x.shape[0])) if isinstance(x, torch.Tensor) else (0, -1)
