@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -64,6 +64,10 @@ class BenchResult:
     points_per_pass: int
     batched_points_per_s: float
     batched_speedup: float
+    plan: bool = False
+    """Whether the model ran through the Linear-chain plan (else as a module, vmapped for K > 1)."""
+    points_per_s: dict[int, float] = field(default_factory=dict)
+    """Median points/s at each points-per-pass tried (1: one point per pass)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,8 +85,17 @@ def _median_time(fn: Callable[[], Any], device: torch.device, repeats: int) -> f
     return statistics.median(times)
 
 
+PASS_SECONDS = 2.0
+"""Batched pass sizes whose pass would take longer than this (at the floor's rate) are not tried."""
+
+
 def bench_model(case: BenchCase, device: torch.device, repeats: int = 5, options: EngineOptions | None = None) -> BenchResult:
-    """Floor, one-point-at-a-time and batched figures for one model, all in this process."""
+    """Floor, one-point-per-pass and batched figures for one model, all in this process.
+
+    The measurements alternate: each of ``repeats`` rounds times the floor, one point
+    per pass and every batched size once, and the ratios are medians of the rounds'
+    ratios, so a shared machine's drift between measurements cancels out.
+    """
     torch.manual_seed(0)
     model = case.build().to(device).eval()
     inputs, targets = case.data()
@@ -95,10 +108,8 @@ def bench_model(case: BenchCase, device: torch.device, repeats: int = 5, options
             for xb in batches:
                 model(xb)
 
-    floor = _median_time(floor_pass, device, repeats)
     directions = random_directions(model, DirectionsSpec(seed=0), 2)
     rng = np.random.default_rng(0)
-
     opts = options or EngineOptions()
 
     def engine(points_per_pass: int) -> Evaluator:
@@ -106,34 +117,33 @@ def bench_model(case: BenchCase, device: torch.device, repeats: int = 5, options
                          batch_size=case.batch_size, options=replace(opts, points_per_pass=points_per_pass))
 
     single = engine(1)
-    # As a run evaluates a chunk: many points in one call, one point per pass.
-    chunk = rng.uniform(-1, 1, size=(case.points, 2))
-    per_point = _median_time(lambda: single.evaluate_points(chunk), device, max(1, repeats // 2)) / case.points
-
-    def rate(ev: Evaluator) -> float:
-        coords = rng.uniform(-1, 1, size=(max(case.points // ev.points_per_pass, 1) * ev.points_per_pass, 2))
-        return len(coords) / _median_time(lambda: ev.evaluate_points(coords), device, max(1, repeats // 2))
-
-    # Batched: the fastest of a few pass sizes up to the memory bound (or the one asked for).
+    floor0 = _median_time(floor_pass, device, 3)
     if opts.points_per_pass > 1:
         sizes = [opts.points_per_pass]
     else:
         k_max = single.max_points_per_pass()
-        sizes = sorted({1, *(k for k in (4, 16) if k < k_max), k_max})
-    k, batched_rate = 1, 0.0
-    for size in sizes:
-        ev = single if size == 1 else engine(size)
-        if ev.points_per_pass != size:
-            continue
-        r = rate(ev)
-        if r > batched_rate:
-            k, batched_rate = size, r
+        sizes = sorted(k for k in {4, 16, k_max} if 1 < k <= k_max and k * floor0 <= PASS_SECONDS)
+    engines = {1: single, **{k: ev for k in sizes if (ev := engine(k)).points_per_pass == k}}
+    # As a run evaluates a chunk: many points in one call, in whole passes.
+    chunks = {k: rng.uniform(-1, 1, size=(max(case.points // k, 1) * k, 2)) for k in engines}
+    floors: list[float] = []
+    rates: dict[int, list[float]] = {k: [] for k in engines}
+    for _ in range(repeats):
+        floors.append(_median_time(floor_pass, device, 3))
+        for k, ev in engines.items():
+            rates[k].append(len(chunks[k]) / _median_time(lambda: ev.evaluate_points(chunks[k]), device, 1))
+    floor = statistics.median(floors)
+    per_point = 1.0 / statistics.median(rates[1])
+    ratio = 1.0 / statistics.median(f * r for f, r in zip(floors, rates[1]))
+    best = max(engines, key=lambda k: statistics.median(rates[k]))
+    speedup = statistics.median(f * r for f, r in zip(floors, rates[best]))
     return BenchResult(
         model=case.name, device=str(device), threads=torch.get_num_threads(), samples=len(inputs),
         parameters=sum(p.numel() for p in model.parameters()),
-        floor_s_per_point=floor, s_per_point=per_point, ratio_to_floor=per_point / floor,
-        floor_points_per_s=1.0 / floor, points_per_pass=k, batched_points_per_s=batched_rate,
-        batched_speedup=batched_rate * floor,
+        floor_s_per_point=floor, s_per_point=per_point, ratio_to_floor=ratio,
+        floor_points_per_s=1.0 / floor, points_per_pass=best, batched_points_per_s=statistics.median(rates[best]),
+        batched_speedup=speedup, plan=single.plan is not None,
+        points_per_s={k: round(statistics.median(r), 1) for k, r in rates.items()},
     )
 
 
@@ -143,4 +153,6 @@ def format_result(r: BenchResult) -> str:
             f"  floor (bare forward)       {r.floor_s_per_point * 1e3:9.3f} ms/point  {r.floor_points_per_s:9.1f} points/s\n"
             f"  mpiland, 1 point per pass  {r.s_per_point * 1e3:9.3f} ms/point  ratio to floor {r.ratio_to_floor:.3f}\n"
             f"  mpiland, {r.points_per_pass:2d} points per pass {'':1}{r.batched_points_per_s:9.1f} points/s"
-            f"  speed-up over floor {r.batched_speedup:.2f}x")
+            f"  speed-up over floor {r.batched_speedup:.2f}x\n"
+            f"  points/s by points per pass ({'Linear-chain plan' if r.plan else 'the module, vmapped for K > 1'}): "
+            + ", ".join(f"{k}: {v:g}" for k, v in r.points_per_s.items()))

@@ -118,12 +118,21 @@ def test_fused_cross_entropy_matches_torch_far_from_the_minimum():
     torch.manual_seed(0)
     out = torch.randn(3, 50, 7, dtype=torch.float64) * torch.tensor([1.0, 100.0, 1e4]).view(3, 1, 1).double()
     out[0, :5] = 0.0  # ties: argmax takes the first maximal index
+    out[0, 5, 3] = out[0, 5, 5] = 1e3
     y = torch.randint(0, 7, (50,))
-    losses, predicted = cross_entropy_terms(out, y)
+    y[:5] = torch.tensor([0, 1, 6, 0, 3])
+    y[5] = 3
+    losses, correct = cross_entropy_terms(out, y)
     for i in range(3):
         ref = F.cross_entropy(out[i], y, reduction="none")
         torch.testing.assert_close(losses[i], ref, rtol=1e-12, atol=1e-12)
-        assert torch.equal(predicted[i], out[i].argmax(dim=-1))
+        assert torch.equal(correct[i], out[i].argmax(dim=-1) == y)
+    # a diverged point: NaN and infinite logits are predicted as argmax predicts them
+    odd = torch.tensor([[[1.0, float("nan"), 3.0, float("nan")], [float("inf"), float("inf"), 0, 0],
+                         [float("-inf")] * 4, [0.0, 2.0, 2.0, 1.0]]])
+    for label in range(4):
+        targets = torch.full((4,), label)
+        assert torch.equal(cross_entropy_terms(odd, targets)[1][0], odd[0].argmax(dim=-1) == targets)
 
 
 def test_fused_epilogue_only_for_the_builtin_cross_entropy(split):

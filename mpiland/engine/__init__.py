@@ -587,8 +587,19 @@ def _window_sums(ev: Evaluator, passes: list[tuple[int, list[list[tuple[torch.Te
     parts = []
     for j in range(len(ev.data)):
         batches = zip(*(outs[j] for _, outs in passes))
-        parts.append(_sums(ev, ((torch.cat([o for o, _ in b]), b[0][1]) for b in batches), k))
+        parts.append(_sums(ev, ((_stack_points([o for o, _ in b]), b[0][1]) for b in batches), k))
     return torch.stack([p[0] for p in parts]), [p[1] for p in parts]
+
+
+def _stack_points(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The outputs of several passes as one tensor (points, batch, ...) in the memory layout they came in: a
+    plan returns (k, batch, C) views of (k, C, batch) tensors, and the epilogue's sums over C round by
+    layout, so a point's values must not depend on whether its pass shared an epilogue."""
+    if len(parts) == 1:
+        return parts[0]
+    if parts[0].dim() == 3 and parts[0].stride(1) == 1 and not parts[0].is_contiguous():
+        return torch.cat([p.transpose(1, 2) for p in parts]).transpose(1, 2)
+    return torch.cat(parts)
 
 
 def _sums(ev: Evaluator, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], k: int) -> tuple[torch.Tensor, np.ndarray]:

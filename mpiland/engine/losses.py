@@ -72,16 +72,25 @@ EXP_FLOOR = 80.0
 
 def cross_entropy_terms(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample cross-entropy (k, batch) of outputs (k, batch, C) for class indices ``y`` (batch) in [0, C),
-    and the predicted classes, from one max over the classes: log Σ exp(o − max) + max − o_y, the
-    arg-max of the same max (first maximal index, as ``argmax``). Eight small kernels instead of
-    ``cross_entropy`` and ``argmax``, which cost as much as a small MLP's forward pass on a CPU."""
-    k = out.shape[0]
-    top, predicted = out.max(dim=-1)
-    picked = out.gather(-1, y.view(1, -1, 1).expand(k, -1, 1)).squeeze(-1)
+    and whether each sample's class is the predicted one (k, batch).
+
+    The loss is log Σ exp(o − max) + max − o_y. The prediction is ``argmax``'s, the first
+    maximal index (a NaN counting as maximal), found as C − max_j (C − j)·[o_j is maximal]:
+    torch's max-with-indices over a short last dimension costs more on a CPU than every
+    other kernel of the epilogue together. Every reduction runs over the class dimension
+    only, so a row's values do not depend on how many rows there are.
+    """
+    k, classes = out.shape[0], out.shape[-1]
+    top = out.amax(dim=-1, keepdim=True)
+    picked = out.gather(-1, y.view(1, -1, 1).expand(k, -1, 1))
+    rank = torch.arange(classes, 0, -1, device=out.device, dtype=torch.int32)
+    first = (out.eq(top).logical_or_(out.isnan()) * rank).amax(dim=-1)
+    correct = first.eq_(classes - y.to(torch.int32))
     # Terms below e^-80 cannot change a sum that holds 1 (the maximum's), and they would be denormal: an
     # order of magnitude slower on a CPU far from θ*, where logits differ by hundreds.
-    shifted = (out - top.unsqueeze(-1)).clamp_(min=-EXP_FLOOR)
-    return shifted.exp_().sum(dim=-1).log_().add_(top).sub_(picked), predicted
+    shifted = (out - top).clamp_(min=-EXP_FLOOR)
+    losses = shifted.exp_().sum(dim=-1).log_().add_(top.squeeze(-1)).sub_(picked.squeeze(-1))
+    return losses, correct.bool()
 
 
 class LossSums:
@@ -115,12 +124,12 @@ class LossSums:
         """Add one batch of k points' outputs (k, batch, ...) with its targets."""
         batch = int(y.shape[0])
         if self.fused:
-            losses, predicted = cross_entropy_terms(out, y)
+            losses, correct = cross_entropy_terms(out, y)
             losses = losses.double()
             self.acc[:2] += torch.stack([ordered_sum(losses), ordered_sum(losses.square())])
             self.units += losses.shape[1]
             if self.accuracy:
-                self.acc[6] += (predicted == y).sum(dim=1)
+                self.acc[6] += correct.sum(dim=1)
             self.samples += batch
             return
         losses = self._losses(out, y).to(torch.float64)

@@ -37,15 +37,17 @@ def flatten_into(model: nn.Module, layout: ParamLayout, device: torch.device, dt
     return flat
 
 
-def rows_product(base: torch.Tensor, coefficients: torch.Tensor, matrix: torch.Tensor, out: torch.Tensor) -> None:
-    """``out[:k] = base + coefficients @ matrix`` (k = rows of ``coefficients``) with the same rounding in each
-    row whatever k is: a one-row product is a matrix-vector kernel that rounds differently from the
-    matrix kernel, so k = 1 is computed as two equal rows (``out`` has room for two)."""
+def combine_rows(base: torch.Tensor, coefficients: torch.Tensor, vectors: list[torch.Tensor], out: torch.Tensor) -> None:
+    """``out[:k] = base + Σⱼ coefficients[:, j] ⊗ vectors[j]`` (k = rows of ``coefficients``; ``vectors``: m
+    rows, each 1 × L) as m broadcast multiply-adds, so every row is rounded the same whatever k is. A
+    matrix product is not: a one-row product runs a matrix-vector kernel that rounds differently from the
+    matrix kernel."""
     k = coefficients.shape[0]
-    if k == 1:
-        torch.addmm(base, coefficients.expand(2, -1), matrix, out=out[:2])
-    else:
-        torch.addmm(base, coefficients, matrix, out=out[:k])
+    target = out[:k]
+    columns = coefficients.t().unsqueeze(-1)  # m × k × 1
+    torch.addcmul(base, columns[0], vectors[0], out=target)
+    for j in range(1, len(vectors)):
+        target.addcmul_(columns[j], vectors[j])
 
 
 def _coefficients(c: np.ndarray | list[float], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -66,8 +68,10 @@ class FlatParameters:
             self.flat.copy_(directions.origin.to(device=device, dtype=dtype))
         self.theta0 = self.flat.clone()
         self.vectors = directions.vectors.to(device=device, dtype=dtype).contiguous()
+        self.vector_rows = list(self.vectors.split(1))
         self.rows: torch.Tensor | None = None
         self.row_coefficients: torch.Tensor | None = None
+        self.exact_rows = False
 
     @property
     def basis(self) -> torch.Tensor:
@@ -75,10 +79,11 @@ class FlatParameters:
         return self.vectors.t()
 
     def reserve(self, k: int, rows: bool = False) -> None:
-        """Make room for ``k`` points per pass: a K × n buffer when k > 1 or ``rows`` (two rows at least, see
-        :func:`rows_product`), else the model's own buffer."""
-        need = k > 1 or rows
-        self.rows = torch.empty(max(k, 2), self.layout.numel, device=self.device, dtype=self.dtype) if need else None
+        """Make room for ``k`` points per pass: a K × n buffer when k > 1 or ``rows``, else the model's own
+        buffer. ``rows``: the points are written row by row the same for every k (:func:`combine_rows`,
+        for a forward pass whose values must not depend on k)."""
+        self.exact_rows = rows
+        self.rows = torch.empty(k, self.layout.numel, device=self.device, dtype=self.dtype) if k > 1 or rows else None
 
     def set_point(self, coefficients: np.ndarray | list[float]) -> None:
         """Write origin + Σ_k coefficients[k]·basis_k into the model's flat buffer."""
@@ -91,7 +96,10 @@ class FlatParameters:
         assert self.rows is not None
         k = coefficients.shape[0]
         self.row_coefficients = _coefficients(coefficients, self.device, self.dtype)
-        rows_product(self.theta0.unsqueeze(0), self.row_coefficients, self.vectors, self.rows)
+        if self.exact_rows:
+            combine_rows(self.theta0.unsqueeze(0), self.row_coefficients, self.vector_rows, self.rows)
+        else:
+            torch.addmm(self.theta0.unsqueeze(0), self.row_coefficients, self.vectors, out=self.rows[:k])
         return k
 
     def row_views(self, k: int) -> dict[str, torch.Tensor]:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layout import ParamLayout
-from .params import rows_product
+from .params import combine_rows
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
@@ -108,9 +108,10 @@ class ChainPlan:
         self.layers = layers
         self.flatten = flatten
         self.layout = layout
-        self.cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]] = {}
         self.coefficients: torch.Tensor | None = None
         self.scratch: dict[tuple[int, int, int], torch.Tensor] = {}
+        self.views: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor | None]]] = {}
         self.first_weights = torch.empty(0)
         self.first_biases: torch.Tensor | None = None
 
@@ -166,13 +167,13 @@ class ChainPlan:
             -1, first.out_features, first.in_features).transpose(1, 2)
         self.first_biases = block(first.bias, first.out_features).unsqueeze(1) if first.bias is not None else None
 
-    def products(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A₀ (1, batch·out) and A (m, batch·out) of one batch of inputs."""
+    def products(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """A₀ (1, batch·out) and the rows of A (m × (1, batch·out)) of one batch of inputs."""
         a = torch.matmul(self._inputs(x), self.first_weights)
         if self.first_biases is not None:
             a += self.first_biases
         a = a.reshape(a.shape[0], -1)
-        return a[:1], a[1:]
+        return a[:1], list(a[1:].split(1))
 
     def precompute(self, batches: list[torch.Tensor], budget_bytes: float) -> int:
         """Keep the products of each batch of inputs kept on the device, while they fit ``budget_bytes``;
@@ -199,41 +200,59 @@ class ChainPlan:
         key = (layer, k, n)
         buf = self.scratch.get(key)
         if buf is None or buf.dtype != dtype or buf.device != device:
-            rows = max(k, 2)  # room for rows_product's two rows at k = 1
-            buf = torch.empty(rows, n, self.layers[layer].out_features, dtype=dtype, device=device)
+            buf = torch.empty(k, n, self.layers[layer].out_features, dtype=dtype, device=device)
             self.scratch[key] = buf
         return buf
 
     def forward(self, rows: torch.Tensor, k: int, x: torch.Tensor) -> torch.Tensor:
-        """Outputs (k, batch, out) of the k points in the first k rows of ``rows`` (K × n): a new tensor; the
-        layers before the last write into reused buffers."""
+        """Outputs (k, batch, out) of the k points in the first k rows of ``rows`` (K × n): a new tensor (a
+        transposed view when there are several layers); the layers before the last write into reused buffers."""
         rows = rows[:k]
         n = int(x.shape[0])
         last = len(self.layers) - 1
 
-        def target(i: int) -> torch.Tensor:
-            """Layer i's output buffer, with room for two rows (rows_product at k = 1)."""
-            if i == last:
-                return torch.empty(max(k, 2), n, self.layers[i].out_features, dtype=rows.dtype, device=rows.device)
-            return self._scratch(i, k, n, rows.dtype, rows.device)
-
-        first = self.layers[0]
-        full = target(0)
-        h = full[:k]
+        h = self._scratch(0, k, n, rows.dtype, rows.device) if last else torch.empty(
+            k, n, self.layers[0].out_features, dtype=rows.dtype, device=rows.device)
         cached = self.cache.get(_key(x))
         a0, a = cached[1:] if cached is not None else self.products(x)
         assert self.coefficients is not None, "set_coefficients before the pass"
-        rows_product(a0, self.coefficients[:k], a, full.view(full.shape[0], -1))
-        h = _activate(h, first.activations)
-        for i, layer in enumerate(self.layers[1:], start=1):
-            w = self._weight(rows, layer).transpose(1, 2)
-            out = target(i)[:k]
-            if layer.bias is not None:
-                torch.baddbmm(self._bias(rows, layer), h, w, out=out)
+        combine_rows(a0, self.coefficients[:k], a, h.view(k, -1))
+        h = _activate(h, self.layers[0].activations)
+        for i, (layer, (w, b)) in enumerate(zip(self.layers[1:], self._views(rows, k)), start=1):
+            if i < last:
+                out = self._scratch(i, k, n, rows.dtype, rows.device)
+                if b is not None:
+                    torch.baddbmm(b, h, w, out=out)
+                else:
+                    torch.bmm(h, w, out=out)
             else:
-                torch.bmm(h, w, out=out)
+                # The last layer is computed transposed, (k, out, batch), and returned as a (k, batch, out)
+                # view: the epilogue's reductions over the outputs then run along contiguous rows of samples.
+                out = torch.empty(k, layer.out_features, n, dtype=rows.dtype, device=rows.device)
+                if b is not None:
+                    torch.baddbmm(b, w, h.transpose(1, 2), out=out)
+                else:
+                    torch.bmm(w, h.transpose(1, 2), out=out)
             h = _activate(out, layer.activations)
-        return h
+        return h.transpose(1, 2) if last else h
+
+    def _views(self, rows: torch.Tensor, k: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Per layer after the first, views of the first k rows: (weightᵀ (k, in, out), bias (k, 1, out)), and
+        for the last layer, which is computed transposed, (weight (k, out, in), bias (k, out, 1)); made once
+        per buffer and k (the buffer is written in place, so the views stay valid)."""
+        key = (rows.data_ptr(), k)
+        views = self.views.get(key)
+        if views is None:
+            views = []
+            for i, layer in enumerate(self.layers[1:], start=1):
+                w = self._weight(rows, layer)
+                b = self._bias(rows, layer) if layer.bias is not None else None
+                if i < len(self.layers) - 1:
+                    views.append((w.transpose(1, 2), b))
+                else:
+                    views.append((w, None if b is None else b.transpose(1, 2)))
+            self.views = {key: views, **{kk: v for kk, v in self.views.items() if kk[0] == key[0]}}
+        return views
 
     def _weight(self, rows: torch.Tensor, layer: _Layer) -> torch.Tensor:
         off = self.layout.offsets[layer.weight]
