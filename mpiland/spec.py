@@ -126,6 +126,7 @@ class HessianSpec:
     dtype: str = "float32"
     seed: int = 0
     trace_samples: int = 100
+    warm_start: bool = False
     spectrum: str = "none"
     spectrum_probes: int = 8
     spectrum_steps: int = 60

@@ -220,8 +220,8 @@ def grid_problem(hidden=16, depth=2, span=0.2, n=3):
 def curvature_evaluator(model, directions, split, warm, points_per_pass=1, **hessian):
     ev = Evaluator(model, directions, [split], LossSpec(), torch.device("cpu"), batch_size=50,
                    options=EngineOptions(points_per_pass=points_per_pass),
-                   hessian=HessianSpec(enabled=True, splits=("test",), trace_samples=0, **hessian))
-    ev.curvature.warm_start = warm
+                   hessian=HessianSpec(enabled=True, splits=("test",), trace_samples=0, warm_start=warm, **hessian))
+    assert ev.curvature.warm_start is warm  # hessian.warm_start reaches the curvature
     return ev
 
 

@@ -76,6 +76,7 @@ TABLE = {
     "hessian.dtype": ("float64", "keep", "only used with curvature"),
     "hessian.seed": (1, "keep", "only used with curvature"),
     "hessian.trace_samples": (3, "keep", "only used with curvature"),
+    "hessian.warm_start": (True, "keep", "only used with curvature"),
     "hessian.spectrum": ("origin", "refuse", "a spectrum stored in the file (then every hessian key counts)"),
     "hessian.spectrum_probes": (3, "keep", "only used with a spectrum"),
     "hessian.spectrum_steps": (9, "keep", "only used with a spectrum"),
@@ -131,6 +132,7 @@ def test_each_job_key_keeps_or_refuses_the_file(tmp_path, key):
     ("model.bn_batches", 3, {"model.bn": "recompute"}),
     ("directions.compare_line", False, BEZIER),
     ("hessian.tol", 0.1, {"hessian.enabled": True}),
+    ("hessian.warm_start", True, {"hessian.enabled": True}),
 ])
 def test_conditional_keys_count_where_they_change_values(tmp_path, key, value, context):
     path = write_job(tmp_path, directions="seed = 3")

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from ..curvature import WARM_START, Curvature, HessianSpectrum, axis_labels
+from ..curvature import Curvature, HessianSpectrum, axis_labels
 from ..curvature import metric_names as curvature_metrics
 from ..data import Split, Stream
 from ..directions import Directions
@@ -134,7 +134,7 @@ class Evaluator:
             wanted = set(hessian.splits) or set(self.split_names)  # only the splits curvature is taken on
             self.curvature = Curvature(self.model, {d.name: _tensors(d) for d in self.data if d.name in wanted},
                                        self.loss_fn, hessian, batch_size, device, dtype,
-                                       warm_start=bool(getattr(hessian, "warm_start", WARM_START)))
+                                       warm_start=hessian.warm_start)
         self.autocast = AUTOCAST.get(self.options.autocast)
         self.fallback_reason = ""
         self._epilogue_points: int | None = None
