@@ -2,7 +2,8 @@
 
 :func:`write_surface` lays a file out the way `mpiland run` does (or, with
 ``mpiland=False``, the way the reference tool ``tomgoldstein/loss-landscape``
-does), including the optional ``models/`` and ``trajectory/`` groups and the
+does: no attributes, and 2D values given as ``[i, j]`` at ``(x_i, y_j)`` stored in its
+meshgrid order), including the optional ``models/`` and ``trajectory/`` groups and the
 ``endpoints`` attribute, so readers and plots can be tested without a model.
 """
 
@@ -47,7 +48,11 @@ def write_surface(path: Path, x: Any, y: Any = None, metrics: Mapping[str, Any] 
         if y is not None:
             f["ycoordinates"] = np.asarray(y, dtype=np.float64)
         for name, arr in (metrics or {}).items():
-            f[name] = np.asarray(arr, dtype=np.float64)
+            a = np.asarray(arr, dtype=np.float64)
+            if not mpiland and y is not None:
+                # the reference tool's crunch: value(x_i, y_j) at flat index j·nx + i of an (nx, ny) array
+                a = a.T.reshape(-1).reshape(a.shape)
+            f[name] = a
         if done is not None:
             f["done"] = np.asarray(done, dtype=np.uint8)
         if seconds is not None:

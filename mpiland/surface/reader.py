@@ -318,7 +318,12 @@ def _read(path: Path) -> Surface:
                 return None
             if obj.dtype.kind not in "fiub":
                 return None
-            return np.asarray(obj[()])
+            arr = np.asarray(obj[()])
+            if schema is None and dims == 2:
+                # The reference tool declares (nx, ny) but fills it in np.meshgrid(x, y) ravel order:
+                # value(x_i, y_j) at flat index j·nx + i. Read it as mpiland's [i, j] = (x_i, y_j).
+                arr = arr.reshape(-1).reshape(shape[1], shape[0]).T
+            return arr
 
         names = [n for n in f if n not in _NON_METRICS]
         listed = attrs.get("metrics")
