@@ -476,3 +476,25 @@ def test_summary_of_a_partial_file_has_no_made_up_measures(tmp_path):
     assert s["flatness"]["test_loss"] is None  # the centre is not computed yet
     assert s["barriers"]["test_loss"]["points"] == 3
     assert "no finite value at the centre" in format_summary(s)
+
+
+def test_info_shows_the_curvature_stored_at_the_origin(tmp_path):
+    x, y, loss = quadratic(nx=11, ny=9)
+    path = write_surface(tmp_path / "c.h5", x, y, {"test_loss": loss}, done=np.ones(loss.shape),
+                         attrs={"test_hess_trace": 12.5, "test_hess_trace_stderr": 0.25,
+                                "test_hess_curvature_x": 3.0, "test_hess_curvature_y": 8.0})
+    summary = summarize(path)
+    assert summary["origin_curvature"] == {"test": {"trace": 12.5, "trace_stderr": 0.25,
+                                                    "along": {"x": 3.0, "y": 8.0}}}
+    text = format_summary(summary)
+    assert "test at the origin: Hessian trace 12.5 ± 0.25; dᵀHd/‖d‖² along x 3, y 8" in text
+    plain = write_surface(tmp_path / "p.h5", x, y, {"test_loss": loss}, done=np.ones(loss.shape))
+    assert summarize(plain)["origin_curvature"] is None
+    assert "at the origin: Hessian trace" not in format_summary(summarize(plain))
+
+
+def test_info_says_auto_for_a_range_taken_from_the_models(tmp_path):
+    job = {**JOB, "grid": {"x": {"min": None, "max": None, "num": 21}}}
+    path = write_surface(tmp_path / "a.h5", T, None, {"test_loss": bump_path()}, done=np.ones(T.size), job=job)
+    text = format_summary(summarize(path))
+    assert "x auto (from the models' positions) x 21" in text and "[-, -]" not in text

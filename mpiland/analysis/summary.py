@@ -25,6 +25,8 @@ def _axis_text(axis: Any) -> str:
         lo, hi, num = axis
     else:
         return str(axis)
+    if lo is None and hi is None:
+        return f"auto (from the models' positions) x {num}"
     return f"[{format_number(lo)}, {format_number(hi)}] x {num}"
 
 
@@ -105,7 +107,9 @@ def summarize(path: str | Path | Surface, epsilon: float = DEFAULT_EPSILON,
     eigenvalues, the density's ``support`` [smallest, largest node] and ``grid``
     range, ``width`` σ, the quadrature's ``trace`` and ``trace_stderr``, and
     ``groups`` with each parameter group's ``lam_max`` and ``lam_min``; None without
-    one). Undefined numbers are None, never NaN.
+    one), ``origin_curvature`` (per split: the Hessian ``trace`` and its ``trace_stderr`` at the
+    origin, and ``along``: axis -> dᵀHd/‖d‖²; None when the file has none). Undefined numbers are
+    None, never NaN.
     """
     epsilon, radius = check_flatness_args(epsilon, radius)
     s = path if isinstance(path, Surface) else load_surface(path)
@@ -188,7 +192,25 @@ def summarize(path: str | Path | Surface, epsilon: float = DEFAULT_EPSILON,
     summary["flatness"] = flat
     summary["spectrum"] = ({name: _spectrum_summary(name, sp) for name, sp in s.spectrum.items()}
                            if s.spectrum else None)
+    summary["origin_curvature"] = _origin_curvature(s.attrs) or None
     return _plain(summary)
+
+
+def _origin_curvature(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Per split, the curvature stored at the origin (root attributes ``<split>_hess_trace``,
+    ``_hess_trace_stderr`` and ``_hess_curvature_<axis>``): ``trace``, ``trace_stderr`` and ``along``
+    (axis -> dᵀHd/‖d‖²)."""
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        split, sep, rest = key.partition("_hess_")
+        if not sep or not split or not (rest in ("trace", "trace_stderr") or rest.startswith("curvature_")):
+            continue
+        entry = out.setdefault(split, {"trace": None, "trace_stderr": None, "along": {}})
+        if rest in ("trace", "trace_stderr"):
+            entry[rest] = float(value)
+        elif rest.startswith("curvature_"):
+            entry["along"][rest[len("curvature_"):]] = float(value)
+    return out
 
 
 def _point_text(p: tuple[float, ...] | None) -> str:
@@ -316,6 +338,15 @@ def _measure_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             text += (f"; sharpness {format_number(f['sharpness'])} ({format_number(f['sharpness_relative'])} %) "
                      f"within r={format_number(f['radius'])}")
         rows.append(("flatness", text))
+    for split, c in (summary.get("origin_curvature") or {}).items():
+        parts = []
+        if c["trace"] is not None:
+            parts.append(f"Hessian trace {_short(c['trace'])}" + (f" ± {_short(c['trace_stderr'])}"
+                                                                   if c["trace_stderr"] is not None else ""))
+        if c["along"]:
+            parts.append("dᵀHd/‖d‖² along " + ", ".join(f"{a} {_short(v)}" for a, v in c["along"].items()))
+        if parts:
+            rows.append(("curvature", f"{split} at the origin: " + "; ".join(parts)))
     for sp in (summary.get("spectrum") or {}).values():
         where = "origin" if sp["point"] == "origin" else f"model {sp['label']} at {_point_text(sp['coordinates'])}"
         top = ", ".join(_short(v) for v in sp["top"])
