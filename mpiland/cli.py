@@ -93,6 +93,8 @@ def cli() -> None:
 @click.option("--overwrite", is_flag=True, default=None, help="Replace a surface file made by another job; a file of the same job is resumed regardless (output.overwrite).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a job key, e.g. --set grid.x=[-1,1,11]. Repeatable.")
+@click.option("--unset", "unset", multiple=True, metavar="KEY",
+              help="Remove a job key so its default applies, e.g. --unset grid.y for a 1D run. Repeatable.")
 @click.option("--device", help="auto, cpu, cuda or cuda:N (run.device).")
 @click.option("--chunk-size", type=int, help="Points per chunk; 0 = automatic (run.chunk_size).")
 @click.option("--writer", type=click.Choice(["auto", "gather", "mpio"]), help="Surface writer (run.writer).")
@@ -108,7 +110,8 @@ def cli() -> None:
               help="Hessian λmax, λmin and |λmin/λmax| at every point (hessian.enabled).")
 @click.option("--verbose", "-v", is_flag=True, help="Let every rank log, not only rank 0.")
 @debug_option
-def run(job_file: str, output: str | None, overwrite: bool | None, overrides: tuple[str, ...], device: str | None,
+def run(job_file: str, output: str | None, overwrite: bool | None, overrides: tuple[str, ...], unset: tuple[str, ...],
+        device: str | None,
         chunk_size: int | None, writer: str | None, threads: int | None, progress: str | None,
         points_per_pass: int | None, autocast: str | None, compile_: bool | None, channels_last: bool | None,
         bn: str | None, hessian: bool | None, verbose: bool, debug: bool) -> None:
@@ -123,7 +126,7 @@ def run(job_file: str, output: str | None, overwrite: bool | None, overrides: tu
     def call(comm: Comm, stop: StopFlag) -> bool:
         from .run import run_job  # torch: imported only by the commands that compute
 
-        job = agree(comm, lambda: load_job(job_file, list(overrides), values))
+        job = agree(comm, lambda: load_job(job_file, list(overrides), values, list(unset)))
         return run_job(job, comm=comm, progress=progress, stop=stop).interrupted
 
     _compute(call, verbose, debug)
@@ -160,12 +163,14 @@ def _compute(call: Callable[[Comm, StopFlag], bool], verbose: bool, debug: bool)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Surface file of the curve (output.path).")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace a surface file made by another job (output.overwrite).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a job key. Repeatable.")
+@click.option("--unset", "unset", multiple=True, metavar="KEY",
+              help="Remove a job key so its default applies, e.g. --unset grid.y for a 1D run. Repeatable.")
 @click.option("--progress", type=click.Choice(["auto", "bar", "lines", "none"]), help="Progress display (run.progress).")
 @click.option("--verbose", "-v", is_flag=True, help="Let every rank log, not only rank 0.")
 @debug_option
 def connect(job_file: str, ends: tuple[str, ...], curve: str | None, bends: int | None, epochs: int | None,
-            output: str | None, overwrite: bool | None, overrides: tuple[str, ...], progress: str | None,
-            verbose: bool, debug: bool) -> None:
+            output: str | None, overwrite: bool | None, overrides: tuple[str, ...], unset: tuple[str, ...],
+            progress: str | None, verbose: bool, debug: bool) -> None:
     """Find a low-loss curve between the modes ENDS (A.pt B.pt, else connect.ends) of JOB_FILE's model
     (Garipov et al. 2018), then evaluate it beside the straight line, barriers included."""
     flags = {"connect.curve": curve, "connect.bends": bends, "connect.epochs": epochs, "output.path": output,
@@ -175,7 +180,7 @@ def connect(job_file: str, ends: tuple[str, ...], curve: str | None, bends: int 
     def call(comm: Comm, stop: StopFlag) -> bool:
         from .run import run_connect  # torch: imported only by the commands that compute
 
-        job = agree(comm, lambda: load_job(job_file, list(overrides), values))
+        job = agree(comm, lambda: load_job(job_file, list(overrides), values, list(unset)))
         result, summary = run_connect(job, ends, comm=comm, progress=progress, stop=stop)
         return result.stopped or summary is None or summary.interrupted
 

@@ -325,8 +325,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), parsed
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str], values: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Return a copy of the raw job table with ``--set`` items and already-typed ``values`` applied."""
+def apply_overrides(raw: dict[str, Any], overrides: list[str], values: dict[str, Any] | None = None,
+                    unset: list[str] | None = None) -> dict[str, Any]:
+    """Return a copy of the raw job table with ``--set`` items and already-typed ``values`` applied, then the
+    ``--unset`` keys removed (their defaults apply: ``--unset grid.y`` makes a 2D job 1D)."""
     raw = copy.deepcopy(raw)
     pairs = [(parse_override(item), item) for item in overrides]
     pairs += [((key.split("."), value), f"{key}={value}") for key, value in (values or {}).items()]
@@ -338,17 +340,26 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], values: dict[str,
                 raise JobFileError(f"--set {item!r}: {part} is not a table")
             node = child
         node[path[-1]] = value
+    for key in unset or []:
+        *sections, name = key.strip().split(".")
+        table: Any = raw
+        for part in sections:
+            table = table.get(part) if isinstance(table, dict) else None
+        if not sections or not isinstance(table, dict) or name not in table:
+            raise JobFileError(f"--unset {key!r}: the job does not set {key}; give a key of the job file, "
+                               "e.g. --unset grid.y")
+        del table[name]
     return raw
 
 
 def parse_job(text: str, overrides: list[str] | None = None, source: str = "<job>",
-              values: dict[str, Any] | None = None) -> Job:
+              values: dict[str, Any] | None = None, unset: list[str] | None = None) -> Job:
     """Parse and validate a job file's text; raise JobFileError/GridError naming the key."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise JobFileError(f"{source}: not valid TOML ({exc}); fix the syntax at that line") from None
-    raw = apply_overrides(raw, overrides or [], values)
+    raw = apply_overrides(raw, overrides or [], values, unset)
     return job_from_table(raw, text, source)
 
 
@@ -460,7 +471,8 @@ def _check_directions(d: dict[str, Any], grid: dict[str, Any], model: dict[str, 
                     'model.mode = "train" (batch statistics): drop one')
 
 
-def load_job(path: str | Path, overrides: list[str] | None = None, values: dict[str, Any] | None = None) -> Job:
+def load_job(path: str | Path, overrides: list[str] | None = None, values: dict[str, Any] | None = None,
+             unset: list[str] | None = None) -> Job:
     """Read and validate a job file."""
     p = Path(path)
     try:
@@ -469,4 +481,4 @@ def load_job(path: str | Path, overrides: list[str] | None = None, values: dict[
         raise JobFileError(f"job file {str(p)!r} not found; check the path") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise JobFileError(f"job file {str(p)!r} cannot be read ({exc.__class__.__name__}); pass a TOML file") from None
-    return parse_job(text, overrides, source=str(p), values=values)
+    return parse_job(text, overrides, source=str(p), values=values, unset=unset)

@@ -154,3 +154,14 @@ def test_a_message_with_embedded_newlines_prints_as_one_line(capsys):
     assert info.value.code == 2
     assert capsys.readouterr().err == ("error: cannot open out.h5: Unable to synchronously open file "
                                        "(file signature not found)\n")
+
+
+def test_unset_makes_a_2d_job_1d_and_names_a_missing_key(tmp_path):
+    import h5py
+
+    job = write_job(tmp_path)
+    proc = cli("run", str(job), "--unset", "grid.y", "--output", str(tmp_path / "line.h5"))
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(tmp_path / "line.h5") as f:
+        assert "ycoordinates" not in f and f["test_loss"].shape == (5,)
+    one_line_error(cli("run", str(job), "--unset", "grid.z"), "--unset 'grid.z': the job does not set grid.z")
