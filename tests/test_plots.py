@@ -104,7 +104,7 @@ def test_auto_kinds_and_default_names(surf_2d, surf_1d):
     assert plot_surface(surf_2d) == [surf_2d.with_name("surf_contour_test_loss.png")]
     # no metric: the first <split>_loss of the file (train comes first in this file's splits)
     paths = plot_surface(surf_1d)
-    assert paths == [surf_1d.with_name("curve_curve_train_loss.png")]
+    assert paths == [surf_1d.with_name("curve_curve.png")]  # every split's loss and accuracy: no one metric
     assert_image(paths[0])
 
 
@@ -191,7 +191,7 @@ def test_reference_tool_files(surf_reference, tmp_path):
     path = write_surface(tmp_path / "ref1d.h5", x, None, {"train_loss": x ** 2 + 0.1, "train_acc": 90 - x ** 2},
                          mpiland=False)
     (p,) = plot_surface(path)
-    assert p.name == "ref1d_curve_train_loss.png"
+    assert p.name == "ref1d_curve.png"
     assert_image(p)
 
 

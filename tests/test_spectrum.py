@@ -300,7 +300,7 @@ def test_info_and_plot_of_the_spectrum(origin_file, tmp_path: Path) -> None:
     assert fig.axes[0].get_yscale() == "log"
     assert len(fig.axes[1].patches) == 2  # one bar per parameter group
     names = [p.name for p in plot_surface(path, kind="all", out=tmp_path / "all")]
-    assert names == ["surface_curve_test_loss.png", "surface_spectrum.png"]
+    assert names == ["surface_curve.png", "surface_spectrum.png"]
     assert ml.open(path).plot("spectrum").axes[0].get_yscale() == "log"
     drawn = cli("plot", str(path), "--kind", "spectrum", "--out", str(tmp_path / "cli"))
     assert drawn.returncode == 0, drawn.stderr
@@ -316,7 +316,7 @@ def test_a_file_without_a_spectrum_is_refused_by_the_spectrum_plot(tmp_path: Pat
         plot_surface(path, kind="spectrum")
     with pytest.raises(SurfaceFileError, match="has no Hessian spectrum"):
         render(surf, "spectrum")
-    assert [p.name for p in plot_surface(path, kind="all", out=tmp_path)] == ["plain_curve_test_loss.png"]
+    assert [p.name for p in plot_surface(path, kind="all", out=tmp_path)] == ["plain_curve.png"]
 
 
 def test_a_damaged_spectrum_group_is_reported(origin_file, tmp_path: Path) -> None:

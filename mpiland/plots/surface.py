@@ -244,9 +244,10 @@ def image_paths(path: pathlib.Path, out: str | os.PathLike[str] | None, kind: st
                 formats: list[str], several_kinds: bool) -> list[pathlib.Path]:
     """Where the images of one plot go: beside ``path``, or in/at ``out`` (a directory, or a file name).
 
-    The name is ``<stem>_<kind>_<metric>``; ``<stem>_spectrum`` for the spectrum, which has no metric.
+    The name is ``<stem>_<kind>_<metric>``; ``<stem>_<kind>`` without a metric (the spectrum, and a
+    curve of every split's loss and accuracy).
     """
-    stem = f"{path.stem}_{kind}" if kind == SPECTRUM else f"{path.stem}_{kind}_{metric}"
+    stem = f"{path.stem}_{kind}_{metric}" if metric and kind != SPECTRUM else f"{path.stem}_{kind}"
     if out is None:
         return [path.with_name(f"{stem}.{fmt}") for fmt in formats]
     target = pathlib.Path(out)
@@ -280,7 +281,7 @@ def plot_surface(
     for the file), or one of :data:`KINDS_1D` / :data:`KINDS_2D`. ``metric``: a
     dataset such as ``test_loss`` or ``train_acc``; default: the first
     ``<split>_loss`` (a 1D curve without ``metric`` shows every split's loss and
-    accuracy). ``out``: None writes next to the surface file
+    accuracy, and is named ``surf_curve.png``). ``out``: None writes next to the surface file
     (``surf.h5`` -> ``surf_contour_test_loss.png``); a directory (existing, ending
     in ``/``, or without suffix) receives files named that way; a ``.png``/``.pdf``
     /``.svg`` path is written as given and its suffix picks the format (with
@@ -306,7 +307,9 @@ def plot_surface(
         require_values(surface, chosen)
     written: list[pathlib.Path] = []
     for k in kinds:
-        targets = image_paths(surface.path, out, k, chosen, fmts, several_kinds=len(kinds) > 1)
+        # A curve without a metric draws every split's loss and accuracy: its name says no one metric.
+        named = "" if k == "curve" and metric is None else chosen
+        targets = image_paths(surface.path, out, k, named, fmts, several_kinds=len(kinds) > 1)
         fig = render(surface, k, metric, log=log, levels=levels, vmin=vmin, vmax=vmax, markers=markers)
         try:
             for t in targets:
