@@ -192,8 +192,9 @@ class Surface(reader.Surface):
         The barrier is the largest excess of the loss over the straight line
         between the losses of the two end models (``height`` ≤ 0: the path is
         convex, no barrier). The end models are the file's ``endpoints`` (paths
-        of kind ``interpolation``, ``bezier`` or ``polychain``); a 1D file
-        without them (a random direction) uses the ends of the grid. Points not
+        of kind ``interpolation``, ``bezier`` or ``polychain``); asked of a 1D
+        file without them (a random direction), it measures between the ends of the
+        grid, which ``mpiland info`` does not report (they are no models). Points not
         computed, or not finite, are left out. The numbers are those of
         ``mpiland info`` (:func:`mpiland.analysis.measures.barrier`).
 

@@ -470,7 +470,7 @@ def test_summary_of_a_partial_file_has_no_made_up_measures(tmp_path):
     x = np.linspace(-1, 1, 11)
     loss = np.where(x < -0.5, x ** 2, np.nan)
     done = ~np.isnan(loss)
-    path = write_surface(tmp_path / "p.h5", x, None, {"test_loss": loss}, done=done)
+    path = write_surface(tmp_path / "p.h5", x, None, {"test_loss": loss}, done=done, endpoints=[-1.0, 1.0])
     s = summarize(path)
     json.dumps(s, allow_nan=False)
     assert s["flatness"]["test_loss"] is None  # the centre is not computed yet
@@ -498,3 +498,13 @@ def test_info_says_auto_for_a_range_taken_from_the_models(tmp_path):
     path = write_surface(tmp_path / "a.h5", T, None, {"test_loss": bump_path()}, done=np.ones(T.size), job=job)
     text = format_summary(summarize(path))
     assert "x auto (from the models' positions) x 21" in text and "[-, -]" not in text
+
+
+def test_a_curve_along_a_random_direction_has_no_barrier(tmp_path):
+    """A barrier is that of a path between two models; a random line through θ* joins none."""
+    x = np.linspace(-1, 1, 21)
+    bumpy = 1.0 + x ** 2 - 0.3 * np.exp(-((x - 0.5) / 0.1) ** 2)
+    path = write_surface(tmp_path / "random.h5", x, None, {"test_loss": bumpy}, done=np.ones(21))
+    s = summarize(path)
+    assert s["barriers"] == {} and "barrier" not in format_summary(s)
+    assert not any(k.endswith("_barrier") for k in derived_attributes(load_surface(path)))

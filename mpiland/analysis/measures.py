@@ -305,8 +305,10 @@ def _attr_float(v: float | None) -> float:
 def derived_attributes(surface: Surface) -> dict[str, Any]:
     """The measures a finished run stores as root attributes (float, NaN = undefined; int 0/1 flags).
 
-    For a 1D file, for every metric ``M`` ending in ``_loss`` (``line_`` ones
-    included), the barrier between the file's ``endpoints`` (else the grid ends):
+    For a 1D path between models (a file with ``endpoints``: interpolations, Bézier
+    curves, chains), for every metric ``M`` ending in ``_loss`` (``line_`` ones
+    included), the barrier between the end models (a curve along a random direction
+    through θ* joins no two models, so it gets none):
     ``M_barrier`` (max of L minus the straight line between the end-point losses;
     ≤ 0 for a convex path), ``M_barrier_at`` (its t), ``M_monotonic`` (1 when L
     is monotonic between the end points). For a 1D or 2D file, for every plain
@@ -322,7 +324,7 @@ def derived_attributes(surface: Surface) -> dict[str, Any]:
     gets no barrier attributes and NaN flatness values.
     """
     out: dict[str, Any] = {}
-    if surface.dims == 1:
+    if surface.dims == 1 and surface.endpoints is not None:
         for m in surface.loss_metrics():
             try:
                 b = barrier(surface.x, surface.values(m), surface.endpoints)

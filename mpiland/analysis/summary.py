@@ -99,8 +99,9 @@ def summarize(path: str | Path | Surface, epsilon: float = DEFAULT_EPSILON,
     ``nonfinite`` (done points with a non-finite value in any metric),
     ``endpoints`` ([t0, t1] or None), ``models`` (list of label and
     coordinates, or None), ``trajectory`` (labels, coordinates and
-    ``explained_variance_ratio``, or None), ``barriers`` (1D files: per loss
-    metric, :func:`barrier`'s result or None when too few values) and
+    ``explained_variance_ratio``, or None), ``barriers`` (1D paths between models,
+    files with ``endpoints``: per loss metric, :func:`barrier`'s result or None when too
+    few values; empty for other files) and
     ``flatness`` (per ``<split>_loss``, :func:`flatness` with ``epsilon`` and
     ``radius``, or None when the centre has no finite value) and ``spectrum``
     (``hessian.spectrum``: per point ``origin``, ``model_<i>``: ``top``
@@ -176,7 +177,7 @@ def summarize(path: str | Path | Surface, epsilon: float = DEFAULT_EPSILON,
                                  "coordinates": [tuple(r) for r in s.trajectory.coordinates.tolist()],
                                  "explained_variance_ratio": ratio.tolist() if ratio is not None else None}
     barriers: dict[str, Any] = {}
-    if s.dims == 1:
+    if s.dims == 1 and s.endpoints is not None:  # a barrier is that of a path between two models
         for m in s.loss_metrics():
             try:
                 barriers[m] = barrier(s.x, s.values(m), s.endpoints)

@@ -41,15 +41,16 @@ def _draw_barrier(ax, x: np.ndarray, v: np.ndarray, s: Surface, label: str, colo
                   log: bool) -> None:
     """The straight line between the end points and a bar from it to the loss's highest excess.
 
-    Drawn for a path between models (the file has ``endpoints``); on other curves
-    (a random direction through θ*) only when the grid ends do have a barrier
-    between them, so a plain convex curve stays uncluttered.
+    Drawn only for a path between models (the file has ``endpoints``): a curve along a
+    random direction through θ* joins no two models.
     """
+    if s.endpoints is None:
+        return
     try:
         b = barrier(x, v, s.endpoints)
     except SurfaceFileError:  # too few finite values: nothing to show
         return
-    if b["height"] is None or (s.endpoints is None and b["height"] <= 0):
+    if b["height"] is None:
         return
     t0, t1, l0, l1, h, at = b["t0"], b["t1"], b["loss0"], b["loss1"], b["height"], b["at"]
     ts = np.linspace(t0, t1, 64)
