@@ -508,3 +508,13 @@ def test_a_curve_along_a_random_direction_has_no_barrier(tmp_path):
     s = summarize(path)
     assert s["barriers"] == {} and "barrier" not in format_summary(s)
     assert not any(k.endswith("_barrier") for k in derived_attributes(load_surface(path)))
+
+
+def test_no_curvature_dash_for_a_centre_on_the_grid_edge(tmp_path):
+    """A chain's centre (t = 0, its first model) is the grid's first point: no second difference there."""
+    t = np.linspace(0, 1, 11)
+    path = write_surface(tmp_path / "chain.h5", t, None, {"test_loss": 1 + t}, done=np.ones(11), endpoints=[0.0, 1.0])
+    s = summarize(path)
+    assert s["flatness"]["test_loss"]["curvature"]["x"] is None
+    row = [line for line in format_summary(s).splitlines() if line.startswith("flatness")][0]
+    assert "curvature" not in row and " -" not in row and "basin width" in row

@@ -325,11 +325,12 @@ def _measure_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append(("flatness", f"{m}: no finite value at the centre"))
             continue
         axes = list(f["curvature"])
-        curv = ", ".join(f"{a} {format_number(f['curvature'][a])}" for a in axes)
+        # a centre on the grid's edge has no second difference along that axis: say nothing rather than "-"
+        curv = ", ".join(f"{a} {format_number(f['curvature'][a])}" for a in axes if f["curvature"][a] is not None)
         width = ", ".join(f"{a} {_bound(f['basin_width'][a]['width'], f['basin_width'][a]['at_edge'])}"
                           for a in axes)
         text = (f"{m} at {_point_text(f['centre'])} = {format_number(f['loss'])}, ε {format_number(f['epsilon'])}: "
-                f"curvature {curv}; basin width {width}")
+                + (f"curvature {curv}; " if curv else "") + f"basin width {width}")
         area = f.get("basin_area")
         if area:
             text += f"; area {_bound(area['area'], area['at_edge'])}"
