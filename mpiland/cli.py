@@ -238,6 +238,20 @@ def plot(surface_file: str, kind: str, metric: str | None, out: str | None, form
 
 @cli.command()
 @click.argument("surface_file", type=click.Path(dir_okay=False))
+@click.option("--to", "to", required=True, type=click.Choice(["npz", "csv"]),
+              help="npz: the grid-shaped arrays; csv: one row per grid point.")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), help="File to write (default: beside the surface file).")
+@click.option("--metric", "metrics", multiple=True, help="Dataset to export (default: all); repeatable.")
+@debug_option
+def export(surface_file: str, to: str, out: str | None, metrics: tuple[str, ...], debug: bool) -> None:
+    """Write SURFACE_FILE's coordinates and metrics as a NumPy archive or a CSV table."""
+    from .export import export_surface
+
+    click.echo(str(_guard(lambda: export_surface(surface_file, to, out, list(metrics) or None), debug)))
+
+
+@cli.command()
+@click.argument("surface_file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--epsilon", type=float, default=0.1, show_default=True,
               help="Loss threshold above the centre for basin width and area.")

@@ -140,6 +140,7 @@ def test_surface_reader_and_analysis_stay_torch_free():
                 reach(nxt, seen)
         return seen
 
-    for light in ("mpiland", "mpiland.surface.reader", "mpiland.analysis.summary", "mpiland.plots", "mpiland.result"):
+    for light in ("mpiland", "mpiland.surface.reader", "mpiland.analysis.summary", "mpiland.plots", "mpiland.result",
+                  "mpiland.export"):
         bad = {m for m in reach(light, set()) if any(m == h or m.startswith(h + ".") for h in heavy)}
         assert not bad, f"{light} reaches {sorted(bad)}"
