@@ -414,3 +414,15 @@ def test_plot_trajectory_errors(tmp_path):
     with pytest.raises(SurfaceFileError, match="unsupported image format 'gif'"):
         plot_trajectory(coords, labels, explained, out, formats=("gif",))
     assert not list(tmp_path.iterdir())
+
+
+def test_parameter_space_planes_keep_their_geometry_and_contours_have_a_colourbar(tmp_path):
+    x, y = np.linspace(-2, 2, 9), np.linspace(-0.5, 0.5, 5)
+    loss = 1 + x[:, None] ** 2 + y[None, :] ** 2
+    for kind, equal in (("plane", True), ("pca", True), ("random", False)):
+        job = {"name": "t", "directions": {"kind": kind}}
+        path = write_surface(tmp_path / f"{kind}.h5", x, y, {"test_loss": loss}, done=np.ones(loss.shape), job=job)
+        fig = render(load_surface(path), "contour")
+        ax = fig.axes[0]
+        assert (ax.get_aspect() == 1.0) is equal, kind
+        assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "test_loss"  # the colourbar

@@ -94,12 +94,12 @@ def test_open_of_something_that_is_not_a_surface_file(tmp_path):
 
 def test_plot_returns_figures_with_their_axes(plane, path):
     fig = plane.plot()
-    assert isinstance(fig, Figure) and len(fig.axes) == 1  # contour: no colourbar
+    assert isinstance(fig, Figure) and len(fig.axes) == 2  # contour and its colourbar
     assert fig.axes[0].get_xlabel() == plane.x_label
     curve = path.plot()
     assert isinstance(curve, Figure) and len(curve.axes) == 2  # losses, and accuracy on a twin axis
     assert [f.axes[0].name for f in plane.plot("all")] == ["rectilinear", "rectilinear", "rectilinear", "3d"]
-    assert [len(f.axes) for f in plane.plot("all")] == [1, 2, 2, 2]  # colourbars but on the contour
+    assert [len(f.axes) for f in plane.plot("all")] == [2, 2, 2, 2]  # every 2D picture has its colourbar
     assert len(plane.plot("heatmap", "test_acc").axes) == 2
 
 

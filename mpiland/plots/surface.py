@@ -153,6 +153,17 @@ def _mark_2d(ax, s: Surface, values: np.ndarray, metric: str,
         ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
 
 
+ISOMETRIC_KINDS = ("plane", "pca", "hessian")
+"""Direction kinds whose two axes are unit vectors, so both coordinates are distances in parameter space."""
+
+
+def isometric(s: Surface) -> bool:
+    """Whether a 2D surface's axes are both parameter-space distances (drawn with equal aspect, so the
+    plot does not distort the geometry)."""
+    directions = (s.job or {}).get("directions")
+    return isinstance(directions, dict) and directions.get("kind") in ISOMETRIC_KINDS
+
+
 def _draw_2d(fig: Figure, s: Surface, kind: str, metric: str, log: bool,
              levels: int | Sequence[float] | None, vmin: float | None, vmax: float | None,
              markers: dict[str, tuple[float, float]]) -> None:
@@ -165,6 +176,8 @@ def _draw_2d(fig: Figure, s: Surface, kind: str, metric: str, log: bool,
     label = f"{metric} (log scale)" if log else metric
     xlabel, ylabel = _axis_labels(s)
     cmap, norm = colour_map(metric, lo, hi, log)
+    # With equal aspect a wide grid draws a flat box: the colourbar is shortened to match it.
+    shrink = float(np.clip(np.ptp(s.y) / max(np.ptp(s.x), 1e-300), 0.35, 1.0)) if isometric(s) else 1.0
     if kind == "surface3d":
         X, Y = _grid(s, kind)
         ax = fig.add_subplot(projection="3d")
@@ -185,14 +198,14 @@ def _draw_2d(fig: Figure, s: Surface, kind: str, metric: str, log: bool,
     ax = fig.add_subplot()
     if kind == "heatmap":
         mesh = ax.pcolormesh(_edges(s.x), _edges(s.y), z, cmap=cmap, norm=norm, shading="flat")
-        cbar = fig.colorbar(mesh, ax=ax, label=label, extend=colourbar_extend(values, lo, hi))
+        cbar = fig.colorbar(mesh, ax=ax, label=label, extend=colourbar_extend(values, lo, hi), shrink=shrink)
         if log:
             log_ticks(cbar, lo, hi)
     elif kind == "contourf":
         X, Y = _grid(s, kind)
         lv = contour_levels(lo, hi, levels, log, _DEFAULT_LEVELS["contourf"])
         cs = ax.contourf(X, Y, z, levels=lv, cmap=cmap, norm=norm, extend=colourbar_extend(values, lv[0], lv[-1]))
-        cbar = fig.colorbar(cs, ax=ax, label=label)
+        cbar = fig.colorbar(cs, ax=ax, label=label, shrink=shrink)
         if log:
             log_ticks(cbar, lv[0], lv[-1])
     else:  # contour
@@ -202,8 +215,11 @@ def _draw_2d(fig: Figure, s: Surface, kind: str, metric: str, log: bool,
         drawn = cast(np.ndarray, cs.levels)  # an array; the stub says only Iterable[float]
         if len(drawn):
             ax.clabel(cs, drawn[::2], inline=True, fontsize=7, fmt=level_format(lv, log))
+            fig.colorbar(cs, ax=ax, label=label, shrink=shrink)
     ax.set_xlim(_axis_limits(s.x, kind))
     ax.set_ylim(_axis_limits(s.y, kind))
+    if isometric(s):
+        ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     _mark_2d(ax, s, finite_values(s, metric), metric, markers)
