@@ -121,7 +121,7 @@ class Evaluator:
             check_data_fits(self.model, d, self.loss_fn, loss.name, self.builtin_loss, self.accuracy,
                             self.batch_size, self.device, self._metric_fns)
         self._check_metric_objects()
-        self.fused_loss = self.builtin_loss and loss.name == "cross_entropy" and all(map(_class_indices, self.data))
+        self.fused_loss = self.builtin_loss and loss.name == "cross_entropy" and all(map(_integer_targets, self.data))
         self.plan = self._make_plan(mode, memory_budget_mb)
         self.base_metrics = metric_names(self.split_names, self.accuracy)
         self.base_metrics += user_metric_names(self.split_names, self._ordered_metrics())
@@ -151,18 +151,17 @@ class Evaluator:
         if plan is None:
             return None
         plan.prepare(self.params.theta0, self.params.vectors)
-        plan.set_coefficients(torch.zeros(1, self.directions.dims, device=self.device, dtype=self.dtype))
+        origin = torch.zeros(1, self.directions.dims, device=self.device, dtype=self.dtype)
         x = self._probe_batch(2)
         with torch.inference_mode():
             ref = call_model(self.model, x)
-            out = plan.forward(self.params.theta0.unsqueeze(0), 1, x)[0]
+            out = plan.forward(self.params.theta0.unsqueeze(0), origin, 1, x)[0]
         if out.shape != ref.shape or not torch.allclose(out, ref, rtol=1e-3, atol=1e-5):
             log.info("the model's Linear chain does not reproduce its own output; running it as a module")
             return None
-        kept = [x for d in self.data for x, _ in _kept_batches(d, self.batch_size, self.device)]
-        left = memory_budget_mb * 2**20 - sum(batch_bytes(x, y) for d in self.data
-                                              for x, y in _kept_batches(d, self.batch_size, self.device))
-        used = plan.precompute(kept, left)
+        kept = [b for d in self.data for b in _kept_batches(d, self.batch_size, self.device)]
+        left = memory_budget_mb * 2**20 - sum(batch_bytes(x, y) for x, y in kept)
+        used = plan.precompute([x for x, _ in kept], left)
         log.debug("Linear chain of %d layers run by batched products; first layer precomputed for %.1f MiB of "
                   "batches", len(plan.layers), used / 2**20)
         return plan
@@ -276,8 +275,8 @@ class Evaluator:
             params = self.params
 
             def planned(n: int, x: Any) -> torch.Tensor:
-                assert params.rows is not None
-                return plan.forward(params.rows, n, x)
+                assert params.rows is not None and params.row_coefficients is not None
+                return plan.forward(params.rows, params.row_coefficients, n, x)
 
             self.forward = planned
             return
@@ -302,11 +301,7 @@ class Evaluator:
         if self.params.rows is None:
             self.set_point(coefficients[0])
             return 1
-        k = self.params.set_rows(coefficients)
-        if self.plan is not None:
-            assert self.params.row_coefficients is not None
-            self.plan.set_coefficients(self.params.row_coefficients)
-        return k
+        return self.params.set_rows(coefficients)
 
     def reset(self) -> None:
         """Put θ* back into the model."""
@@ -525,14 +520,13 @@ def _samples(d: Placed) -> int:
     return int(d.inputs.shape[0]) if isinstance(d, DeviceSplit) else d.samples
 
 
-def _class_indices(d: Placed) -> bool:
-    """Whether every target of a split is an integer class index, one per sample, none negative (a negative
-    one is cross-entropy's ignore index); a loader's split is known from its reading at set-up."""
+def _integer_targets(d: Placed) -> bool:
+    """Whether a split's targets are integer labels. For the built-in cross-entropy,
+    :func:`~.checks.check_data_fits` has then made sure they are one class index per sample in range of
+    the outputs (a loader's split over all its batches), which the fused epilogue relies on."""
     if isinstance(d, DeviceSplit):
-        y = d.targets
-        return not y.is_floating_point() and y.dim() == 1 and (y.numel() == 0 or int(y.min()) >= 0)
-    y = d.first[1]
-    return not y.is_floating_point() and y.dim() == 1 and d.labels is not None and d.labels[0] >= 0
+        return not d.targets.is_floating_point()
+    return d.labels is not None
 
 
 def _tensors(d: Placed) -> tuple[torch.Tensor, torch.Tensor]:

@@ -118,12 +118,13 @@ def choose_points_per_pass(requested: int, device: torch.device, *, recompute_bn
     """K for a run and, when it falls back to 1, the reason.
 
     ``requested``: the job's K (0 automatic, 1 one point per pass). Automatic is, on a
-    CPU, ``measure()`` where given (a Linear chain, whose values do not depend on K)
+    CPU, ``measure()`` where given (only for a Linear chain's plan, whose values do not
+    depend on K, and which never runs in train mode or with per-point BatchNorm statistics)
     and otherwise one point per pass, where a vmapped pass rarely wins (a vmapped
     convolution becomes a grouped one); on a GPU the memory ``bound()``, where a small
     model leaves the device idle. ``vmap_check()`` returns why vmap cannot run the model, or "".
     """
-    if requested == 0 and device.type == "cpu" and measure is not None and not recompute_bn and mode == "eval":
+    if requested == 0 and device.type == "cpu" and measure is not None:
         return measure(), ""
     if requested == 1 or (requested == 0 and device.type == "cpu"):
         return 1, ""

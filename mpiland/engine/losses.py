@@ -123,16 +123,12 @@ class LossSums:
     def add(self, out: torch.Tensor, y: torch.Tensor) -> None:
         """Add one batch of k points' outputs (k, batch, ...) with its targets."""
         batch = int(y.shape[0])
-        if self.fused:
+        correct: torch.Tensor | None = None
+        if self.fused:  # per-sample losses, so the per-unit sums below
             losses, correct = cross_entropy_terms(out, y)
-            losses = losses.double()
-            self.acc[:2] += torch.stack([ordered_sum(losses), ordered_sum(losses.square())])
-            self.units += losses.shape[1]
-            if self.accuracy:
-                self.acc[6] += correct.sum(dim=1)
-            self.samples += batch
-            return
-        losses = self._losses(out, y).to(torch.float64)
+        else:
+            losses = self._losses(out, y)
+        losses = losses.to(torch.float64)
         if losses.shape[1] == 1 and (batch > 1 or self.batches):
             m, w = losses[:, 0], float(batch)
             self.acc[2:6] += torch.stack([m * w, (m * w).square(), m * (w * w), torch.full_like(m, w * w)])
@@ -141,7 +137,7 @@ class LossSums:
             self.acc[:2] += torch.stack([ordered_sum(losses), ordered_sum(losses.square())])
             self.units += losses.shape[1]
         if self.accuracy:
-            self.acc[6] += (predictions(out) == y).sum(dim=1)
+            self.acc[6] += (correct if correct is not None else predictions(out) == y).sum(dim=1)
         self.samples += batch
 
     def result(self) -> torch.Tensor:

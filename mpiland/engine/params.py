@@ -73,11 +73,6 @@ class FlatParameters:
         self.row_coefficients: torch.Tensor | None = None
         self.exact_rows = False
 
-    @property
-    def basis(self) -> torch.Tensor:
-        """The basis vectors as columns (n × m, a view)."""
-        return self.vectors.t()
-
     def reserve(self, k: int, rows: bool = False) -> None:
         """Make room for ``k`` points per pass: a K × n buffer when k > 1 or ``rows``, else the model's own
         buffer. ``rows``: the points are written row by row the same for every k (:func:`combine_rows`,

@@ -109,7 +109,6 @@ class ChainPlan:
         self.flatten = flatten
         self.layout = layout
         self.cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]] = {}
-        self.coefficients: torch.Tensor | None = None
         self.scratch: dict[tuple[int, int, int], torch.Tensor] = {}
         self.views: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor | None]]] = {}
         self.first_weights = torch.empty(0)
@@ -188,10 +187,6 @@ class ChainPlan:
             used += need
         return used
 
-    def set_coefficients(self, coefficients: torch.Tensor) -> None:
-        """The coefficients (k × m) of the points now in the rows, for the precomputed first layer."""
-        self.coefficients = coefficients
-
     # -- the pass ------------------------------------------------------------------------
 
     def _scratch(self, layer: int, k: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -204,9 +199,10 @@ class ChainPlan:
             self.scratch[key] = buf
         return buf
 
-    def forward(self, rows: torch.Tensor, k: int, x: torch.Tensor) -> torch.Tensor:
-        """Outputs (k, batch, out) of the k points in the first k rows of ``rows`` (K × n): a new tensor (a
-        transposed view when there are several layers); the layers before the last write into reused buffers."""
+    def forward(self, rows: torch.Tensor, coefficients: torch.Tensor, k: int, x: torch.Tensor) -> torch.Tensor:
+        """Outputs (k, batch, out) of the k points in the first k rows of ``rows`` (K × n), whose coefficients
+        (k × m) give their first layer: a new tensor (a transposed view when there are several layers); the
+        layers before the last write into reused buffers."""
         rows = rows[:k]
         n = int(x.shape[0])
         last = len(self.layers) - 1
@@ -215,8 +211,7 @@ class ChainPlan:
             k, n, self.layers[0].out_features, dtype=rows.dtype, device=rows.device)
         cached = self.cache.get(_key(x))
         a0, a = cached[1:] if cached is not None else self.products(x)
-        assert self.coefficients is not None, "set_coefficients before the pass"
-        combine_rows(a0, self.coefficients[:k], a, h.view(k, -1))
+        combine_rows(a0, coefficients[:k], a, h.view(k, -1))
         h = _activate(h, self.layers[0].activations)
         for i, (layer, (w, b)) in enumerate(zip(self.layers[1:], self._views(rows, k)), start=1):
             if i < last:
@@ -251,7 +246,9 @@ class ChainPlan:
                     views.append((w.transpose(1, 2), b))
                 else:
                     views.append((w, None if b is None else b.transpose(1, 2)))
-            self.views = {key: views, **{kk: v for kk, v in self.views.items() if kk[0] == key[0]}}
+            # views of an earlier buffer would keep it alive: only this buffer's are kept
+            self.views = {kk: v for kk, v in self.views.items() if kk[0] == key[0]}
+            self.views[key] = views
         return views
 
     def _weight(self, rows: torch.Tensor, layer: _Layer) -> torch.Tensor:

@@ -177,7 +177,8 @@ def _draw_2d(fig: Figure, s: Surface, kind: str, metric: str, log: bool,
     xlabel, ylabel = _axis_labels(s)
     cmap, norm = colour_map(metric, lo, hi, log)
     # With equal aspect a wide grid draws a flat box: the colourbar is shortened to match it.
-    shrink = float(np.clip(np.ptp(s.y) / max(np.ptp(s.x), 1e-300), 0.35, 1.0)) if isometric(s) else 1.0
+    equal = isometric(s)
+    shrink = float(np.clip(np.ptp(s.y) / max(np.ptp(s.x), 1e-300), 0.35, 1.0)) if equal else 1.0
     if kind == "surface3d":
         X, Y = _grid(s, kind)
         ax = fig.add_subplot(projection="3d")
@@ -218,7 +219,7 @@ def _draw_2d(fig: Figure, s: Surface, kind: str, metric: str, log: bool,
             fig.colorbar(cs, ax=ax, label=label, shrink=shrink)
     ax.set_xlim(_axis_limits(s.x, kind))
     ax.set_ylim(_axis_limits(s.y, kind))
-    if isometric(s):
+    if equal:
         ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
