@@ -66,19 +66,17 @@ def _write_npz(surface: Surface, names: list[str], path: Path) -> None:
 def _write_csv(surface: Surface, names: list[str], path: Path) -> None:
     if surface.dims == 1:
         columns = {"x": surface.x}
-        order = np.arange(surface.x.size)
         flat = {m: surface.values(m) for m in names}
         done = surface.done
     else:
         assert surface.y is not None
         xs, ys = np.meshgrid(surface.x, surface.y)  # (ny, nx): x fastest
         columns = {"x": xs.ravel(), "y": ys.ravel()}
-        order = np.arange(xs.size)
         flat = {m: surface.values(m).T.ravel() for m in names}
         done = surface.done.T.ravel()
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow([*columns, "done", *names])
-        for k in order:
+        for k in range(done.size):
             w.writerow([repr(float(c[k])) for c in columns.values()] + [int(done[k])]
                        + [repr(float(flat[m][k])) for m in names])

@@ -202,15 +202,18 @@ def _origin_curvature(attrs: dict[str, Any]) -> dict[str, Any]:
     ``_hess_trace_stderr`` and ``_hess_curvature_<axis>``): ``trace``, ``trace_stderr`` and ``along``
     (axis -> dᵀHd/‖d‖²)."""
     out: dict[str, Any] = {}
+
+    def entry(split: str) -> dict[str, Any]:
+        return out.setdefault(split, {"trace": None, "trace_stderr": None, "along": {}})
+
     for key, value in attrs.items():
         split, sep, rest = key.partition("_hess_")
-        if not sep or not split or not (rest in ("trace", "trace_stderr") or rest.startswith("curvature_")):
+        if not (sep and split):
             continue
-        entry = out.setdefault(split, {"trace": None, "trace_stderr": None, "along": {}})
         if rest in ("trace", "trace_stderr"):
-            entry[rest] = float(value)
+            entry(split)[rest] = float(value)
         elif rest.startswith("curvature_"):
-            entry["along"][rest[len("curvature_"):]] = float(value)
+            entry(split)["along"][rest[len("curvature_"):]] = float(value)
     return out
 
 
