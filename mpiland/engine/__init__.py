@@ -27,7 +27,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import numpy as np
 import torch
@@ -54,6 +54,7 @@ from .placement import BatchSplit, DeviceSplit, batch_bytes, fits, place_split, 
 from .plan import ChainPlan
 
 Placed = DeviceSplit | BatchSplit
+T = TypeVar("T")
 
 __all__ = ["AUTOCAST", "BUILTIN_LOSSES", "MAX_POINTS_PER_PASS", "EngineOptions", "Evaluator", "metric_names", "resolve_loss",
            "synchronize", "wants_accuracy"]
@@ -309,16 +310,16 @@ class Evaluator:
 
     # -- evaluating ----------------------------------------------------------------------
 
-    def _pass(self, coefficients: np.ndarray) -> tuple[torch.Tensor, list[np.ndarray]]:
-        """Sums on the device (splits × 1+metrics × k × sums) for the points in ``coefficients`` (at most
-        points_per_pass rows), and per split the values of the update/compute metrics (metrics × k)."""
+    def _pass(self, coefficients: np.ndarray, per_split: Callable[[Evaluator, Placed, int], T]) -> tuple[int, list[T]]:
+        """Set the points of ``coefficients`` (at most points_per_pass rows) and run ``per_split(self, split, k)``
+        on every split (:func:`_split_sums`, or :func:`_outputs` for a shared epilogue); return k and the
+        results. Buffers a train-mode pass changes are put back afterwards."""
         k = self._set_points(coefficients)
         with torch.inference_mode():
-            passes = [_split_sums(self, d, k) for d in self.data]
-            sums = torch.stack([p[0] for p in passes])
+            parts = [per_split(self, d, k) for d in self.data]
         if self._restore_buffers:
             torch._foreach_copy_(self._buffers, self._buffers0)
-        return sums, [p[1] for p in passes]
+        return k, parts
 
     def evaluate_points(self, coords: np.ndarray, groups: list[slice] | None = None,
                         stop: Callable[[], bool] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -382,15 +383,11 @@ class Evaluator:
             for i, coefficients in enumerate(sets):
                 group = coefficients[g]
                 if window > 1:
-                    k = self._set_points(group)
-                    with torch.inference_mode():
-                        waiting[i].append((k, [_outputs(self, d, k) for d in self.data]))
-                    if self._restore_buffers:
-                        torch._foreach_copy_(self._buffers, self._buffers0)
+                    waiting[i].append(self._pass(group, _outputs))
                 else:
-                    s, o = self._pass(group)
-                    sums[i].append(s)
-                    objects[i].append(o)
+                    _, parts = self._pass(group, _split_sums)
+                    sums[i].append(torch.stack([p[0] for p in parts]))
+                    objects[i].append([p[1] for p in parts])
                 if curvature:
                     curv[i].append(_curvature(self, group))
             done = g.stop
