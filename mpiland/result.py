@@ -35,6 +35,7 @@ from .errors import DependencyError, SurfaceFileError
 from .plots.common import check_formats
 from .plots.surface import image_paths, kinds_for, render
 from .surface import reader
+from .surface.netcdf import dimension_names, metric_attributes
 
 if TYPE_CHECKING:
     import xarray
@@ -247,12 +248,16 @@ class Surface(reader.Surface):
     def to_xarray(self) -> xarray.Dataset:
         """The surface as an :class:`xarray.Dataset`, for labelled slicing, pandas and netCDF.
 
-        Dimensions are ``("x",)`` or ``("x", "y")`` with the grid coordinates as
-        coordinate variables, whose ``long_name`` attribute is the axis label
-        (e.g. ``"random direction x (filter-normalised)"``; xarray's plots use
-        it). There is one data variable per metric, NaN where the point is not
-        computed yet, plus ``done`` (bool) and ``seconds`` when the file has
-        them. The file's root attributes become the Dataset's ``attrs`` as plain
+        Dimensions are those the file declares to netCDF readers (``("x",)``, or
+        ``("t",)`` for a path between two models, or ``("x", "y")``) with the grid
+        coordinates as coordinate variables, whose ``long_name`` attribute is the
+        axis label (e.g. ``"random direction x (filter-normalised)"``; xarray's
+        plots use it), so this equals ``xarray.open_dataset(path, engine="h5netcdf")``
+        in names and orientation. There is one data variable per metric (with
+        ``long_name`` and ``units``), NaN where the point is not computed yet,
+        plus ``done`` (bool), ``skipped`` (bool, where adaptive refinement left a
+        point out; only when it did) and ``seconds`` when the file has them.
+        The file's root attributes become the Dataset's ``attrs`` as plain
         Python values (str, int, float or lists of them, so ``to_netcdf`` and
         ``json.dumps`` take them); ``source`` is the file's path. Models,
         trajectory and endpoints, which are not on the grid, stay on the Surface.
@@ -267,13 +272,16 @@ class Surface(reader.Surface):
             import xarray as xr
         except ImportError:
             raise DependencyError("to_xarray needs xarray: pip install xarray") from None
-        dims: tuple[str, ...] = ("x",) if self.dims == 1 else ("x", "y")
-        coords: dict[str, Any] = {"x": ("x", self.x.copy(), {"long_name": self.x_label})}
+        dims = dimension_names(self.dims, self.endpoints is not None)
+        coords: dict[str, Any] = {dims[0]: (dims[0], self.x.copy(), {"long_name": self.x_label})}
         if self.dims == 2:
             assert self.y is not None
             coords["y"] = ("y", self.y.copy(), {"long_name": self.y_label})
-        data: dict[str, Any] = {m: (dims, self.values(m)) for m in self.metrics}
+        loss = str((self.job or {}).get("loss", {}).get("name", ""))
+        data: dict[str, Any] = {m: (dims, self.values(m), metric_attributes(m, loss)) for m in self.metrics}
         data["done"] = (dims, self.done.astype(bool))
+        if self.skipped.any():
+            data["skipped"] = (dims, self.skipped.copy())
         if self.seconds is not None:
             data["seconds"] = (dims, self.seconds.copy(), {"units": "s"})
         attrs = {k: v for k, v in ((k, _attr_value(v)) for k, v in self.attrs.items()) if v is not None}

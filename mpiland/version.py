@@ -2,5 +2,5 @@
 
 __version__ = "0.1.0"
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Version of the surface-file layout (docs/schema.md) this mpiland writes and reads."""

@@ -20,6 +20,7 @@ import torch
 from matplotlib.figure import Figure
 
 import mpiland.result as result
+from mpiland import SCHEMA_VERSION
 from mpiland.analysis import measures
 from mpiland.analysis.summary import format_summary, summarize
 from mpiland.demo import digits_mlp
@@ -202,7 +203,7 @@ def test_to_xarray(files):
     np.testing.assert_array_equal(ds["done"].values, done)
     assert ds["done"].dtype == bool and int(ds["done"].sum()) == 12
     assert float(ds["test_loss"].sel(x=0.0, y=s.y[2])) == raw[2, 2]
-    assert ds.attrs["mpiland_schema"] == 1 and ds.attrs["dims"] == 2
+    assert ds.attrs["mpiland_schema"] == SCHEMA_VERSION and ds.attrs["dims"] == 2
     assert ds.attrs["metrics"] == listed == ["test_loss", "test_loss_stderr", "test_acc"]  # as in the file
     assert ds.attrs["source"] == str(files["partial"])
     json.dumps(ds.attrs)
@@ -212,8 +213,8 @@ def test_to_xarray(files):
 def test_to_xarray_of_a_1d_path(path):
     pytest.importorskip("xarray")
     ds = path.to_xarray()
-    assert dict(ds.sizes) == {"x": 7} and "y" not in ds.coords
-    assert ds["x"].attrs["long_name"] == path.x_label
+    assert dict(ds.sizes) == {"t": 7} and "y" not in ds.coords  # a path between two models: t
+    assert ds["t"].attrs["long_name"] == path.x_label
     np.testing.assert_array_equal(ds["test_acc"].values, path.values("test_acc"))
     assert ds.attrs["endpoints"] == [0.0, 1.0]
     assert ds.attrs["flatness_radius"] == 0.25  # derived attributes come along

@@ -6,6 +6,7 @@ import h5py
 import pytest
 import numpy as np
 
+from mpiland import SCHEMA_VERSION
 from mpiland.errors import EXIT_INTERRUPTED
 from mpiland.jobfile import load_job
 from mpiland.run import run_job
@@ -71,7 +72,7 @@ def test_file_records_job_and_directions(tmp_path):
     path = write_job(tmp_path)
     run_job(load_job(path))
     with h5py.File(tmp_path / "surface.h5", "r") as f:
-        assert f.attrs["mpiland_schema"] == 1 and len(f.attrs["fingerprint"]) == 64
+        assert f.attrs["mpiland_schema"] == SCHEMA_VERSION and len(f.attrs["fingerprint"]) == 64
         assert f.attrs["job_toml"] == path.read_text()
         assert list(f.attrs["metrics"]) == ["test_loss", "test_loss_stderr", "test_acc"]
         assert f["directions/x"].shape == f["directions/y"].shape

@@ -32,6 +32,7 @@ from ..spec import LOSSES, Job
 from . import lock, storage
 from .names import (ATTR_CODE, ATTR_FINGERPRINT, ATTR_SCHEMA, ATTR_SETTINGS, COMPONENTS, DIGEST_PREFIX,
                     DONE, SPECTRUM, data_attr)
+from .netcdf import upgrade
 from .writer import create, read_done, read_points_per_pass
 
 if TYPE_CHECKING:
@@ -234,6 +235,9 @@ def open_surface(path: Path, job: Job, ident: Identity, grid: Grid, directions: 
     try:
         lock.remove_stale_parts(path)
         if decide(path, ident, job.output.overwrite):
+            if upgrade(path):
+                log.info("upgraded %s to surface schema %d (netCDF-4 dimensions); its values are unchanged",
+                         path, SCHEMA_VERSION)
             done = read_done(path)
             log.info("resuming %s: %d of %d points already done", path, int(done.sum()), done.size)
             stored = read_points_per_pass(path)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 XCOORDS, YCOORDS = "xcoordinates", "ycoordinates"
 DONE, SECONDS = "done", "seconds"
+DIM_X, DIM_Y, DIM_T = "x", "y", "t"
+DIMENSIONS = (DIM_X, DIM_Y, DIM_T)
+"""The netCDF-4 dimension-scale datasets at the root (schema 2; ``t``: a 1D path between two models)."""
 DIRECTIONS, MODELS, TRAJECTORY = "directions", "models", "trajectory"
 
 ATTR_SCHEMA = "mpiland_schema"

@@ -24,10 +24,10 @@ import numpy as np
 
 from ..version import SCHEMA_VERSION, __version__
 from ..errors import SurfaceFileError
-from .names import SPECTRUM, SPECTRUM_ORIGIN
+from .names import DIMENSIONS, SPECTRUM, SPECTRUM_ORIGIN
 
 _COORDS = ("xcoordinates", "ycoordinates")
-_NON_METRICS = ("done", "seconds") + _COORDS
+_NON_METRICS = ("done", "seconds") + _COORDS + DIMENSIONS
 _REFERENCE_PLACEHOLDER = -1.0
 
 LINE_PREFIX = "line_"
@@ -159,6 +159,9 @@ class Surface:
     with ``explained_variance_ratio``, ``endpoints`` (t0, t1) of a 1D path
     between two models, and ``spectrum`` (``hessian.spectrum``: subgroup name ->
     :class:`Spectrum`, ``origin`` first, then ``model_0`` … in the models' order).
+    ``done`` is True where a point was evaluated (``done`` = 1 in the file) and
+    ``skipped`` where adaptive refinement left it out (``done`` = 2: its values
+    stay NaN; pictures interpolate it).
     """
 
     path: Path
@@ -178,6 +181,11 @@ class Surface:
     explained_variance_ratio: np.ndarray | None = None
     endpoints: tuple[float, float] | None = None
     spectrum: dict[str, Spectrum] | None = None
+    skipped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def __post_init__(self) -> None:
+        if self.skipped.shape != self.done.shape:
+            self.skipped = np.zeros(self.done.shape, dtype=bool)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -382,8 +390,10 @@ def _read(path: Path) -> Surface:
         spectrum = _spectra(f, path)
 
     computed: dict[str, np.ndarray] = {}
+    skipped = np.zeros(shape, dtype=bool)
     if done_arr is not None:
-        done = done_arr.astype(bool)
+        done = done_arr == 1
+        skipped = done_arr == 2
         for n in metrics:
             computed[n] = done
     else:
@@ -401,7 +411,7 @@ def _read(path: Path) -> Surface:
     return Surface(path=path, schema=schema, attrs=attrs, dims=dims, x=x, y=y, done=done,
                    metrics=metrics, computed=computed, seconds=seconds, job=job, splits=list(splits),
                    models=models, trajectory=trajectory, explained_variance_ratio=explained,
-                   endpoints=endpoints, spectrum=spectrum)
+                   endpoints=endpoints, spectrum=spectrum, skipped=skipped)
 
 
 def _float_attr(path: Path, name: str, value: Any, size: int | None) -> np.ndarray:

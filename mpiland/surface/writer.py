@@ -39,6 +39,7 @@ from . import lock
 from .names import (ATTR_CREATED, ATTR_FINGERPRINT, ATTR_METRICS, ATTR_PPP, ATTR_PPP_HISTORY, ATTR_SCHEMA,
                     ATTR_THREADS, ATTR_THREADS_HISTORY, ATTR_VERSION, DONE, SECONDS, SPECTRUM, SPECTRUM_ARRAYS,
                     XCOORDS, YCOORDS)
+from .netcdf import add_dimensions
 from .reader import Spectrum
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ def create(path: Path, *, grid: Grid, metrics: list[str], splits: list[str], dir
                 _dataset(f, m, grid.shape, np.float64, np.nan)
             _dataset(f, SECONDS, grid.shape, np.float64, np.nan)
             _dataset(f, DONE, grid.shape, np.uint8, 0)
+            add_dimensions(f, metrics)
             _write_directions(f, directions)
             if spectrum:
                 write_spectrum(f, spectrum)
