@@ -41,7 +41,7 @@ def full_2d(tmp_path):
 def test_full_2d_summary(full_2d):
     s = summarize(full_2d)
     x, y, loss, acc = bowl_2d()
-    assert s["schema"] == 1 and s["schema_text"] == "1"
+    assert s["schema"] == SCHEMA_VERSION and s["schema_text"] == str(SCHEMA_VERSION)
     assert s["mpiland_version"] == "0.1.0"
     assert s["fingerprint"] == "ab12cd34ef56"
     assert s["dims"] == 2 and s["shape"] == (11, 7)
@@ -168,7 +168,7 @@ def test_errors(tmp_path):
     x, y, loss, acc = bowl_2d()
     path = write_surface(tmp_path / "new.h5", x, y, {"test_loss": loss}, done=np.ones(loss.shape),
                          schema=SCHEMA_VERSION + 1)
-    with pytest.raises(SurfaceFileError, match=r"schema 2, newer .*upgrade mpiland"):
+    with pytest.raises(SurfaceFileError, match=rf"schema {SCHEMA_VERSION + 1}, newer .*upgrade mpiland"):
         summarize(path)
     with pytest.raises(SurfaceFileError, match="is a directory"):
         summarize(tmp_path)
@@ -295,7 +295,8 @@ def test_flatness_of_a_quadratic(tmp_path):
     r = flatness(s, epsilon=eps, radius=0.5)
     assert r["sharpness"] == pytest.approx(b * 0.25) and r["radius"] == 0.5
     wide = flatness(s, epsilon=100.0)  # everything is inside: lower bounds flagged
-    assert wide["basin_width"]["x"] == {"width": 2.0, "lower": -1.0, "upper": 1.0, "at_edge": True}
+    assert wide["basin_width"]["x"] == {"width": 2.0, "lower": -1.0, "upper": 1.0, "at_edge": True,
+                                        "lower_bound": True}
     assert wide["basin_area"]["fraction"] == pytest.approx(1.0) and wide["basin_area"]["at_edge"] is True
 
 
@@ -388,6 +389,7 @@ def test_damaged_new_members(tmp_path):
 
 
 def test_derived_attributes_1d(curve_file, tmp_path):
+    """A path between models A (t=0) and B (t=1): barriers, and flatness per model in the models' order."""
     s = load_surface(curve_file)
     attrs = derived_attributes(s)
     assert set(attrs) == {
@@ -395,18 +397,24 @@ def test_derived_attributes_1d(curve_file, tmp_path):
         "line_test_loss_barrier", "line_test_loss_barrier_at", "line_test_loss_monotonic",
         "test_loss_curvature_x", "test_loss_basin_width_x", "test_loss_basin_width_x_edge",
         "test_loss_sharpness", "test_loss_sharpness_relative",
-        "flatness_epsilon", "flatness_radius", "flatness_centre"}
+        "flatness_at", "flatness_models", "flatness_epsilon", "flatness_radius", "flatness_centre_x"}
     assert attrs["test_loss_barrier"] == pytest.approx(0.3) and attrs["test_loss_barrier_at"] == pytest.approx(0.45)
     assert attrs["test_loss_monotonic"] == 0 and isinstance(attrs["test_loss_monotonic"], int)
     assert attrs["line_test_loss_barrier"] == pytest.approx(0.8) and attrs["line_test_loss_barrier_at"] == 0.5
-    f = flatness(s)
-    assert attrs["test_loss_curvature_x"] == pytest.approx(f["curvature"]["x"])
-    assert attrs["flatness_epsilon"] == 0.1 and attrs["flatness_radius"] == pytest.approx(0.5)
-    assert attrs["test_loss_sharpness"] == pytest.approx(f["sharpness"])
+    assert attrs["flatness_at"] == "models" and attrs["flatness_models"] == ["A", "B"]
+    for k, t in enumerate((0.0, 1.0)):
+        f = flatness(s, at=(t,))
+        assert attrs["test_loss_curvature_x"][k] == pytest.approx(f["curvature"]["x"])
+        assert attrs["test_loss_sharpness"][k] == pytest.approx(f["sharpness"])
+        assert attrs["test_loss_basin_width_x"][k] == pytest.approx(f["basin_width"]["x"]["width"])
+    np.testing.assert_allclose(attrs["flatness_radius"], [0.5, 0.5])
+    np.testing.assert_allclose(attrs["flatness_centre_x"], [0.0, 1.0])
+    assert attrs["flatness_epsilon"] == 0.1
     with h5py.File(tmp_path / "attrs.h5", "w") as h:  # all of it fits HDF5 attributes
         h.attrs.update(attrs)
         assert h.attrs["test_loss_monotonic"] == 0
-        np.testing.assert_allclose(h.attrs["flatness_centre"], [0.0])
+        np.testing.assert_array_equal(h.attrs["test_loss_basin_width_x_edge"], [0, 0])
+        assert list(h.attrs["flatness_models"]) == ["A", "B"] and h.attrs["flatness_at"] == "models"
 
 
 def test_derived_attributes_2d(tmp_path):
@@ -426,6 +434,7 @@ def test_derived_attributes_2d(tmp_path):
         assert math.isnan(attrs[f"test_loss_{k}"]), k  # undefined: NaN, never a made-up number
     assert attrs["test_loss_basin_area_edge"] == 0
     np.testing.assert_allclose(attrs["flatness_centre"], [0.0, 0.0])
+    assert attrs["flatness_at"] == "origin" and "flatness_models" not in attrs
     assert "test_acc_curvature_x" not in attrs
 
 
@@ -437,8 +446,12 @@ def test_summary_of_a_curve_file(curve_file):
     assert list(s["barriers"]) == ["test_loss", "line_test_loss"]
     b = s["barriers"]["test_loss"]
     assert b["height"] == pytest.approx(0.3) and b["at"] == pytest.approx(0.45) and b["monotonic"] is False
-    assert list(s["flatness"]) == ["test_loss"]
-    assert s["flatness"]["test_loss"]["basin_width"]["x"]["at_edge"] is False
+    assert list(s["flatness"]) == ["test_loss"] and s["flatness_at"] == "models"
+    a, b = s["flatness"]["test_loss"]
+    assert (a["label"], a["coordinates"], a["centre"], a["note"]) == ("A", (0.0,), (0.0,), None)
+    assert (b["label"], b["centre"]) == ("B", (1.0,))
+    assert a["basin_width"]["x"]["at_edge"] is False and a["loss"] == pytest.approx(1.0)
+    assert b["loss"] == pytest.approx(1.5)
     rows = [line for line in format_summary(s).splitlines() if line.startswith(("barrier", "models", "endpoints"))]
     assert any("test_loss: 0.3 at t=0.45 between t=0 (1) and t=1 (1.5), not monotonic" in r for r in rows)
     assert any(r.split()[1] == "line_test_loss:" for r in rows if r.startswith("barrier"))
@@ -453,15 +466,16 @@ def test_summary_of_a_pca_file(pca_file):
     t = s["trajectory"]
     assert t["points"] == 6 and t["labels"][0] == "epoch_000"
     assert t["explained_variance_ratio"] == pytest.approx([0.831, 0.102])
-    f = s["flatness"]["test_loss"]
-    assert f["epsilon"] == 0.2 and f["radius"] == 0.5
+    assert s["flatness_at"] == "origin"
+    [f] = s["flatness"]["test_loss"]
+    assert f["label"] == "final" and f["epsilon"] == 0.2 and f["radius"] == 0.5
     assert f["sharpness"] == pytest.approx(4.0 * 0.25)
     assert s["metrics"]["test_hess_ratio"]["argmax"] is not None  # Hessian maps: the max is the point of note
     text = format_summary(s)
     assert "PC1 83.1 %, PC2 10.2 %" in text
     assert "6 checkpoints, epoch_000 .. epoch_005" in text
     flat = [r for r in text.splitlines() if r.startswith("flatness")][0]
-    assert "test_loss at (0, 0) = 0.25, ε 0.2: curvature x 3, y 8" in flat and "within r=0.5" in flat
+    assert "test_loss at final (0, 0) = 0.25, ε 0.2: curvature x 3, y 8" in flat and "within r=0.5" in flat
     with pytest.raises(SurfaceFileError, match="epsilon must be"):
         summarize(pca_file, epsilon=float("nan"))
 
@@ -473,9 +487,10 @@ def test_summary_of_a_partial_file_has_no_made_up_measures(tmp_path):
     path = write_surface(tmp_path / "p.h5", x, None, {"test_loss": loss}, done=done, endpoints=[-1.0, 1.0])
     s = summarize(path)
     json.dumps(s, allow_nan=False)
-    assert s["flatness"]["test_loss"] is None  # the centre is not computed yet
+    assert s["flatness"]["test_loss"] == [{"label": "origin", "coordinates": (0.0,),
+                                           "note": "not evaluated yet"}]  # no numbers for it
     assert s["barriers"]["test_loss"]["points"] == 3
-    assert "no finite value at the centre" in format_summary(s)
+    assert "test_loss at the origin (x=0): not evaluated yet" in format_summary(s)
 
 
 def test_info_shows_the_curvature_stored_at_the_origin(tmp_path):
@@ -510,11 +525,16 @@ def test_a_curve_along_a_random_direction_has_no_barrier(tmp_path):
     assert not any(k.endswith("_barrier") for k in derived_attributes(load_surface(path)))
 
 
-def test_no_curvature_dash_for_a_centre_on_the_grid_edge(tmp_path):
-    """A chain's centre (t = 0, its first model) is the grid's first point: no second difference there."""
+def test_no_curvature_dash_for_a_model_on_the_grid_edge(tmp_path):
+    """A path's end models at t = 0 and 1 are the grid's ends: no second difference there, said so."""
     t = np.linspace(0, 1, 11)
-    path = write_surface(tmp_path / "chain.h5", t, None, {"test_loss": 1 + t}, done=np.ones(11), endpoints=[0.0, 1.0])
+    path = write_surface(tmp_path / "chain.h5", t, None, {"test_loss": 1 + t}, done=np.ones(11), endpoints=[0.0, 1.0],
+                         models=([[0.0], [1.0]], ["A", "B"]))
     s = summarize(path)
-    assert s["flatness"]["test_loss"]["curvature"]["x"] is None
-    row = [line for line in format_summary(s).splitlines() if line.startswith("flatness")][0]
-    assert "curvature" not in row and " -" not in row and "basin width" in row
+    a, b = s["flatness"]["test_loss"]
+    assert a["curvature"] == {} and a["curvature_missing"] == {"x": "on the grid edge"}
+    rows = [line for line in format_summary(s).splitlines() if line.startswith("flatness")]
+    assert len(rows) == 2 and all(" -" not in r and "curvature x" not in r for r in rows)
+    assert rows[0].endswith("test_loss at A (x=0) = 1, ε 0.1: basin width x ≥0.1 "
+                            "(no second difference along x: on the grid edge)")
+    assert "test_loss at B (x=1) = 2, ε 0.1: basin width x ≥1 (no second" in rows[1]  # all of [0, 1] is below 2.1

@@ -136,24 +136,31 @@ def _second_difference(c: np.ndarray, v: np.ndarray, i: int) -> float | None:
 
 
 def _basin_interval(c: np.ndarray, v: np.ndarray, i: int, threshold: float) -> dict[str, Any]:
-    """The connected interval around ``c[i]`` where ``v <= threshold``, crossings interpolated linearly."""
+    """The connected interval around ``c[i]`` where ``v <= threshold``, crossings interpolated linearly.
+
+    ``at_edge``: it reaches an end of the line; ``lower_bound``: the width is only
+    a lower bound, because the interval reaches an end or stops next to a point
+    without a finite value (not evaluated yet, or divergent), where the crossing
+    is unknown.
+    """
     inside = np.isfinite(v) & (v <= threshold)
 
-    def walk(step: int) -> tuple[float, bool]:
+    def walk(step: int) -> tuple[float, bool, bool]:
         k = i
         while 0 <= k + step < c.size and inside[k + step]:
             k += step
         n = k + step
         if not 0 <= n < c.size:
-            return float(c[k]), True
+            return float(c[k]), True, True
         if not math.isfinite(v[n]):
-            return float(c[k]), False
+            return float(c[k]), False, True
         frac = (threshold - v[k]) / (v[n] - v[k])
-        return float(c[k] + frac * (c[n] - c[k])), False
+        return float(c[k] + frac * (c[n] - c[k])), False, False
 
-    lower, edge_lo = walk(-1)
-    upper, edge_hi = walk(1)
-    return {"width": upper - lower, "lower": lower, "upper": upper, "at_edge": edge_lo or edge_hi}
+    lower, edge_lo, open_lo = walk(-1)
+    upper, edge_hi, open_hi = walk(1)
+    return {"width": upper - lower, "lower": lower, "upper": upper, "at_edge": edge_lo or edge_hi,
+            "lower_bound": open_lo or open_hi}
 
 
 def _cell_sizes(c: np.ndarray) -> np.ndarray:
@@ -218,73 +225,228 @@ def _grid_axes(surface: Surface) -> list[tuple[str, np.ndarray]]:
     return axes
 
 
-def _centre(surface: Surface) -> tuple[tuple[int, ...], tuple[float, ...], float]:
-    """Index and coordinates of the grid point nearest the origin, and the largest radius around it
-    that stays inside the grid (0 when it lies on an edge)."""
-    axes = _grid_axes(surface)
-    index = tuple(_nearest(c, 0.0) for _, c in axes)
-    centre = surface.point(index)
-    radius = float(min(min(p - c[0], c[-1] - p) for (_, c), p in zip(axes, centre)))
-    return index, centre, radius
+def _locate(surface: Surface, at: tuple[float, ...]) -> tuple[int, ...] | None:
+    """Index of the grid point nearest ``at``; None when ``at`` lies outside the grid by more than half a
+    grid step along some axis (a model the grid does not reach)."""
+    index = []
+    for (_, c), p in zip(_grid_axes(surface), at):
+        if not c.size:
+            return None
+        lo = (c[1] - c[0]) / 2 if c.size > 1 else 0.0
+        hi = (c[-1] - c[-2]) / 2 if c.size > 1 else 0.0
+        tol = 1e-9 * (1.0 + abs(float(c[0])) + abs(float(c[-1])))
+        if not c[0] - lo - tol <= p <= c[-1] + hi + tol:
+            return None
+        index.append(_nearest(c, p))
+    return tuple(index)
+
+
+def _inside_radius(surface: Surface, centre: tuple[float, ...]) -> float:
+    """The largest radius around ``centre`` that stays inside the grid (0 on an edge)."""
+    return float(min(min(p - c[0], c[-1] - p) for (_, c), p in zip(_grid_axes(surface), centre)))
+
+
+def flatness_centres(surface: Surface) -> tuple[str, list[tuple[str, tuple[float, ...]]]]:
+    """Where flatness is measured: ``("models", [(label, position), …])``, each model of ``models/`` in
+    its order, when a model lies away from the origin (interpolation, plane, bilinear, Bézier curve,
+    chain: the origin is only their first model); else ``("origin", [(label, origin)])``, the trained
+    model θ* at the origin (random, file, pca and hessian directions, reference-tool files), labelled as
+    the file's single model or ``origin``."""
+    models = surface.models
+    if models is not None and len(models) and bool(np.any(models.coordinates != 0)):
+        return "models", [(str(label), tuple(float(v) for v in row))
+                          for label, row in zip(models.labels, models.coordinates)]
+    label = str(models.labels[0]) if models is not None and len(models) == 1 else "origin"
+    return "origin", [(label, (0.0,) * surface.dims)]
+
+
+def _centre_problem(surface: Surface, metric: str, index: tuple[int, ...] | None) -> str | None:
+    """Why nothing is measured around grid point ``index`` (None when it can be): outside the grid,
+    skipped by adaptive refinement, not evaluated yet, or a non-finite value."""
+    if index is None:
+        return "outside the grid"
+    if surface.skipped[index]:
+        return "skipped by adaptive refinement"
+    if not surface.computed[metric][index]:
+        return "not evaluated yet"
+    if not math.isfinite(float(surface.metrics[metric][index])):
+        return "not finite (diverged)"
+    return None
+
+
+def _at_bend(surface: Surface, index: tuple[int, ...]) -> bool:
+    """Whether grid point ``index`` of a 1D path is the nearest one to a model strictly between its end
+    models: a bend of a polygonal chain, where the path changes direction, so a second difference
+    across it measures the bend rather than the landscape."""
+    models = surface.models
+    if surface.dims != 1 or surface.endpoints is None or models is None or len(models) < 3:
+        return False
+    lo, hi = sorted(surface.endpoints)
+    inner = [float(t) for t in models.coordinates[:, 0] if lo < t < hi]
+    return any(_nearest(surface.x, t) == index[0] for t in inner)
+
+
+def _evaluated_line(surface: Surface, values: np.ndarray, index: tuple[int, ...],
+                    axis: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Coordinates and values of the grid line through ``index`` along ``axis`` without the points skipped
+    by adaptive refinement (they were never evaluated: measures use the evaluated points on either
+    side), and the position of ``index`` on it."""
+    sel: list[Any] = list(index)
+    sel[axis] = slice(None)
+    c = _grid_axes(surface)[axis][1]
+    keep = ~surface.skipped[tuple(sel)]
+    return c[keep], values[tuple(sel)][keep], int(keep[:index[axis]].sum())
+
+
+def _fill_skipped(surface: Surface, values: np.ndarray) -> np.ndarray:
+    """``values`` with the points skipped by adaptive refinement filled linearly from the nearest
+    evaluated finite points along x (else along y), as pictures fill them; NaN where neither line has
+    such a point on both sides."""
+    out = values.copy()
+    skipped = surface.skipped
+    if not skipped.any():
+        return out
+    for axis, c in enumerate(c for _, c in _grid_axes(surface)):
+        for line in np.ndindex(*(n for k, n in enumerate(values.shape) if k != axis)):
+            sel: list[Any] = list(line)
+            sel.insert(axis, slice(None))
+            v, skip, filled = values[tuple(sel)], skipped[tuple(sel)], out[tuple(sel)]
+            todo = skip & ~np.isfinite(filled)
+            if not todo.any():
+                continue
+            known = np.flatnonzero(~skip)
+            pos = np.flatnonzero(todo)
+            right = np.searchsorted(known, pos)
+            ok = (right > 0) & (right < known.size)
+            p, a, b = pos[ok], known[right[ok] - 1], known[right[ok] % max(known.size, 1)]
+            both = np.isfinite(v[a]) & np.isfinite(v[b])
+            p, a, b = p[both], a[both], b[both]
+            filled[p] = v[a] + (c[p] - c[a]) * (v[b] - v[a]) / (c[b] - c[a])  # a view: fills ``out``
+    return out
 
 
 def flatness(surface: Surface, metric: str | None = None, epsilon: float = DEFAULT_EPSILON,
-             radius: float | None = None) -> dict[str, Any]:
-    """Flatness and sharpness of the basin around the file's centre, from its grid values.
+             radius: float | None = None, at: tuple[float, ...] | None = None) -> dict[str, Any]:
+    """Flatness and sharpness of the basin around one point, from the file's grid values.
 
-    The centre is the grid point nearest (0, 0) (0 in 1D), normally the trained
-    model θ*, with loss L*. Returns ``metric``, ``centre`` (its coordinates),
-    ``loss`` (L*), ``epsilon``, ``threshold`` (L* + ε), per axis (``x``, and ``y``
-    in 2D): ``curvature`` (central second difference at the centre, None on a
-    grid edge) and ``basin_width`` (``width``, ``lower``, ``upper`` and
-    ``at_edge`` of the connected interval through the centre where L ≤ L* + ε,
-    crossings interpolated; ``at_edge`` means the width is a lower bound);
+    The centre is the grid point nearest ``at`` (default: the origin, (0, 0) or
+    0 in 1D, the trained model θ* of random, file, pca and hessian directions; give a
+    model's position for the others, see :func:`flatness_at_centres`), with loss L*.
+    Returns ``metric``, ``centre`` (its coordinates), ``loss`` (L*), ``epsilon``,
+    ``threshold`` (L* + ε), per axis (``x``, and ``y`` in 2D): ``curvature``
+    (second difference at the centre from its evaluated neighbours, exact for a
+    quadratic at any spacing; None where there is none) with ``curvature_missing``
+    (axis -> why: ``on the grid edge``, ``next to a point without a finite value``,
+    ``at a bend of the chain``: a polygonal chain's inner model, where the path turns)
+    and ``basin_width`` (``width``, ``lower``, ``upper``, ``at_edge`` and
+    ``lower_bound`` of the connected interval through the centre where L ≤ L* + ε,
+    crossings interpolated; ``lower_bound`` means the width is at least that: the
+    interval reaches the grid edge or a point without a finite value);
     ``basin_area`` in 2D (``area`` of the connected region around the centre
-    where L ≤ L* + ε, its ``fraction`` of the grid, ``points``, ``at_edge``;
-    None in 1D); ``radius`` (default: the largest disc around the centre inside
-    the grid), ``sharpness`` (max of L − L* over grid points within it, None for
-    radius 0), ``sharpness_relative`` (Keskar et al. 2017: 100·(max L − L*)/(1 + L*)),
-    ``sharpness_at`` and ``nonfinite`` (points within the radius left out as
-    inf/NaN). ``metric`` defaults to the first ``<split>_loss``.
+    where L ≤ L* + ε, its ``fraction`` of the grid, ``points``, ``estimated``
+    (of them, points skipped by adaptive refinement, judged by the values
+    interpolated there), ``at_edge`` and ``lower_bound``; None in 1D);
+    ``radius`` (default: the largest disc around the centre inside the grid),
+    ``sharpness`` (max of L − L* over the evaluated grid points within it, None
+    for radius 0), ``sharpness_relative`` (Keskar et al. 2017: 100·(max L − L*)/(1 + L*)),
+    ``sharpness_at``, ``nonfinite`` (evaluated points within the radius left out
+    as inf/NaN) and ``unevaluated`` (points within the radius not evaluated:
+    pending or skipped by refinement). Points skipped by adaptive refinement are
+    never used as values. ``metric`` defaults to the first ``<split>_loss``.
     """
     epsilon, radius = check_flatness_args(epsilon, radius)
+    metric = _flatness_metric(surface, metric)
+    where = _check_point(surface, at)
+    index = _locate(surface, where)
+    if index is None:
+        ranges = " x ".join(f"[{format_number(float(c[0]))}, {format_number(float(c[-1]))}]"
+                            for _, c in _grid_axes(surface))
+        raise SurfaceFileError(f"{surface.path}: the point {where} lies outside the grid {ranges}, so "
+                               "flatness there is undefined; give a point inside the grid")
+    problem = _centre_problem(surface, metric, index)
+    centre = surface.point(index)
+    if problem == "skipped by adaptive refinement":
+        raise SurfaceFileError(f"{surface.path}: {metric} at the centre {centre} was skipped by adaptive "
+                               "refinement (never evaluated), so flatness there is undefined; measure "
+                               "around an evaluated point (at=...)")
+    if problem == "not evaluated yet":
+        raise SurfaceFileError(f"{surface.path}: {metric} at the centre {centre} is not evaluated yet, so "
+                               "flatness is undefined; finish the run (run the same command again)")
+    if problem is not None:
+        raise SurfaceFileError(f"{surface.path}: {metric} at the centre {centre} is not a finite computed "
+                               "value, so flatness is undefined; check the run for divergence")
+    return _measure(surface, metric, surface.values(metric), epsilon, radius, index)
+
+
+def _flatness_metric(surface: Surface, metric: str | None) -> str:
+    """The checked metric of the flatness measures; default: the first ``<split>_loss``."""
     if metric is None:
         plain = surface.split_losses()
         metric = plain[0] if plain else surface.default_metric()
-    metric = surface.check_metric(metric)
-    values = surface.values(metric)
+    return surface.check_metric(metric)
+
+
+def _check_point(surface: Surface, at: tuple[float, ...] | None) -> tuple[float, ...]:
+    """``at`` (default: the origin) as a tuple of ``dims`` finite floats."""
+    if at is None:
+        return (0.0,) * surface.dims
+    try:
+        point = tuple(_number(v) for v in at)
+    except TypeError:
+        point = ()
+    if len(point) != surface.dims or not all(math.isfinite(v) for v in point):
+        raise SurfaceFileError(f"at must be {surface.dims} finite grid coordinates (a point of this "
+                               f"{surface.dims}D surface), got {at!r}")
+    return point
+
+
+def _measure(surface: Surface, metric: str, values: np.ndarray, epsilon: float, radius: float | None,
+             centre_idx: tuple[int, ...]) -> dict[str, Any]:
+    """:func:`flatness`'s measures around the evaluated, finite grid point ``centre_idx``."""
     axes = _grid_axes(surface)
-    centre_idx, centre, inside_radius = _centre(surface)
+    centre = surface.point(centre_idx)
     l_star = float(values[centre_idx])
-    if not math.isfinite(l_star):
-        raise SurfaceFileError(f"{surface.path}: {metric} at the centre {centre} is not a finite computed "
-                               "value, so flatness is undefined; finish the run (or check for divergence)")
     threshold = l_star + epsilon
     curvature: dict[str, float | None] = {}
+    missing: dict[str, str] = {}
     widths: dict[str, dict[str, Any]] = {}
     for axis, (name, c) in enumerate(axes):
-        index: list[Any] = list(centre_idx)
-        index[axis] = slice(None)
-        line = values[tuple(index)]
-        curvature[name] = _second_difference(c, line, centre_idx[axis])
-        widths[name] = _basin_interval(c, line, centre_idx[axis], threshold)
+        line_c, line_v, i = _evaluated_line(surface, values, centre_idx, axis)
+        if _at_bend(surface, centre_idx):
+            curvature[name], missing[name] = None, "at a bend of the chain"
+            widths[name] = _basin_interval(line_c, line_v, i, threshold)
+            continue
+        curvature[name] = _second_difference(line_c, line_v, i)
+        if curvature[name] is None:
+            edge = centre_idx[axis] in (0, c.size - 1)
+            missing[name] = "on the grid edge" if edge else "next to a point without a finite value"
+        widths[name] = _basin_interval(line_c, line_v, i, threshold)
 
     area = None
     if surface.dims == 2 and surface.y is not None:
-        region = _region(np.isfinite(values) & (values <= threshold), centre_idx)
+        filled = _fill_skipped(surface, values)
+        region = _region(np.isfinite(filled) & (filled <= threshold), centre_idx)
         cells = np.outer(_cell_sizes(surface.x), _cell_sizes(surface.y))
         total = float(cells.sum())
         a = float(cells[region].sum())
         edge = bool(region[0].any() or region[-1].any() or region[:, 0].any() or region[:, -1].any())
+        near = np.zeros_like(region)
+        near[1:] |= region[:-1]
+        near[:-1] |= region[1:]
+        near[:, 1:] |= region[:, :-1]
+        near[:, :-1] |= region[:, 1:]
+        open_side = bool((near & ~region & ~np.isfinite(filled)).any())
         area = {"area": a, "fraction": a / total if total > 0 else None, "points": int(region.sum()),
-                "at_edge": edge}
+                "estimated": int((region & surface.skipped).sum()), "at_edge": edge,
+                "lower_bound": edge or open_side}
 
     mesh = np.meshgrid(*(c for _, c in axes), indexing="ij")
     dist = np.sqrt(sum((m - p) ** 2 for m, p in zip(mesh, centre)))
     if radius is None:
-        radius = inside_radius
+        radius = _inside_radius(surface, centre)
     disc = dist <= radius * (1 + 1e-9)
-    finite = disc & np.isfinite(values)
+    evaluated = surface.computed[metric] & ~surface.skipped
+    finite = disc & evaluated & np.isfinite(values)
     sharp = rel = sharp_at = None
     if radius > 0 and finite.any():
         masked = np.where(finite, values, -np.inf)
@@ -293,9 +455,36 @@ def flatness(surface: Surface, metric: str | None = None, epsilon: float = DEFAU
         rel = 100.0 * sharp / (1.0 + l_star)
         sharp_at = surface.point(tuple(int(i) for i in k))
     return {"metric": metric, "centre": centre, "loss": l_star, "epsilon": epsilon,
-            "threshold": threshold, "curvature": curvature, "basin_width": widths, "basin_area": area,
+            "threshold": threshold, "curvature": curvature, "curvature_missing": missing,
+            "basin_width": widths, "basin_area": area,
             "radius": radius, "sharpness": sharp, "sharpness_relative": rel, "sharpness_at": sharp_at,
-            "nonfinite": int((disc & ~np.isfinite(values)).sum())}
+            "nonfinite": int((disc & evaluated & ~np.isfinite(values)).sum()),
+            "unevaluated": int((disc & ~evaluated).sum())}
+
+
+def flatness_at_centres(surface: Surface, metric: str | None = None, epsilon: float = DEFAULT_EPSILON,
+                        radius: float | None = None) -> list[dict[str, Any]]:
+    """:func:`flatness` at each point that matters (:func:`flatness_centres`: θ* at the origin, or each
+    model of a path or plane), in order.
+
+    Each entry has ``label``, ``coordinates`` (the model's position) and ``note``:
+    None when measured, then also :func:`flatness`'s keys (``centre`` is the grid
+    point nearest the position), else why nothing is measured there (``outside the
+    grid``, ``skipped by adaptive refinement``, ``not evaluated yet``, ``not finite
+    (diverged)``) and no numbers.
+    """
+    epsilon, radius = check_flatness_args(epsilon, radius)
+    metric = _flatness_metric(surface, metric)
+    values = surface.values(metric)
+    out: list[dict[str, Any]] = []
+    for label, position in flatness_centres(surface)[1]:
+        index = _locate(surface, position)
+        note = _centre_problem(surface, metric, index)
+        entry: dict[str, Any] = {"label": label, "coordinates": position, "note": note}
+        if note is None and index is not None:
+            entry.update(_measure(surface, metric, values, epsilon, radius, index))
+        out.append(entry)
+    return out
 
 
 def _attr_float(v: float | None) -> float:
@@ -333,32 +522,51 @@ def derived_attributes(surface: Surface) -> dict[str, Any]:
             out[f"{m}_barrier"] = _attr_float(b["height"])
             out[f"{m}_barrier_at"] = _attr_float(b["at"])
             out[f"{m}_monotonic"] = int(b["monotonic"])
+    losses = surface.split_losses()
+    if not losses:
+        return out
+    kind, centres = flatness_centres(surface)
+
+    def pack(values: list[Any], flag: bool = False) -> Any:
+        """One value per centre: a scalar for the origin, an array in the models' order for models."""
+        if kind == "models":
+            return np.asarray(values, dtype=np.int64 if flag else np.float64)
+        return values[0]
+
     axes = ("x",) if surface.dims == 1 else ("x", "y")
-    for m in surface.split_losses():
+    for m in losses:
         try:
-            f: dict[str, Any] | None = flatness(surface, m)
-        except SurfaceFileError:
-            f = None
+            found = flatness_at_centres(surface, m)
+        except SurfaceFileError:  # a grid that is not ascending
+            found = [{"note": "no grid"}] * len(centres)
+        fs = [f if f["note"] is None else None for f in found]
         for ax in axes:
-            w = f["basin_width"][ax] if f else None
-            out[f"{m}_curvature_{ax}"] = _attr_float(f["curvature"][ax] if f else None)
-            out[f"{m}_basin_width_{ax}"] = _attr_float(w["width"] if w else None)
-            out[f"{m}_basin_width_{ax}_edge"] = int(bool(w and w["at_edge"]))
+            ws = [f["basin_width"][ax] if f else None for f in fs]
+            out[f"{m}_curvature_{ax}"] = pack([_attr_float(f["curvature"][ax] if f else None) for f in fs])
+            out[f"{m}_basin_width_{ax}"] = pack([_attr_float(w["width"] if w else None) for w in ws])
+            out[f"{m}_basin_width_{ax}_edge"] = pack([int(bool(w and w["lower_bound"])) for w in ws], flag=True)
         if surface.dims == 2:
-            a = f["basin_area"] if f else None
-            out[f"{m}_basin_area"] = _attr_float(a["area"] if a else None)
-            out[f"{m}_basin_area_fraction"] = _attr_float(a["fraction"] if a else None)
-            out[f"{m}_basin_area_edge"] = int(bool(a and a["at_edge"]))
-        out[f"{m}_sharpness"] = _attr_float(f["sharpness"] if f else None)
-        out[f"{m}_sharpness_relative"] = _attr_float(f["sharpness_relative"] if f else None)
-    if surface.split_losses():
-        try:
-            _, centre, radius = _centre(surface)
-        except SurfaceFileError:  # a grid that is not ascending: no centre
-            centre, radius = (math.nan,) * surface.dims, math.nan
-        out["flatness_epsilon"] = float(DEFAULT_EPSILON)
-        out["flatness_radius"] = radius
-        out["flatness_centre"] = np.asarray(centre, dtype=np.float64)
+            areas = [f["basin_area"] if f else None for f in fs]
+            out[f"{m}_basin_area"] = pack([_attr_float(a["area"] if a else None) for a in areas])
+            out[f"{m}_basin_area_fraction"] = pack([_attr_float(a["fraction"] if a else None) for a in areas])
+            out[f"{m}_basin_area_edge"] = pack([int(bool(a and a["lower_bound"])) for a in areas], flag=True)
+        out[f"{m}_sharpness"] = pack([_attr_float(f["sharpness"] if f else None) for f in fs])
+        out[f"{m}_sharpness_relative"] = pack([_attr_float(f["sharpness_relative"] if f else None) for f in fs])
+    try:
+        located = [_locate(surface, position) for _, position in centres]
+    except SurfaceFileError:  # a grid that is not ascending: no centre
+        located = [None] * len(centres)
+    points = [surface.point(i) if i is not None else (math.nan,) * surface.dims for i in located]
+    out["flatness_at"] = kind
+    out["flatness_epsilon"] = float(DEFAULT_EPSILON)
+    out["flatness_radius"] = pack([_inside_radius(surface, p) if i is not None else math.nan
+                                   for i, p in zip(located, points)])
+    if kind == "models":
+        out["flatness_models"] = [label for label, _ in centres]
+        for k, ax in enumerate(axes):
+            out[f"flatness_centre_{ax}"] = np.asarray([p[k] for p in points], dtype=np.float64)
+    else:
+        out["flatness_centre"] = np.asarray(points[0], dtype=np.float64)
     return out
 
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import SurfaceFileError
 from ..surface.reader import Positions, Spectrum, Surface, best_is, load_surface
-from .measures import DEFAULT_EPSILON, barrier, check_flatness_args, flatness, format_number
+from .measures import (DEFAULT_EPSILON, barrier, check_flatness_args, flatness_at_centres, flatness_centres,
+                       format_number)
 
 
 def _axis_text(axis: Any) -> str:
@@ -101,9 +102,18 @@ def summarize(path: str | Path | Surface, epsilon: float = DEFAULT_EPSILON,
     coordinates, or None), ``trajectory`` (labels, coordinates and
     ``explained_variance_ratio``, or None), ``barriers`` (1D paths between models,
     files with ``endpoints``: per loss metric, :func:`barrier`'s result or None when too
-    few values; empty for other files) and
-    ``flatness`` (per ``<split>_loss``, :func:`flatness` with ``epsilon`` and
-    ``radius``, or None when the centre has no finite value) and ``spectrum``
+    few values; empty for other files),
+    ``flatness_at`` (``origin``: measured at θ*, the origin, for random, file,
+    pca and hessian directions; ``models``: at each model of a path or plane;
+    :func:`~.measures.flatness_centres`) and ``flatness`` (per ``<split>_loss``, a list
+    with one entry per centre, :func:`~.measures.flatness_at_centres` with ``epsilon`` and
+    ``radius``: ``label``, ``coordinates``, ``note`` (None when measured, else why
+    not: ``outside the grid``, ``skipped by adaptive refinement``, ``not evaluated
+    yet``, ``not finite (diverged)``) and, when measured, the flatness keys:
+    ``centre`` (grid point used), ``loss``, ``curvature`` (axis -> value; an axis
+    without a second difference is left out and named in ``curvature_missing`` with
+    the reason), ``basin_width``, ``basin_area``, ``radius``, ``sharpness`` ...;
+    None when the grid is not ascending) and ``spectrum``
     (``hessian.spectrum``: per point ``origin``, ``model_<i>``: ``top``
     eigenvalues, the density's ``support`` [smallest, largest node] and ``grid``
     range, ``width`` σ, the quadrature's ``trace`` and ``trace_stderr``, and
@@ -187,9 +197,15 @@ def summarize(path: str | Path | Surface, epsilon: float = DEFAULT_EPSILON,
     flat: dict[str, Any] = {}
     for m in s.split_losses():
         try:
-            flat[m] = flatness(s, m, epsilon, radius)
+            entries = flatness_at_centres(s, m, epsilon, radius)
         except SurfaceFileError:
             flat[m] = None
+            continue
+        for e in entries:  # an axis without a second difference is named in curvature_missing, not given as None
+            if e["note"] is None:
+                e["curvature"] = {a: v for a, v in e["curvature"].items() if v is not None}
+        flat[m] = entries
+    summary["flatness_at"] = flatness_centres(s)[0] if s.split_losses() else None
     summary["flatness"] = flat
     summary["spectrum"] = ({name: _spectrum_summary(name, sp) for name, sp in s.spectrum.items()}
                            if s.spectrum else None)
@@ -323,26 +339,11 @@ def _measure_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         if b["ignored"]:
             text += f"; {b['ignored']} non-finite points ignored"
         rows.append(("barrier", text))
-    for m, f in (summary.get("flatness") or {}).items():
-        if f is None:
-            rows.append(("flatness", f"{m}: no finite value at the centre"))
+    for m, entries in (summary.get("flatness") or {}).items():
+        if entries is None:
+            rows.append(("flatness", f"{m}: the grid is not ascending"))
             continue
-        axes = list(f["curvature"])
-        # a centre on the grid's edge has no second difference along that axis: say nothing rather than "-"
-        curv = ", ".join(f"{a} {format_number(f['curvature'][a])}" for a in axes if f["curvature"][a] is not None)
-        width = ", ".join(f"{a} {_bound(f['basin_width'][a]['width'], f['basin_width'][a]['at_edge'])}"
-                          for a in axes)
-        text = (f"{m} at {_point_text(f['centre'])} = {format_number(f['loss'])}, ε {format_number(f['epsilon'])}: "
-                + (f"curvature {curv}; " if curv else "") + f"basin width {width}")
-        area = f.get("basin_area")
-        if area:
-            text += f"; area {_bound(area['area'], area['at_edge'])}"
-            if area["fraction"] is not None:
-                text += f" ({100 * area['fraction']:.3g} % of the grid)"
-        if f["sharpness"] is not None:
-            text += (f"; sharpness {format_number(f['sharpness'])} ({format_number(f['sharpness_relative'])} %) "
-                     f"within r={format_number(f['radius'])}")
-        rows.append(("flatness", text))
+        rows.extend(("flatness", _flatness_text(m, f)) for f in entries)
     for split, c in (summary.get("origin_curvature") or {}).items():
         parts = []
         if c["trace"] is not None:
@@ -365,3 +366,44 @@ def _measure_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         if groups:
             rows.append(("λmax by group", groups))
     return rows
+
+
+def _where_text(f: dict[str, Any]) -> str:
+    """Where a flatness entry is measured: ``θ* (0, 0)``, ``the origin (x=0)``, or a model off the grid
+    point used (``final (0.98, 1), grid point (1, 1)``)."""
+    label = "the origin" if f["label"] == "origin" else f["label"]
+    def point(p: Any) -> str:
+        return f"({_point_text(tuple(p))})" if len(p) == 1 else _point_text(tuple(p))
+
+    text = f"{label} {point(f['coordinates'])}"
+    centre = f.get("centre")
+    if centre is not None and not all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+                                      for a, b in zip(centre, f["coordinates"])):
+        text += f", grid point {point(centre)}"
+    return text
+
+
+def _flatness_text(m: str, f: dict[str, Any]) -> str:
+    """One ``flatness`` row of ``info``: the measures of metric ``m`` at one centre, or why there are none."""
+    if f["note"] is not None:
+        return f"{m} at {_where_text(f)}: {f['note']}"
+    axes = list(f["basin_width"])
+    curv = ", ".join(f"{a} {format_number(f['curvature'][a])}" for a in axes if a in f["curvature"])
+    width = ", ".join(f"{a} {_bound(f['basin_width'][a]['width'], f['basin_width'][a]['lower_bound'])}"
+                      for a in axes)
+    text = (f"{m} at {_where_text(f)} = {format_number(f['loss'])}, ε {format_number(f['epsilon'])}: "
+            + (f"curvature {curv}; " if curv else "") + f"basin width {width}")
+    area = f.get("basin_area")
+    if area:
+        text += f"; area {_bound(area['area'], area['lower_bound'])}"
+        if area["fraction"] is not None:
+            text += f" ({100 * area['fraction']:.3g} % of the grid)"
+    if f["sharpness"] is not None:
+        text += (f"; sharpness {format_number(f['sharpness'])} ({format_number(f['sharpness_relative'])} %) "
+                 f"within r={format_number(f['radius'])}")
+    reasons: dict[str, list[str]] = {}
+    for a, why in (f.get("curvature_missing") or {}).items():
+        reasons.setdefault(why, []).append(a)
+    for why, names in reasons.items():
+        text += f" (no second difference along {' and '.join(names)}: {why})"
+    return text
