@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import h5py
@@ -117,3 +119,16 @@ def test_schema_1_files_open_and_a_resume_upgrades_them(tmp_path: Path) -> None:
     with xr.open_dataset(tmp_path / "surface.h5", engine="h5netcdf") as ds:
         assert ds["test_loss"].dims == ("x", "y")
     assert not upgrade(tmp_path / "surface.h5")
+
+
+@pytest.mark.skipif(shutil.which("ncdump") is None, reason="netCDF-C's ncdump is not installed (Debian: netcdf-bin)")
+def test_netcdf_c_reads_the_file(tmp_path: Path) -> None:
+    _known_file(tmp_path / "s.h5", np.array([-1.0, 0.0, 1.0]), np.array([0.0, 1.0]))
+    header = subprocess.run(["ncdump", "-h", str(tmp_path / "s.h5")], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"dimensions:\s+x = 3 ;\s+y = 2 ;", header)
+    assert "double test_loss(x, y) ;" in header and 'test_loss:units = "nat"' in header
+    values = subprocess.run(["ncdump", "-v", "test_loss", str(tmp_path / "s.h5")], capture_output=True, text=True,
+                            check=True).stdout
+    data = values.split("data:")[1]
+    numbers = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", data.split("test_loss =")[1].split(";")[0])]
+    assert numbers == [0.0, 10.0, 1.0, 11.0, 2.0, 12.0]  # row-major (x, y): L(x_i, y_j) at [i, j]
