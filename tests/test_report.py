@@ -45,7 +45,7 @@ def test_full_2d_summary(full_2d):
     assert s["mpiland_version"] == "0.1.0"
     assert s["fingerprint"] == "ab12cd34ef56"
     assert s["dims"] == 2 and s["shape"] == (11, 7)
-    assert s["progress"] == {"done": 77, "total": 77, "percent": 100.0}
+    assert s["progress"] == {"done": 77, "skipped": 0, "total": 77, "percent": 100.0}
     assert s["seconds"]["total"] == pytest.approx(77 * 0.5)
     assert s["seconds"]["mean"] == pytest.approx(0.5)
     m = s["metrics"]["test_loss"]
@@ -179,7 +179,7 @@ def test_nothing_done_yet(tmp_path):
     path = write_surface(tmp_path / "e.h5", x, y, {"test_loss": np.full(loss.shape, np.nan)},
                          done=np.zeros(loss.shape), seconds=np.full(loss.shape, np.nan))
     s = summarize(path)
-    assert s["progress"] == {"done": 0, "total": 77, "percent": 0.0}
+    assert s["progress"] == {"done": 0, "skipped": 0, "total": 77, "percent": 0.0}
     assert s["seconds"] is None
     assert s["metrics"]["test_loss"]["min"] is None
     assert "no finite value yet" in format_summary(s)
@@ -334,7 +334,7 @@ def test_flatness_errors(tmp_path):
     bad[10, 8] = np.inf
     s = load_surface(write_surface(tmp_path / "b.h5", x, y, {"test_loss": bad, "test_acc": 1 - loss},
                                    done=np.ones(loss.shape)))
-    with pytest.raises(SurfaceFileError, match=r"test_loss at the centre \(0.0, 0.0\) is not a finite"):
+    with pytest.raises(SurfaceFileError, match=r"test_loss at the centre \(0, 0\) is not a finite"):
         flatness(s)
     with pytest.raises(SurfaceFileError, match="epsilon must be a finite number ≥ 0"):
         flatness(s, "test_acc", epsilon=-1)

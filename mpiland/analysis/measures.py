@@ -32,6 +32,11 @@ def format_number(v: float | None) -> str:
     return f"{v:.6g}"
 
 
+def _coords(point: tuple[float, ...]) -> str:
+    """A point for messages: ``(0.05)``, ``(0, 2.5)``."""
+    return "(" + ", ".join(format_number(float(v)) for v in point) + ")"
+
+
 def _nearest(c: np.ndarray, value: float) -> int:
     return int(np.argmin(np.abs(c - value)))
 
@@ -299,29 +304,26 @@ def _evaluated_line(surface: Surface, values: np.ndarray, index: tuple[int, ...]
 
 
 def _fill_skipped(surface: Surface, values: np.ndarray) -> np.ndarray:
-    """``values`` with the points skipped by adaptive refinement filled linearly from the nearest
-    evaluated finite points along x (else along y), as pictures fill them; NaN where neither line has
-    such a point on both sides."""
+    """``values`` with the points skipped by adaptive refinement filled linearly along x from the
+    nearest known finite points, then along y from those and the ones just filled (bilinear in a
+    refinement cell, as pictures fill them); NaN where no line has a known finite point on both sides."""
     out = values.copy()
-    skipped = surface.skipped
-    if not skipped.any():
+    have = ~surface.skipped
+    if have.all():
         return out
-    for axis, c in enumerate(c for _, c in _grid_axes(surface)):
+    for axis, (_, c) in enumerate(_grid_axes(surface)):
         for line in np.ndindex(*(n for k, n in enumerate(values.shape) if k != axis)):
             sel: list[Any] = list(line)
             sel.insert(axis, slice(None))
-            v, skip, filled = values[tuple(sel)], skipped[tuple(sel)], out[tuple(sel)]
-            todo = skip & ~np.isfinite(filled)
-            if not todo.any():
-                continue
-            known = np.flatnonzero(~skip)
-            pos = np.flatnonzero(todo)
+            v, known_here = out[tuple(sel)], have[tuple(sel)]  # views: filling them fills ``out``/``have``
+            known, pos = np.flatnonzero(known_here), np.flatnonzero(~known_here)
             right = np.searchsorted(known, pos)
             ok = (right > 0) & (right < known.size)
-            p, a, b = pos[ok], known[right[ok] - 1], known[right[ok] % max(known.size, 1)]
-            both = np.isfinite(v[a]) & np.isfinite(v[b])
-            p, a, b = p[both], a[both], b[both]
-            filled[p] = v[a] + (c[p] - c[a]) * (v[b] - v[a]) / (c[b] - c[a])  # a view: fills ``out``
+            p, lo, hi = pos[ok], known[right[ok] - 1], known[right[ok] % max(known.size, 1)]
+            both = np.isfinite(v[lo]) & np.isfinite(v[hi])
+            p, lo, hi = p[both], lo[both], hi[both]
+            v[p] = v[lo] + (c[p] - c[lo]) * (v[hi] - v[lo]) / (c[hi] - c[lo])
+            known_here[p] = True
     return out
 
 
@@ -361,10 +363,10 @@ def flatness(surface: Surface, metric: str | None = None, epsilon: float = DEFAU
     if index is None:
         ranges = " x ".join(f"[{format_number(float(c[0]))}, {format_number(float(c[-1]))}]"
                             for _, c in _grid_axes(surface))
-        raise SurfaceFileError(f"{surface.path}: the point {where} lies outside the grid {ranges}, so "
+        raise SurfaceFileError(f"{surface.path}: the point {_coords(where)} lies outside the grid {ranges}, so "
                                "flatness there is undefined; give a point inside the grid")
     problem = _centre_problem(surface, metric, index)
-    centre = surface.point(index)
+    centre = _coords(surface.point(index))
     if problem == "skipped by adaptive refinement":
         raise SurfaceFileError(f"{surface.path}: {metric} at the centre {centre} was skipped by adaptive "
                                "refinement (never evaluated), so flatness there is undefined; measure "

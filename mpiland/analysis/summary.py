@@ -94,7 +94,9 @@ def summarize(path: str | Path | Surface, epsilon: float = DEFAULT_EPSILON,
     Keys: ``path``, ``schema`` (int or None for a reference-tool file),
     ``schema_text``, ``mpiland_version``, ``created``, ``fingerprint`` (short)
     and ``fingerprint_full``, ``job`` (or None), ``dims``, ``shape``, ``x``/``y``
-    ranges, ``progress`` (done, total, percent), ``seconds`` (total, mean per
+    ranges, ``progress`` (``done``: points evaluated, ``skipped``: points adaptive
+    refinement left out, which need no evaluation, ``total``, ``percent`` of the
+    points done or skipped), ``seconds`` (total, mean per
     done point, or None), ``metrics`` (per metric: min, argmin, max, argmax
     (accuracies and Hessian metrics), finite and nonfinite counts),
     ``nonfinite`` (done points with a non-finite value in any metric),
@@ -126,6 +128,7 @@ def summarize(path: str | Path | Surface, epsilon: float = DEFAULT_EPSILON,
     s = path if isinstance(path, Surface) else load_surface(path)
     total = int(np.prod(s.shape))
     n_done = int(s.done.sum())
+    n_skipped = int(s.skipped.sum())
     fp = s.attrs.get("fingerprint")
     summary: dict[str, Any] = {
         "path": str(s.path),
@@ -144,8 +147,8 @@ def summarize(path: str | Path | Surface, epsilon: float = DEFAULT_EPSILON,
         "x_label": s.x_label,
         "y_label": s.y_label if s.dims == 2 else None,
         "splits": s.splits,
-        "progress": {"done": n_done, "total": total,
-                     "percent": 100.0 * n_done / total if total else 0.0},
+        "progress": {"done": n_done, "skipped": n_skipped, "total": total,
+                     "percent": 100.0 * (n_done + n_skipped) / total if total else 0.0},
         "seconds": None,
     }
     if s.seconds is not None and n_done:
@@ -283,7 +286,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         t0, t1 = summary["endpoints"]
         rows.append(("endpoints", f"t0={format_number(t0)}, t1={format_number(t1)} (the end models of the path)"))
     p = summary["progress"]
-    rows.append(("progress", f"{p['done']}/{p['total']} points done ({p['percent']:.1f}%)"))
+    skipped = p.get("skipped") or 0
+    text = f"{p['done'] + skipped}/{p['total']} points done ({p['percent']:.1f}%)"
+    if skipped:
+        text += f", {skipped} of them skipped by adaptive refinement (not evaluated)"
+    rows.append(("progress", text))
     sec = summary.get("seconds")
     if sec:
         rows.append(("time", f"{sec['total']:.1f} s total, {sec['mean']:.3g} s per point"))
