@@ -60,9 +60,52 @@ def extract_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+SAFETENSORS_MAX_HEADER = 100_000_000
+"""The safetensors format's own limit on its JSON header (bytes)."""
+
+
+def is_safetensors(path: str | Path) -> bool:
+    """Whether ``path`` is a safetensors file: an 8-byte little-endian header length, then a JSON object.
+
+    Told by content, not by name, so a renamed file is still read the right way.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    length = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 2 <= length <= min(SAFETENSORS_MAX_HEADER, size - 8)
+
+
+def _read_safetensors(path: str | Path, where: str, error: type[MpilandError], fix: str) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors (no code runs while reading: the format holds only tensors and JSON)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise error(f"{where} is a safetensors file, and reading it needs the safetensors package: "
+                    "pip install safetensors (or mpiland[safetensors])") from None
+    try:
+        return dict(load_file(os.fspath(path), device="cpu"))
+    except Exception as exc:
+        raise error(f"{where}: cannot be read as a safetensors file ({exc.__class__.__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}); {fix}") from None
+
+
 def read_state_dict(path: str | Path, where: str, error: type[MpilandError] = CheckpointError,
                     fix: str = "save model.state_dict()") -> dict[str, torch.Tensor]:
-    """Read a torch file safely (``weights_only``) and find the state_dict in it; ``where`` names it in errors."""
+    """Read a checkpoint without running code from it and find the state_dict in it; ``where`` names it in errors.
+
+    A safetensors file (:func:`is_safetensors`; HuggingFace's ``model.safetensors``, or
+    ``safetensors.torch.save_file(model.state_dict(), path)``) is read with the
+    safetensors package; anything else as a torch file with ``weights_only=True``
+    (tensors and plain containers only, no pickled objects executed).
+    """
+    if is_safetensors(path):
+        return extract_state_dict(_read_safetensors(path, where, error, fix), where)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -89,6 +132,7 @@ def load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], where:
     mismatched keys."""
     state = extract_state_dict(dict(state), where)
     own = model.state_dict()
+    state = _with_tied(own, state)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -101,6 +145,27 @@ def load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], where:
                 parts.append(f"{label}: {shown}")
         raise CheckpointError(f"{where} does not fit the model ({'; '.join(parts)}); {fix}")
     model.load_state_dict(state, strict=True)
+
+
+def _with_tied(own: Mapping[str, torch.Tensor], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` plus the model's tied entries it leaves out, taken from the entry they share storage with.
+
+    Files that store shared tensors once (safetensors, HuggingFace's ``save_pretrained``
+    with tied input and output embeddings) omit one name of each tied pair; the model
+    holds one tensor under both, so the omitted one is not missing.
+    """
+    by_storage: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    for name, tensor in own.items():
+        if name in state and tensor.untyped_storage().data_ptr():
+            by_storage.setdefault((tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)),
+                                  name)
+    out = dict(state)
+    for name, tensor in own.items():
+        if name not in out:
+            twin = by_storage.get((tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)))
+            if twin is not None:
+                out[name] = state[twin]
+    return out
 
 
 def _natural_key(path: str) -> list[object]:
