@@ -154,15 +154,17 @@ def _with_tied(own: Mapping[str, torch.Tensor], state: dict[str, torch.Tensor]) 
     with tied input and output embeddings) omit one name of each tied pair; the model
     holds one tensor under both, so the omitted one is not missing.
     """
+    def where(tensor: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
+        return tensor.untyped_storage().data_ptr(), int(tensor.storage_offset()), tuple(tensor.shape)
+
     by_storage: dict[tuple[int, int, tuple[int, ...]], str] = {}
     for name, tensor in own.items():
         if name in state and tensor.untyped_storage().data_ptr():
-            by_storage.setdefault((tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)),
-                                  name)
+            by_storage.setdefault(where(tensor), name)
     out = dict(state)
     for name, tensor in own.items():
         if name not in out:
-            twin = by_storage.get((tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)))
+            twin = by_storage.get(where(tensor))
             if twin is not None:
                 out[name] = state[twin]
     return out
