@@ -46,17 +46,20 @@ from .userimport import qualified_name
 
 __all__ = ["connect", "landscape"]
 
-AxisLike = tuple[float, float, int] | Sequence[float] | int
-"""An axis: ``(min, max, num)``, or a bare ``num`` for a range that covers the models of a path."""
+AxisLike = tuple[float, float, int] | Sequence[Any] | int | str
+"""An axis: ``(min, max, num)``; a bare ``num`` for a range that covers the models of a path; ``("auto", num)``
+(or ``"auto"``, 21 points) for random, file and Hessian directions: a range chosen by a pre-scan of the loss."""
 
 
 def _axis(name: str, value: Any) -> Any:
-    if value is None or isinstance(value, int):
+    if value is None or isinstance(value, int) or value == "auto":
         return value
+    if isinstance(value, (tuple, list)) and len(value) == 2 and value[0] == "auto":
+        return ["auto", value[1]]
     if isinstance(value, (tuple, list)) and len(value) == 3:
         return [value[0], value[1], value[2]]
-    raise GridError(f"{name}={value!r}: give (min, max, num), e.g. (-1, 1, 51), or num for a range covering "
-                    "the models of a path")
+    raise GridError(f"{name}={value!r}: give (min, max, num), e.g. (-1, 1, 51), num for a range covering "
+                    "the models of a path, or (\"auto\", num) for a range chosen by a pre-scan of the loss")
 
 
 def _loss(loss: Any) -> tuple[str, Any]:
@@ -196,7 +199,10 @@ def landscape(model: nn.Module, directions: Directions, data: Any, x: AxisLike =
             ``memory_budget_mb`` (MiB) stay on the device, others are streamed from their loader.
             Batches are ``(inputs, targets)`` or dicts with a ``labels`` entry (other entries: keyword inputs).
         x, y: axes ``(min, max, num)``; ``y`` None for a 1D curve. A bare ``num`` takes the range from
-            the models of a path (with a margin, ``settings={"grid.margin": 0.25}``).
+            the models of a path (with a margin, ``settings={"grid.margin": 0.25}``); ``("auto", num)``
+            for random, file and Hessian directions: a range chosen by a pre-scan of the loss
+            (``settings={"grid.auto_rise": 3.0, "grid.auto_max": 1.0}``). ``settings={"grid.refine": True}``
+            evaluates adaptively (docs/jobfile.md).
         loss: ``cross_entropy``, ``mse``, ``nll``, or a callable ``(outputs, targets)`` returning
             per-sample losses (a scalar per batch is weighted by the batch's size).
         metrics: name -> callable ``(outputs, targets) -> per-sample tensor`` (datasets ``<split>_<name>``

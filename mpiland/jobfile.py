@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import GridError, JobFileError
-from .spec import (ALIGN_KINDS, AUTOCASTS, BN_MODES, CURVES, DIRECTION_KINDS, DTYPES, IGNORES, LOSSES, MODEL_MODES,
-                   NORMS, PATH_KINDS, PROGRESS, SPECTRUM, SPLITS, WRITERS, Axis, ConnectSpec, DataSpec, DirectionsSpec,
-                   GridSpec, HessianSpec, Job, LossSpec, ModelSpec, OutputSpec, RunSpec, TrainSpec, defaults,
+from .spec import (ALIGN_KINDS, AUTO_NUM, AUTOCASTS, BN_MODES, CURVES, DIRECTION_KINDS, DTYPES, IGNORES, LOSSES,
+                   MODEL_MODES, NORMS, PATH_KINDS, PROGRESS, SPECTRUM, SPLITS, WRITERS, Axis, ConnectSpec, DataSpec,
+                   DirectionsSpec, GridSpec, HessianSpec, Job, LossSpec, ModelSpec, OutputSpec, RunSpec, TrainSpec, defaults,
                    resolve_directions)
 
 def _fail(key: str, msg: str) -> JobFileError:
@@ -145,13 +145,19 @@ def _accuracy(key: str, v: Any) -> str:
 
 
 def _axis(key: str, v: Any) -> Axis:
+    if v == "auto":
+        return Axis(None, None, AUTO_NUM)
+    if isinstance(v, list) and len(v) == 2 and v[0] == "auto":
+        v = v[1]
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise GridError(f"{key}: expected [\"auto\", num] with an integer num, e.g. [\"auto\", 21], got {v!r}")
     if isinstance(v, int) and not isinstance(v, bool):
         if v < 1:
             raise GridError(f"{key}: num must be at least 1, got {v}")
         return Axis(None, None, v)
     if not isinstance(v, list) or len(v) != 3:
-        raise GridError(f"{key}: expected [min, max, num], e.g. [-1.0, 1.0, 21], or just num for a range "
-                        f"that covers the models (path directions), got {v!r}")
+        raise GridError(f"{key}: expected [min, max, num], e.g. [-1.0, 1.0, 21], or \"auto\" / [\"auto\", num] "
+                        f"(or just num) for an automatic range, got {v!r}")
     lo, hi, num = v
     for part, val in (("min", lo), ("max", hi)):
         if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
@@ -171,6 +177,13 @@ def _nonneg(key: str, v: Any) -> float:
     value = _num(key, v)
     if value < 0:
         raise _fail(key, f"expected a number >= 0, got {v}")
+    return value
+
+
+def _above(key: str, v: Any, lo: float) -> float:
+    value = _num(key, v)
+    if value <= lo:
+        raise _fail(key, f"expected a number > {lo:g}, got {v}")
     return value
 
 
@@ -232,6 +245,11 @@ _SCHEMA: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "x": _axis,
         "y": _opt_axis,
         "margin": _nonneg,
+        "auto_rise": lambda k, v: _above(k, v, 1.0),
+        "auto_max": lambda k, v: _num(k, v, positive=True),
+        "refine": _bool,
+        "refine_tol": _nonneg,
+        "refine_levels": lambda k, v: _int(k, v, 0),
     },
     "hessian": {
         "enabled": _bool,
@@ -390,6 +408,7 @@ def job_from_table(raw: dict[str, Any], text: str = "", source: str = "<job>", d
     directions = sections["directions"]
     grid = sections["grid"]
     _check_directions(directions, grid, sections["model"])
+    _check_bare_num(raw.get("grid", {}), directions["kind"])
     hessian = sections["hessian"]
     if not hessian["splits"]:
         hessian["splits"] = tuple(data["splits"])
@@ -417,6 +436,17 @@ def job_from_table(raw: dict[str, Any], text: str = "", source: str = "<job>", d
         text=text,
         source=source,
     )
+
+
+def _check_bare_num(grid: dict[str, Any], kind: str) -> None:
+    """A bare ``num`` takes its range from the models of a path; other kinds spell a pre-scanned range "auto"."""
+    if kind in PATH_KINDS:
+        return
+    for key in ("x", "y"):
+        v = grid.get(key)
+        if isinstance(v, int) and not isinstance(v, bool):
+            raise GridError(f"grid.{key}: a bare num takes its range from the models of a path; {kind} directions "
+                            f"need [min, max, num], or [\"auto\", {v}] for a range chosen by a pre-scan of the loss")
 
 
 def _check_directions(d: dict[str, Any], grid: dict[str, Any], model: dict[str, Any]) -> None:
@@ -454,10 +484,6 @@ def _check_directions(d: dict[str, Any], grid: dict[str, Any], model: dict[str, 
             raise _fail("directions.file", 'is for kind = "file"; remove it or set kind = "file"')
         if kind == "file" and len(d["file"]) > 1 and len(d["file"]) != dims:
             raise _fail("directions.file", f"give one .h5 file, or one .pt file per axis ({dims}); got {len(d['file'])}")
-        for key in ("x", "y"):
-            if grid[key] is not None and grid[key].auto:
-                raise GridError(f"grid.{key}: a bare num takes its range from the models of a path; "
-                                f"{kind} directions need [min, max, num]")
         if kind == "hessian" and d["states"]:
             raise _fail("directions.states", "Hessian directions are over the parameters; remove it")
         if kind == "hessian" and d["norm"] not in ("auto", "none"):

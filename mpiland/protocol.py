@@ -48,6 +48,8 @@ class ChunkResult:
     values: dict[str, np.ndarray] | None
     seconds: np.ndarray | None
     stop: bool = False
+    loss: np.ndarray | None = None
+    """Adaptive refinement: the values of the metric it judges by, for rank 0 also when ``values`` stay local."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ ranks waiting for each other.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import time
 from contextlib import nullcontext
@@ -25,24 +27,25 @@ import h5py
 import numpy as np
 import torch
 
-from . import surface
-from .analysis.measures import format_number, store_derived
+from . import autorange, surface
+from .analysis.measures import DEFAULT_EPSILON, format_number, store_derived
 from .comm import Comm, agree, isolated, mpi_module, world
 from .curves import CurveResult, connect
 from .data import Split, Stream, bn_inputs, load_split
 from .directions import CurvatureInputs, Directions, make_directions
 from .engine import EngineOptions, Evaluator, resolve_loss
 from .engine.losses import LossFn
-from .errors import CheckpointError, GridError, ModelError, SettingsError
+from .errors import CheckpointError, GridError, ModelError, SettingsError, SurfaceFileError
 from .grid import Chunks, Grid, make_chunks, resolve_grid
 from .launch import Placement, check_launch, place
 from .layout import ParamLayout, state_vector
 from .models import base_checkpoint, build_model, load_checkpoint, read_state_dict, save_checkpoint
 from .progress import Progress
-from .protocol import ChunkResult, run_protocol
+from .protocol import ChunkResult, Outcome, run_protocol
+from .refine import SKIPPED, Plan
 from .rebasin import aligned_state, weight_matching
 from .signals import StopFlag
-from .spec import ConnectSpec, HessianSpec, Job, resolve_directions
+from .spec import SCAN_KINDS, Axis, ConnectSpec, HessianSpec, Job, resolve_directions
 from .surface.identity import WHAT
 from .train import train_model
 
@@ -63,6 +66,8 @@ class RunSummary:
     interrupted: bool
     writer: str
     ranks: int
+    points_skipped: int = 0
+    """Points adaptive refinement left out (``done`` = 2 in the file)."""
 
 
 @dataclass
@@ -278,6 +283,130 @@ def run_landscape(job: Job, build: Builder, comm: Any = None, progress: str | No
             torch.cuda.set_device(cuda)
 
 
+def _scan_axes(job: Job) -> list[str]:
+    """The axes whose range a pre-scan chooses: the automatic axes of random, file and Hessian directions."""
+    if job.directions.kind not in SCAN_KINDS:
+        return []
+    return [name for name in ("x", "y") if (axis := getattr(job.grid, name)) is not None and axis.auto]
+
+
+def identity_of(ident: surface.Identity, job: Job) -> surface.Identity:
+    """``ident`` (digested from the model, data and directions) for ``job``, which differs from its job only in
+    settings (a grid range resolved by a pre-scan): the settings component recomputed as job_identity does."""
+    settings = surface.settings_that_count(job)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return replace(ident, settings=settings, digests={**ident.digests, "settings": digest})
+
+
+def _first_loss(job: Job) -> str:
+    """The metric automatic ranges and refinement judge by: the loss of the first split."""
+    return f"{job.data.splits[0]}_loss"
+
+
+def _with_ranges(job: Job, ranges: dict[str, float]) -> Job:
+    """``job`` with its automatic axes given the symmetric ranges ``ranges`` (axis name -> R: [-R, R])."""
+    x, y = job.grid.x, job.grid.y
+    if "x" in ranges:
+        x = Axis(-ranges["x"], ranges["x"], x.num)
+    if "y" in ranges and y is not None:
+        y = Axis(-ranges["y"], ranges["y"], y.num)
+    return replace(job, grid=replace(job.grid, x=x, y=y))
+
+
+def _stored_ranges(job: Job, path: Path, axes: list[str],
+                   identity: Callable[[Job], surface.Identity]) -> dict[str, float] | None:
+    """Rank 0: the ranges of the existing file at ``path`` when this job would resume it with them (else None)."""
+    if not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            ranges = autorange.read_ranges(f, job.grid.auto_rise, job.grid.auto_max, _first_loss(job))
+            stored = dict(f.attrs)
+    except OSError:
+        return None
+    if ranges is None or sorted(ranges) != sorted(axes):
+        return None
+    return ranges if identity(_with_ranges(job, ranges)).differs_from(stored) is None else None
+
+
+def _resolve_range(comm: Comm, job: Job, path: Path, evaluator: Evaluator,
+                   identity: Callable[[Job], surface.Identity]) -> tuple[Job, autorange.AutoRange | None]:
+    """The job with its pre-scanned axes resolved: from the file it resumes, else from a pre-scan on rank 0.
+
+    Collective; every rank gets the same ranges. The scan is returned (on every rank)
+    when one ran, for rank 0 to store it in the file.
+    """
+    axes = _scan_axes(job)
+    if not axes:
+        return job, None
+    metric = _first_loss(job)
+
+    def on_rank0() -> tuple[dict[str, float], autorange.AutoRange | None] | None:
+        if comm.Get_rank() != 0:
+            return None
+        stored = _stored_ranges(job, path, axes, identity)
+        if stored is not None:
+            log.info("automatic range: %s, from the pre-scan stored in %s",
+                     ", ".join(f"{a} in [{-r:g}, {r:g}]" for a, r in stored.items()), path)
+            return stored, None
+
+        def losses(coords: np.ndarray) -> np.ndarray:
+            return evaluator.evaluate_points(coords)[0][metric]
+
+        scan = autorange.scan(losses, job.grid.dims, axes, job.grid.auto_rise, job.grid.auto_max, metric)
+        reached = "; ".join(
+            f"{a} in [{-s.range:g}, {s.range:g}] ({metric} reaches {job.grid.auto_rise:g}× at "
+            f"{', '.join('-' if not np.isfinite(c) else f'{c:.3g}' for c in s.crossings)})"
+            for a, s in scan.axes.items())
+        log.info("automatic range: pre-scan of %d points in %.1f s, %s %s at the centre: %s", scan.points,
+                 scan.seconds, metric, format_number(scan.centre), reached)
+        return {a: s.range for a, s in scan.axes.items()}, scan
+
+    ranges, scan = comm.bcast(agree(comm, on_rank0), root=0)
+    return _with_ranges(job, ranges), scan
+
+
+def _annotate(path: Path, scan: autorange.AutoRange | None, plan: Plan | None, metric: str) -> None:
+    """Rank 0, before the writers open: store the pre-scan (``autorange/``) and the refinement settings."""
+    if scan is None and plan is None:
+        return
+    try:
+        with h5py.File(path, "r+") as f:
+            if scan is not None:
+                scan.write(f)
+            if plan is not None:
+                f.attrs["refine_levels"], f.attrs["refine_tol"] = plan.levels, plan.tol
+                f.attrs["refine_epsilon"], f.attrs["refine_metric"] = plan.epsilon, metric
+    except OSError as exc:
+        surface.release_output(path)
+        raise SurfaceFileError(f"cannot write the grid's pre-scan or refinement settings to {path} "
+                               f"({' '.join(str(exc).split())}); is the disk full?") from None
+
+
+def _stored_losses(path: Path, done: np.ndarray, metric: str) -> np.ndarray:
+    """Rank 0: the flat values of ``metric`` at the points done (NaN elsewhere), for the refinement decisions."""
+    have = done.reshape(-1) == 1
+    out = np.full(done.size, np.nan)
+    if have.any():
+        with h5py.File(path, "r") as f:
+            out[have] = np.asarray(f[metric][...], dtype=np.float64).reshape(-1)[have]
+    return out
+
+
+def _mark_skipped(path: Path, skipped: np.ndarray) -> None:
+    """Rank 0, writers closed: mark the points refinement never needs ``done`` = 2, their values NaN."""
+    with h5py.File(path, "r+") as f:
+        done = f[surface.DONE][...]
+        flat = done.reshape(-1)
+        flat[skipped] = SKIPPED
+        f[surface.DONE][...] = done
+        for name in [*(str(m) for m in f.attrs["metrics"]), surface.SECONDS]:
+            values = f[name][...]
+            if np.isfinite(values.reshape(-1)[skipped]).any():  # written before a crash, never marked done
+                values.reshape(-1)[skipped] = np.nan
+                f[name][...] = values
+
+
 def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopFlag) -> RunSummary:
     rank, size = comm.Get_rank(), comm.Get_size()
     t_start = time.perf_counter()
@@ -288,35 +417,53 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
     problem = build(comm, job, placement)
     model, directions, splits = problem.model, problem.directions, problem.splits
 
-    def _engine() -> tuple[Evaluator, surface.Identity]:
-        ident = surface.job_identity(job, model, directions, splits)
-        evaluator = Evaluator(model, directions, splits, job.loss, placement.device,
-                              dtype=getattr(torch, job.model.dtype), batch_size=job.data.batch_size,
-                              memory_budget_mb=job.data.memory_budget_mb, mode=job.model.mode,
-                              options=engine_options(job), bn_data=problem.bn_data, hessian=_curvature_spec(job),
-                              copy_model=False, loss_fn=problem.loss_fn, metrics=problem.metrics)
-        return evaluator, ident.with_data({**evaluator.data_digests, **problem.digests})
+    def _engine() -> Evaluator:
+        return Evaluator(model, directions, splits, job.loss, placement.device,
+                         dtype=getattr(torch, job.model.dtype), batch_size=job.data.batch_size,
+                         memory_budget_mb=job.data.memory_budget_mb, mode=job.model.mode,
+                         options=engine_options(job), bn_data=problem.bn_data, hessian=_curvature_spec(job),
+                         copy_model=False, loss_fn=problem.loss_fn, metrics=problem.metrics)
 
-    evaluator, fp = agree(comm, _engine)
+    def identity(of: Job) -> surface.Identity:
+        ident = surface.job_identity(of, model, directions, splits)
+        return ident.with_data({**evaluator.data_digests, **problem.digests})
+
+    evaluator = agree(comm, _engine)
+    path = Path(job.output.path)
+    # Before any point is evaluated: evaluating leaves the model at its last point (and BatchNorm statistics
+    # recomputed there), and the identity digests θ*.
+    first = agree(comm, lambda: identity(job))
+    # Points per pass: every rank takes part, and all use the smallest K any rank can run.
+    agreed_k = min(comm.allgather(evaluator.points_per_pass))
+    job, scan = _resolve_range(comm, job, path, evaluator, lambda resolved: identity_of(first, resolved))
+    fp = identity_of(first, job)
     if size > 1:
         digests = comm.allgather(fp.digests)
         agree(comm, lambda: _check_same_problem(digests))
-    # Points per pass: every rank takes part, and all use the smallest K any rank can run.
-    agreed_k = min(comm.allgather(evaluator.points_per_pass))
     grid = Grid.from_spec(resolve_grid(job.grid, directions))
     metrics = evaluator.metrics
-    path = Path(job.output.path)
+    metric = _first_loss(job)
+    g = job.grid
+    plan = agree(comm, lambda: Plan.make(grid.shape, g.refine_levels, g.refine_tol, DEFAULT_EPSILON)) \
+        if g.refine else None
     done, k = comm.bcast(agree(comm, lambda: _open_surface(comm, job, path, grid, directions, evaluator, fp,
                                                          agreed_k)), root=0)
-    _use_points_per_pass(comm, evaluator, k)
-    chunks: Chunks = make_chunks(done, size, job.run.chunk_size, block=evaluator.points_per_pass)
-    already = int(done.sum())
     if rank == 0:
-        log.info("%d rank(s); rank 0 on %s with %d thread(s); writer %s; data %s; %d point(s) per pass; "
-                 "%d points pending in %d chunks of %d",
+        _annotate(path, scan, plan, metric)
+    _use_points_per_pass(comm, evaluator, k)
+    already = int((done == 1).sum())
+    # Rank 0's view of the refinement metric, from the file and then from every delivered chunk.
+    losses = _stored_losses(path, done, metric) if plan is not None and rank == 0 else None
+    have = (done.reshape(-1) == 1) if rank == 0 else None
+    if rank == 0:
+        log.info("%d rank(s); rank 0 on %s with %d thread(s); writer %s; data %s; %d point(s) per pass%s",
                  size, placement.device, placement.threads, writer_kind,
                  "resident on the device" if evaluator.resident else "streamed from host memory",
-                 evaluator.points_per_pass, len(chunks.pending), len(chunks), chunks.size)
+                 evaluator.points_per_pass,
+                 "" if plan is None else f"; adaptive refinement on {metric}: {plan.levels} level(s) below every "
+                 f"{2 ** plan.levels}-th point, tol {plan.tol:g}, ε {plan.epsilon:g}"
+                 + (" (the grid is too small for a coarser level: every point is evaluated)" if plan.levels == 0
+                    else ""))
     log.debug("rank %d on %s (local rank %d/%d), %d thread(s)", rank, placement.device,
               placement.local_rank, placement.local_size, placement.threads)
 
@@ -329,8 +476,9 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
         log.info("curvature at every point: λmax and λmin by Lanczos (tol %g, at most %d HVPs) on %s; "
                  "expect each point to cost tens of loss evaluations", job.hessian.tol, job.hessian.max_iter,
                  ", ".join(job.hessian.splits))
-    bar = Progress(grid.size, already, progress or job.run.progress, label=label) if rank == 0 else None
+    bar: Progress | None = None
     evaluated = 0
+    chunks: Chunks = make_chunks(np.ones(0, dtype=np.uint8), size)
 
     def evaluate_chunk(chunk: int, poll: Callable[[], bool]) -> ChunkResult:
         points = chunks.points(chunk)
@@ -339,6 +487,8 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
         values, seconds = evaluator.evaluate_points(coords, chunks.groups(points), poll)
         n = len(seconds)
         result = ChunkResult(chunk, points[:n], {m: values[m] for m in metrics}, seconds, n < len(points))
+        if plan is not None:
+            result.loss = values[metric]
         if writer_kind == "mpio" and n:
             # every rank has an MPI-IO writer, and the values were just set
             assert writer is not None and result.values is not None and result.seconds is not None
@@ -349,16 +499,57 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
     def deliver(result: ChunkResult) -> None:
         nonlocal evaluated
         # only rank 0 delivers: it has the bar, and the writer when values come with the result
-        assert bar is not None
+        assert bar is not None and have is not None
         if result.values is not None and len(result.points):
             assert writer is not None and result.seconds is not None
             writer.write(result.points, result.values, result.seconds)
+        if losses is not None and result.loss is not None:
+            losses[result.points] = result.loss
+        have[result.points] = True
         evaluated += len(result.points)
         bar.update(len(result.points))
 
+    def next_round() -> tuple[np.ndarray, str] | None:
+        """Rank 0: the points to evaluate next and the bar's label (None: nothing left)."""
+        assert have is not None
+        if plan is None:  # one round: every point not evaluated yet (also those an earlier refinement skipped)
+            pending = np.flatnonzero(~have)
+            return (pending, label) if len(pending) and rounds == 0 else None
+        assert losses is not None
+        levels, complete = plan.walk(losses, have)
+        if complete:
+            return None
+        pending = levels[-1][~have[levels[-1]]]
+        log.info("refinement level %d of %d: %d point(s), %d pending", len(levels) - 1, plan.levels,
+                 len(levels[-1]), len(pending))
+        return pending, f"{label}level {len(levels) - 1}/{plan.levels} "
+
     t_eval = time.perf_counter()
+    outcome = Outcome(0, 0, False)
+    rounds = 0
     try:
-        outcome = run_protocol(comm, len(chunks), evaluate_chunk, deliver, stop)
+        while True:
+            todo = comm.bcast(next_round() if rank == 0 else None, root=0)
+            if todo is None:
+                break
+            rounds += 1
+            pending, round_label = todo
+            mask = np.ones(grid.size, dtype=np.uint8)
+            mask[pending] = 0
+            chunks = make_chunks(mask.reshape(grid.shape), size, job.run.chunk_size, block=evaluator.points_per_pass)
+            if rank == 0:
+                log.info("%d points pending in %d chunks of %d", len(chunks.pending), len(chunks), chunks.size)
+                total = grid.size if plan is None else len(pending)
+                bar = Progress(total, total - len(pending), progress or job.run.progress, label=round_label)
+            part = run_protocol(comm, len(chunks), evaluate_chunk, deliver, stop)
+            outcome = Outcome(outcome.chunks_evaluated + part.chunks_evaluated,
+                              outcome.points_evaluated + part.points_evaluated, part.stopped)
+            if bar is not None:
+                bar.close()
+            stopped = bool(comm.allreduce(int(part.stopped or stop()))) if size > 1 else part.stopped or stop()
+            if stopped:
+                outcome = replace(outcome, stopped=True)
+                break
     except BaseException:
         # Release a file this process writes alone, so an in-process caller can retry;
         # an MPI-IO file cannot be closed by one failing rank (closing is collective).
@@ -368,29 +559,45 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
             surface.release_output(path)
         raise
     eval_seconds = time.perf_counter() - t_eval
-    if bar is not None:
-        bar.close()
     if writer is not None:
         writer.close(release=False)
     interrupted = bool(comm.allreduce(int(outcome.stopped or stop()))) if size > 1 else outcome.stopped or stop()
     evaluated = comm.bcast(evaluated, root=0)
     eval_seconds = comm.bcast(eval_seconds, root=0)
-    summary = RunSummary(path, grid.size, already, evaluated, outcome.points_evaluated, time.perf_counter() - t_start,
-                         eval_seconds, bool(interrupted), writer_kind, size)
+    skipped = 0
     if rank == 0:
         try:
-            if not interrupted and already + evaluated == grid.size:
+            assert have is not None
+            finished = not interrupted and bool(have.all())
+            if plan is not None and not interrupted:
+                assert losses is not None
+                levels, complete = plan.walk(losses, have)
+                used = np.zeros(grid.size, dtype=bool)
+                for points in levels:
+                    used[points] = True
+                left_out = np.flatnonzero(~used & ~have)
+                if complete:
+                    _mark_skipped(path, left_out)
+                    skipped = len(left_out)
+                    finished = True
+            if finished:
                 _store_derived(path, directions.endpoints)
         finally:
             surface.release_output(path)
+    skipped = comm.bcast(skipped, root=0)
+    summary = RunSummary(path, grid.size, already, evaluated, outcome.points_evaluated, time.perf_counter() - t_start,
+                         eval_seconds, bool(interrupted), writer_kind, size, skipped)
     if rank == 0:
-        remaining = grid.size - already - evaluated
+        assert have is not None
+        remaining = grid.size - int(have.sum()) - skipped
         if interrupted:
             log.warning("stopped: %d points saved to %s, %d left; run the same command again to resume",
-                        already + evaluated, path, remaining)
+                        int(have.sum()), path, remaining)
         else:
-            log.info("done: %d points evaluated in %.1f s (%.1f points/s after set-up); surface in %s",
-                     evaluated, summary.seconds, evaluated / max(eval_seconds, 1e-9), path)
+            log.info("done: %d points evaluated in %.1f s (%.1f points/s after set-up)%s; surface in %s",
+                     evaluated, summary.seconds, evaluated / max(eval_seconds, 1e-9),
+                     f"; refinement left out {skipped} of {grid.size} points (done = 2)" if plan is not None else "",
+                     path)
     return summary
 
 

@@ -33,6 +33,10 @@ AUTOCASTS = ("none", "bf16", "fp16")
 SPECTRUM = ("none", "origin", "models")
 CURVES = ("bezier", "polychain")
 ALIGN_KINDS = ("interpolation", "plane", "bilinear", "bezier", "polychain")
+SCAN_KINDS = ("random", "file", "hessian")
+"""Direction kinds whose automatic grid range comes from a pre-scan of the loss (the others: from their models)."""
+AUTO_NUM = 21
+"""Points of an axis given as plain ``"auto"``."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,7 @@ class ConnectSpec:
 
 @dataclass(frozen=True)
 class Axis:
-    """``num`` evenly spaced values from min to max; min/max None: taken from the models' positions."""
+    """``num`` evenly spaced values from min to max; min/max None: an automatic range (:attr:`GridSpec.auto`)."""
 
     min: float | None
     max: float | None
@@ -173,9 +177,16 @@ class Axis:
 
 @dataclass(frozen=True)
 class GridSpec:
+    """The grid: its axes, how an automatic range is found, and adaptive refinement (docs/jobfile.md)."""
+
     x: Axis
     y: Axis | None = None
     margin: float = 0.25
+    auto_rise: float = 3.0
+    auto_max: float = 1.0
+    refine: bool = False
+    refine_tol: float = 0.1
+    refine_levels: int = 0
 
     @property
     def dims(self) -> int:
@@ -187,7 +198,8 @@ class GridSpec:
 
     @property
     def auto(self) -> bool:
-        """Whether an axis takes its range from the models' positions (a bare num)."""
+        """Whether an axis has an automatic range (a bare num, or "auto"): from the models' positions for
+        path kinds, from a pre-scan of the loss for random, file and Hessian directions (:mod:`mpiland.autorange`)."""
         return self.x.auto or (self.y is not None and self.y.auto)
 
 

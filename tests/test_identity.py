@@ -68,6 +68,13 @@ TABLE = {
     "grid.x": ([-2.0, 2.0, 5], "refuse", "other coordinates"),
     "grid.y": ([-2.0, 2.0, 4], "refuse", "other coordinates"),
     "grid.margin": (0.5, "keep", "only used by an automatic range (then it counts)"),
+    "grid.auto_rise": (2.0, "keep", "only used by a pre-scanned range, which the identity holds as grid.x/grid.y "
+                       "(a rise that moves the range refuses the file)"),
+    "grid.auto_max": (0.5, "keep", "only used by a pre-scanned range, which the identity holds as grid.x/grid.y"),
+    "grid.refine": (True, "keep", "which points are evaluated, not their values; refine = false on a refined "
+                    "file fills in the skipped points"),
+    "grid.refine_tol": (0.5, "keep", "which points refinement evaluates, not their values"),
+    "grid.refine_levels": (1, "keep", "which points refinement evaluates, not their values"),
     "hessian.enabled": (True, "refuse", "curvature metrics"),
     "hessian.splits": (["test"], "keep", "only used with curvature (then every hessian key counts)"),
     "hessian.subset": (10, "keep", "only used with curvature"),
