@@ -8,6 +8,8 @@ that plotting, which needs only the measures, does not load the summary code.
 
 from __future__ import annotations
 
-from .measures import DEFAULT_EPSILON, barrier, derived_attributes, flatness, store_derived
+from .measures import (DEFAULT_EPSILON, barrier, derived_attributes, flatness, flatness_at_centres, flatness_centres,
+                       store_derived)
 
-__all__ = ["DEFAULT_EPSILON", "barrier", "derived_attributes", "flatness", "store_derived"]
+__all__ = ["DEFAULT_EPSILON", "barrier", "derived_attributes", "flatness", "flatness_at_centres", "flatness_centres",
+           "store_derived"]

@@ -1,10 +1,12 @@
 """Measures of a finished landscape, from the values of its surface file.
 
 :func:`barrier` (the loss barrier along a 1D path between two models),
-:func:`flatness` (curvature, basin width and area, ε-sharpness around the
-centre) and :func:`derived_attributes` (both, as the root attributes a finished
-run stores; :func:`store_derived` writes them). Like the reader, numpy and
-h5py only.
+:func:`flatness` (curvature, basin width and area, ε-sharpness around one
+point), :func:`flatness_at_centres` (it at the points that matter,
+:func:`flatness_centres`: θ* at the origin, or each model of a path or plane)
+and :func:`derived_attributes` (both, as the root attributes a finished run
+stores; :func:`store_derived` writes them). Points adaptive refinement skipped
+are never used as values. Like the reader, numpy and h5py only.
 """
 
 from __future__ import annotations
@@ -503,16 +505,22 @@ def derived_attributes(surface: Surface) -> dict[str, Any]:
     ``M_barrier`` (max of L minus the straight line between the end-point losses;
     ≤ 0 for a convex path), ``M_barrier_at`` (its t), ``M_monotonic`` (1 when L
     is monotonic between the end points). For a 1D or 2D file, for every plain
-    ``<split>_loss`` ``M``, :func:`flatness` with the default ε and radius:
+    ``<split>_loss`` ``M``, :func:`flatness` with the default ε and radius at
+    each centre of :func:`flatness_centres`:
     ``M_curvature_x``/``_y`` (second difference at the centre),
     ``M_basin_width_x``/``_y`` and ``M_basin_width_x_edge``/``_y_edge`` (1: the
-    interval reaches the grid edge, the width is a lower bound), in 2D
-    ``M_basin_area``, ``M_basin_area_fraction`` and ``M_basin_area_edge``,
-    ``M_sharpness`` (max L − L* within the radius) and ``M_sharpness_relative``
-    (100·(max L − L*)/(1 + L*)); plus ``flatness_epsilon``, ``flatness_radius``
-    and ``flatness_centre`` (the grid point used as centre). A metric whose
-    values do not allow a measure (too few finite points, a divergent centre)
-    gets no barrier attributes and NaN flatness values.
+    width is a lower bound, the interval reaches the grid edge or a point without
+    a finite value), in 2D ``M_basin_area``, ``M_basin_area_fraction`` and
+    ``M_basin_area_edge``, ``M_sharpness`` (max L − L* within the radius) and
+    ``M_sharpness_relative`` (100·(max L − L*)/(1 + L*)); plus ``flatness_at``
+    (``origin`` or ``models``), ``flatness_epsilon`` and ``flatness_radius``.
+    With ``flatness_at = "origin"`` (θ*) each is a scalar and
+    ``flatness_centre`` is the grid point used; with ``"models"`` each is an
+    array with one value per model of ``models/``, in its order, with
+    ``flatness_models`` (their labels) and ``flatness_centre_x``/``_y`` (the grid
+    point used for each). A metric whose values do not allow a measure (too
+    few finite points, a divergent or unevaluated centre, a model outside the
+    grid) gets no barrier attributes and NaN flatness values (flags 0).
     """
     out: dict[str, Any] = {}
     if surface.dims == 1 and surface.endpoints is not None:
