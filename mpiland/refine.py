@@ -6,7 +6,9 @@ between neighbouring points of the level before, are split in two along each
 axis, but only where a cell needs it: its loss varies by more than ``tol``
 across its corners, it crosses the ε-basin boundary L* + ε (some corners at or
 below it, some above; L* is the least loss of the points the plan has evaluated
-so far), or a corner is not finite. The corners of the split cells are the next
+so far), a corner is not finite, or it holds an *anchor* (the grid point nearest
+a model: θ* of random directions, the models of a path, so the values there are
+always evaluated, never interpolated). The corners of the split cells are the next
 level's points; cells left whole are never looked at again, so after ``L``
 levels every point is either evaluated or inside a cell whose corners are.
 
@@ -49,21 +51,25 @@ def axis_points(n: int, levels: int, level: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Plan:
-    """The refinement of a grid of ``shape``: ``levels`` levels below the coarse one, tolerance and ε."""
+    """The refinement of a grid of ``shape``: ``levels`` levels below the coarse one, tolerance, ε, and anchors
+    (grid indices, one tuple per point, whose cells are always split)."""
 
     shape: tuple[int, ...]
     levels: int
     tol: float
     epsilon: float
+    anchors: tuple[tuple[int, ...], ...] = ()
 
     @classmethod
-    def make(cls, shape: tuple[int, ...], levels: int, tol: float, epsilon: float) -> "Plan":
+    def make(cls, shape: tuple[int, ...], levels: int, tol: float, epsilon: float,
+             anchors: tuple[tuple[int, ...], ...] = ()) -> "Plan":
         """The plan of a grid; ``levels`` 0: :func:`auto_levels`. Raises GridError for more levels than the grid has."""
         most = max(0, int(math.floor(math.log2(max(1, min(shape) - 1))))) if min(shape) > 1 else 0
         if levels > most:
             raise GridError(f"grid.refine_levels = {levels} needs at least {2 ** levels + 1} points along each axis; "
                             f"the grid has {min(shape)}: lower it to at most {most}, or 0 for automatic")
-        return cls(tuple(int(n) for n in shape), levels if levels > 0 else auto_levels(shape), tol, epsilon)
+        return cls(tuple(int(n) for n in shape), levels if levels > 0 else auto_levels(shape), tol, epsilon,
+                   tuple(tuple(int(i) for i in a) for a in anchors))
 
     @property
     def dims(self) -> int:
@@ -99,7 +105,13 @@ class Plan:
         lo, hi = safe.min(axis=1), safe.max(axis=1)
         threshold = l_star + self.epsilon
         crossing = (lo <= threshold) & (hi > threshold) if math.isfinite(l_star) else np.zeros(len(cells), bool)
-        return ~finite | (hi - lo > self.tol) | crossing
+        anchored = np.zeros(len(cells), bool)
+        for anchor in self.anchors:
+            inside = np.ones(len(cells), bool)
+            for axis, i in enumerate(anchor):
+                inside &= (cells[:, 2 * axis] <= i) & (i <= cells[:, 2 * axis + 1])
+            anchored |= inside
+        return ~finite | (hi - lo > self.tol) | crossing | anchored
 
     def split(self, cells: np.ndarray, level: int) -> np.ndarray:
         """The children at ``level`` of cells of ``level - 1``: each axis halved where a point of ``level`` lies inside."""
@@ -141,9 +153,22 @@ class Plan:
             finite = used & np.isfinite(loss)
             l_star = float(loss[finite].min()) if finite.any() else math.inf
             cells = self.split(cells[self.flagged(cells, loss, l_star)], level)
+            if len(cells) == 0:  # nothing left to split: the levels below are empty
+                return out, True
             points = np.setdiff1d(np.unique(self.corners(cells)), np.flatnonzero(used))
             out.append(points)
         return out, bool(have[points].all())
+
+
+def anchors(axes: list[np.ndarray], positions: list[np.ndarray]) -> tuple[tuple[int, ...], ...]:
+    """The grid indices nearest each position (one coordinate per axis) that lies within the grid's range."""
+    out = []
+    for pos in positions:
+        pos = np.asarray(pos, dtype=np.float64).reshape(-1)
+        if len(pos) < len(axes) or not all(min(a[0], a[-1]) <= p <= max(a[0], a[-1]) for a, p in zip(axes, pos)):
+            continue
+        out.append(tuple(int(np.argmin(np.abs(a - p))) for a, p in zip(axes, pos)))
+    return tuple(sorted(set(out)))
 
 
 def fill(values: np.ndarray, evaluated: np.ndarray, levels: int) -> np.ndarray:

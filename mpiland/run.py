@@ -42,7 +42,7 @@ from .layout import ParamLayout, state_vector
 from .models import base_checkpoint, build_model, load_checkpoint, read_state_dict, save_checkpoint
 from .progress import Progress
 from .protocol import ChunkResult, Outcome, run_protocol
-from .refine import SKIPPED, Plan
+from .refine import SKIPPED, Plan, anchors
 from .rebasin import aligned_state, weight_matching
 from .signals import StopFlag
 from .spec import SCAN_KINDS, Axis, ConnectSpec, HessianSpec, Job, resolve_directions
@@ -444,7 +444,9 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
     metrics = evaluator.metrics
     metric = _first_loss(job)
     g = job.grid
-    plan = agree(comm, lambda: Plan.make(grid.shape, g.refine_levels, g.refine_tol, DEFAULT_EPSILON)) \
+    axes = [grid.x] if grid.y is None else [grid.x, grid.y]
+    near = anchors(axes, [np.asarray(pos) for _, pos in directions.models])
+    plan = agree(comm, lambda: Plan.make(grid.shape, g.refine_levels, g.refine_tol, DEFAULT_EPSILON, near)) \
         if g.refine else None
     done, k = comm.bcast(agree(comm, lambda: _open_surface(comm, job, path, grid, directions, evaluator, fp,
                                                          agreed_k)), root=0)
