@@ -224,6 +224,20 @@ def test_a_model_on_a_skipped_point_gets_a_note(tmp_path):
     assert math.isnan(attrs["test_loss_curvature_x"][1]) and attrs["test_loss_curvature_x"][0] == pytest.approx(2)
 
 
+def test_the_barrier_of_a_refined_path_leaves_skipped_points_out(tmp_path):
+    """Skipped points are not "non-finite points ignored": they were never evaluated."""
+    loss = 1.0 + 0.5 * T + 0.3 * np.exp(-(((T - 0.45) / 0.1) ** 2))
+    done = np.where((np.arange(T.size) % 2 == 1) & (np.abs(T - 0.45) > 0.1), 2, 1)
+    path = write_surface(tmp_path / "path.h5", T, None, {"test_loss": np.where(done == 1, loss, np.nan)}, done=done,
+                         models=([[0.0], [1.0]], ["A", "B"]), endpoints=[0.0, 1.0])
+    b = summarize(path)["barriers"]["test_loss"]
+    assert b["height"] == pytest.approx(0.3, abs=1e-3) and b["ignored"] == 0 and b["points"] == 13
+    assert b["at"] == pytest.approx(0.45)
+    s = load_surface(path)
+    assert derived_attributes(s)["test_loss_barrier"] == pytest.approx(b["height"])
+    assert "non-finite points ignored" not in format_summary(summarize(path))
+
+
 def test_a_refined_plane_gives_the_basin_of_the_full_one(tmp_path):
     """Refinement's pattern: the coarse (even, even) points evaluated, the others skipped; the basin area is
     judged on the values interpolated bilinearly there, as the pictures show them."""

@@ -9,7 +9,7 @@ that plotting, which needs only the measures, does not load the summary code.
 from __future__ import annotations
 
 from .measures import (DEFAULT_EPSILON, barrier, derived_attributes, flatness, flatness_at_centres, flatness_centres,
-                       store_derived)
+                       path_barrier, store_derived)
 
 __all__ = ["DEFAULT_EPSILON", "barrier", "derived_attributes", "flatness", "flatness_at_centres", "flatness_centres",
-           "store_derived"]
+           "path_barrier", "store_derived"]

@@ -110,6 +110,14 @@ def barrier(t: np.ndarray, loss: np.ndarray, endpoints: tuple[float, float] | No
             "loss0": l0, "loss1": l1, "points": int(ts.size), "ignored": ignored}
 
 
+def path_barrier(surface: Surface, metric: str) -> dict[str, Any]:
+    """:func:`barrier` of ``metric`` along a 1D file's path between its end models (``endpoints``) from its
+    evaluated points: points skipped by adaptive refinement (never evaluated) are left out, so
+    ``ignored`` counts only pending and divergent points."""
+    keep = ~surface.skipped
+    return barrier(surface.x[keep], surface.values(metric)[keep], surface.endpoints)
+
+
 def _number(value: Any) -> float:
     """``value`` as a float, NaN when it is not a real number."""
     if isinstance(value, (bool, str, bytes)):
@@ -526,7 +534,7 @@ def derived_attributes(surface: Surface) -> dict[str, Any]:
     if surface.dims == 1 and surface.endpoints is not None:
         for m in surface.loss_metrics():
             try:
-                b = barrier(surface.x, surface.values(m), surface.endpoints)
+                b = path_barrier(surface, m)
             except SurfaceFileError:
                 continue
             out[f"{m}_barrier"] = _attr_float(b["height"])

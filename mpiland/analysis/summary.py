@@ -15,8 +15,8 @@ import numpy as np
 
 from ..errors import SurfaceFileError
 from ..surface.reader import Positions, Spectrum, Surface, best_is, load_surface
-from .measures import (DEFAULT_EPSILON, barrier, check_flatness_args, flatness_at_centres, flatness_centres,
-                       format_number)
+from .measures import (DEFAULT_EPSILON, check_flatness_args, flatness_at_centres, flatness_centres, format_number,
+                       path_barrier)
 
 
 def _axis_text(axis: Any) -> str:
@@ -103,7 +103,7 @@ def summarize(path: str | Path | Surface, epsilon: float = DEFAULT_EPSILON,
     ``endpoints`` ([t0, t1] or None), ``models`` (list of label and
     coordinates, or None), ``trajectory`` (labels, coordinates and
     ``explained_variance_ratio``, or None), ``barriers`` (1D paths between models,
-    files with ``endpoints``: per loss metric, :func:`barrier`'s result or None when too
+    files with ``endpoints``: per loss metric, :func:`~.measures.path_barrier`'s result or None when too
     few values; empty for other files),
     ``flatness_at`` (``origin``: measured at θ*, the origin, for random, file,
     pca and hessian directions; ``models``: at each model of a path or plane;
@@ -193,7 +193,7 @@ def summarize(path: str | Path | Surface, epsilon: float = DEFAULT_EPSILON,
     if s.dims == 1 and s.endpoints is not None:  # a barrier is that of a path between two models
         for m in s.loss_metrics():
             try:
-                barriers[m] = barrier(s.x, s.values(m), s.endpoints)
+                barriers[m] = path_barrier(s, m)
             except SurfaceFileError:
                 barriers[m] = None
     summary["barriers"] = barriers
