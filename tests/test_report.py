@@ -538,3 +538,17 @@ def test_no_curvature_dash_for_a_model_on_the_grid_edge(tmp_path):
     assert rows[0].endswith("test_loss at A (x=0) = 1, ε 0.1: basin width x ≥0.1 "
                             "(no second difference along x: on the grid edge)")
     assert "test_loss at B (x=1) = 2, ε 0.1: basin width x ≥1 (no second" in rows[1]  # all of [0, 1] is below 2.1
+
+
+def test_a_spectrum_without_a_standard_error_prints_no_dash(tmp_path):
+    """One probe gives a trace but no standard error: the row says nothing about it rather than '± -'."""
+    x = np.linspace(-1, 1, 5)
+    summary = summarize(write_surface(tmp_path / "s.h5", x, None, {"test_loss": x ** 2}, done=np.ones(5)))
+    spectrum = {"point": "origin", "label": "origin", "coordinates": (0.0,), "split": "test", "n": 10, "probes": 1,
+                "steps": 8, "top": [3.0, 2.0], "top_converged": True, "support": [-0.5, 3.0], "grid": [-1.0, 3.5],
+                "width": 0.1, "trace": 4.5, "trace_stderr": None, "groups": []}
+    rows = [r for r in format_summary({**summary, "spectrum": {"origin": spectrum}}).splitlines()
+            if r.startswith("spectrum")]
+    assert rows[0].endswith("σ 0.1; trace 4.5") and "-" not in rows[0].split("σ")[1]
+    both = {**spectrum, "trace_stderr": 0.25}
+    assert format_summary({**summary, "spectrum": {"origin": both}}).count("trace 4.5 ± 0.25") == 1

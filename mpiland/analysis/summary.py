@@ -366,8 +366,10 @@ def _measure_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         text = (f"{where} on {sp['split']}, {sp['probes']} probes x {sp['steps']} steps: top {top}"
                 f"{'' if sp['top_converged'] else ' (not converged)'}; density over "
                 f"[{_short(sp['support'][0])}, {_short(sp['support'][1])}], "
-                f"σ {_short(sp['width'])}; trace {_short(sp['trace'])} "
-                f"± {_short(sp['trace_stderr'])}")
+                f"σ {_short(sp['width'])}")
+        if sp["trace"] is not None:  # a single probe has no standard error: say nothing rather than "± -"
+            text += f"; trace {_short(sp['trace'])}" + (f" ± {_short(sp['trace_stderr'])}"
+                                                       if sp["trace_stderr"] is not None else "")
         rows.append(("spectrum", text))
         groups = ", ".join(f"{g['name']} {_short(g['lam_max'])}" for g in sp["groups"])
         if groups:
