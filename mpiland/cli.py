@@ -238,16 +238,19 @@ def plot(surface_file: str, kind: str, metric: str | None, out: str | None, form
 
 @cli.command()
 @click.argument("surface_file", type=click.Path(dir_okay=False))
-@click.option("--to", "to", required=True, type=click.Choice(["npz", "csv"]),
-              help="npz: the grid-shaped arrays; csv: one row per grid point.")
+@click.option("--to", "to", required=True, type=click.Choice(["npz", "csv", "vts", "html"]),
+              help="npz: the grid-shaped arrays; csv: one row per grid point; vts: a VTK structured grid "
+                   "for ParaView; html: an interactive page (vts and html: pip install 'mpiland[export]').")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="File to write (default: beside the surface file).")
 @click.option("--metric", "metrics", multiple=True, help="Dataset to export (default: all); repeatable.")
+@click.option("--log", "log_scale", is_flag=True, help="Export each loss as log10 of it, named log10_<metric>.")
 @debug_option
-def export(surface_file: str, to: str, out: str | None, metrics: tuple[str, ...], debug: bool) -> None:
-    """Write SURFACE_FILE's coordinates and metrics as a NumPy archive or a CSV table."""
+def export(surface_file: str, to: str, out: str | None, metrics: tuple[str, ...], log_scale: bool,
+           debug: bool) -> None:
+    """Write SURFACE_FILE's coordinates and metrics as a NumPy archive, a CSV table, a VTK grid or a web page."""
     from .export import export_surface
 
-    click.echo(str(_guard(lambda: export_surface(surface_file, to, out, list(metrics) or None), debug)))
+    click.echo(str(_guard(lambda: export_surface(surface_file, to, out, list(metrics) or None, log_scale), debug)))
 
 
 @cli.command()
