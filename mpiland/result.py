@@ -9,7 +9,7 @@ and :meth:`~Surface.flatness` (:mod:`mpiland.analysis.measures`),
 text) and a short ``repr``.
 
 :func:`open` reads a file; :func:`from_reader` upgrades a surface the reader has
-already loaded. Like the reader, this module needs numpy, h5py and matplotlib,
+already loaded; :func:`plot_surfaces` draws several surfaces in one figure. Like the reader, this module needs numpy, h5py and matplotlib,
 never torch or mpi4py, so that looking at results is quick and works on a
 machine without the evaluation stack; xarray is optional (only
 :meth:`~Surface.to_xarray` needs it).
@@ -31,16 +31,16 @@ from .analysis.measures import DEFAULT_EPSILON
 from .analysis.measures import barrier as _barrier
 from .analysis.measures import flatness as _flatness
 from .analysis.summary import format_summary, summarize
-from .errors import DependencyError, SurfaceFileError
-from .plots.common import check_formats
-from .plots.surface import image_paths, kinds_for, render
+from .errors import DependencyError, SettingsError, SurfaceFileError
+from .plots.common import DEFAULT_FORMAT, check_formats, check_style, style_context
+from .plots.surface import image_paths, kinds_for, render_many
 from .surface import reader
 from .surface.netcdf import dimension_names, metric_attributes
 
 if TYPE_CHECKING:
     import xarray
 
-__all__ = ["Surface", "SurfaceFigure", "from_reader", "open"]
+__all__ = ["Surface", "SurfaceFigure", "from_reader", "open", "plot_surfaces"]
 
 _OneKind = Literal["auto", "curve", "contour", "contourf", "heatmap", "surface3d", "spectrum"]
 
@@ -115,26 +115,30 @@ class Surface(reader.Surface):
 
     @overload
     def plot(self, kind: _OneKind = "auto", metric: str | None = None, *, out: str | os.PathLike[str] | None = None,
-             log: bool = False, levels: int | Sequence[float] | None = None, vmin: float | None = None,
+             log: bool | None = None, levels: int | Sequence[float] | None = None, vmin: float | None = None,
              vmax: float | None = None, markers: Mapping[str, tuple[float, float]] | None = None,
-             formats: Sequence[str] = ("png",)) -> SurfaceFigure: ...
+             formats: Sequence[str] | None = None, zmax: float | None = None, style: str = "default",
+             others: Sequence[reader.Surface | str | os.PathLike[str]] = ()) -> SurfaceFigure: ...
 
     @overload
     def plot(self, kind: Literal["all"], metric: str | None = None, *, out: str | os.PathLike[str] | None = None,
-             log: bool = False, levels: int | Sequence[float] | None = None, vmin: float | None = None,
+             log: bool | None = None, levels: int | Sequence[float] | None = None, vmin: float | None = None,
              vmax: float | None = None, markers: Mapping[str, tuple[float, float]] | None = None,
-             formats: Sequence[str] = ("png",)) -> list[SurfaceFigure]: ...
+             formats: Sequence[str] | None = None, zmax: float | None = None, style: str = "default",
+             others: Sequence[reader.Surface | str | os.PathLike[str]] = ()) -> list[SurfaceFigure]: ...
 
     @overload
     def plot(self, kind: str, metric: str | None = None, *, out: str | os.PathLike[str] | None = None,
-             log: bool = False, levels: int | Sequence[float] | None = None, vmin: float | None = None,
+             log: bool | None = None, levels: int | Sequence[float] | None = None, vmin: float | None = None,
              vmax: float | None = None, markers: Mapping[str, tuple[float, float]] | None = None,
-             formats: Sequence[str] = ("png",)) -> SurfaceFigure | list[SurfaceFigure]: ...
+             formats: Sequence[str] | None = None, zmax: float | None = None, style: str = "default",
+             others: Sequence[reader.Surface | str | os.PathLike[str]] = ()) -> SurfaceFigure | list[SurfaceFigure]: ...
 
     def plot(self, kind: str = "auto", metric: str | None = None, *, out: str | os.PathLike[str] | None = None,
-             log: bool = False, levels: int | Sequence[float] | None = None, vmin: float | None = None,
+             log: bool | None = None, levels: int | Sequence[float] | None = None, vmin: float | None = None,
              vmax: float | None = None, markers: Mapping[str, tuple[float, float]] | None = None,
-             formats: Sequence[str] = ("png",)) -> SurfaceFigure | list[SurfaceFigure]:
+             formats: Sequence[str] | None = None, zmax: float | None = None, style: str = "default",
+             others: Sequence[reader.Surface | str | os.PathLike[str]] = ()) -> SurfaceFigure | list[SurfaceFigure]:
         """Draw the surface and return the figure, which a notebook shows; with ``out``, save it too.
 
         The picture is the one ``mpiland plot`` writes (:func:`mpiland.plots.render`):
@@ -159,11 +163,22 @@ class Surface(reader.Surface):
                 stem); a directory (existing, ending in ``/``, or without suffix)
                 receives ``<file stem>_<kind>_<metric>.<format>`` for each of
                 ``formats``. None (the default) saves nothing.
-            log: logarithmic loss axis, or log-spaced levels and colours.
-            levels: number of contour levels, or the levels themselves.
+            log: True: logarithmic loss axis, or log-spaced levels and colours; False:
+                linear; None (default): log for a positive loss on contours and
+                heatmaps, linear for curves and 3D surfaces.
+            levels: number of contour levels, or the levels themselves (a heatmap
+                then draws discrete bands, a 3D surface contour lines on its floor).
             vmin, vmax: colour limits (the y-axis limits of a curve).
             markers: labelled (x, y) points to mark (vertical lines at x on a curve).
-            formats: image formats written when ``out`` is a directory.
+            formats: image formats written when ``out`` is a directory (default
+                png, pdf with the paper style).
+            zmax: where a 3D surface is clipped (default: a robust top of the
+                values, stated on its colourbar when it cuts data).
+            style: ``"default"``, or ``"paper"``: a one-column figure (3.3 in wide,
+                8 pt text, thin lines), drawn in a matplotlib ``rc_context``.
+            others: more surfaces (or their files) drawn with this one: 1D curves
+                overlaid in one axes, 2D surfaces as panels side by side on one
+                colour scale with one colourbar (:func:`plot_surfaces`).
 
         Returns:
             One figure, or for ``kind="all"`` a list of them (one per kind).
@@ -173,19 +188,12 @@ class Surface(reader.Surface):
                 dimensions (or ``spectrum`` for a file without one), a metric the
                 file lacks or with nothing computed yet,
                 a bad marker, or an unsupported image format or ``out`` suffix.
+            SettingsError: an unknown style, an option the kind cannot use
+                (``levels`` on a curve, ``zmax`` off surface3d), or ``others`` of
+                other dimensions.
         """
-        kinds = kinds_for(self, kind)
-        chosen = self.check_metric(metric) if any(k != "spectrum" for k in kinds) else ""
-        fmts = check_formats(formats)
-        figures = [_displayable(render(self, k, metric, log=log, levels=levels, vmin=vmin, vmax=vmax,
-                                       markers=markers)) for k in kinds]
-        if out is not None:
-            for k, fig in zip(kinds, figures):
-                for target in image_paths(self.path, out, k, chosen, fmts, several_kinds=len(kinds) > 1):
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    fmt = target.suffix.lower().lstrip(".")
-                    fig.savefig(target, format=fmt, dpi=150 if fmt == "png" else None, bbox_inches="tight")
-        return figures if kind == "all" else figures[0]
+        return _plot([self, *others], kind, metric, out=out, log=log, levels=levels, vmin=vmin, vmax=vmax,
+                     markers=markers, formats=formats, zmax=zmax, style=style)
 
     def barrier(self, metric: str | None = None) -> dict[str, Any]:
         """The loss barrier along a 1D path between two models (linear mode connectivity).
@@ -305,6 +313,73 @@ class Surface(reader.Surface):
             SurfaceFileError: ``epsilon``/``radius`` is out of range.
         """
         return format_summary(summarize(self, epsilon=epsilon, radius=radius))
+
+
+def _plot(surfaces: Sequence[reader.Surface | str | os.PathLike[str]], kind: str, metric: str | None, *,
+          out: str | os.PathLike[str] | None, log: bool | None, levels: int | Sequence[float] | None,
+          vmin: float | None, vmax: float | None, markers: Mapping[str, tuple[float, float]] | None,
+          formats: Sequence[str] | None, zmax: float | None, style: str) -> SurfaceFigure | list[SurfaceFigure]:
+    """:meth:`Surface.plot` and :func:`plot_surfaces`: draw the surfaces together, save them when ``out``."""
+    loaded = [s if isinstance(s, reader.Surface) else reader.load_surface(Path(s)) for s in surfaces]
+    if not loaded:
+        raise SettingsError("no surface to plot; give at least one Surface or surface file")
+    first = loaded[0]
+    kinds = kinds_for(first, kind)
+    if len(loaded) > 1 and kind == "all":
+        kinds = [k for k in kinds if k != "spectrum"]
+    chosen = first.check_metric(metric) if any(k != "spectrum" for k in kinds) else ""
+    check_style(style)
+    fmts = check_formats(DEFAULT_FORMAT[style] if formats is None else formats)
+    every = kind == "all"  # levels and zmax go to the kinds that use them; one kind refuses what it cannot use
+    figures = [_displayable(render_many(loaded, k, metric, log=log, levels=levels if not every or k != "curve" else None,
+                                        vmin=vmin, vmax=vmax, markers=markers,
+                                        zmax=zmax if not every or k == "surface3d" else None, style=style))
+               for k in kinds]
+    if out is not None:
+        base = first.path
+        if len(loaded) > 1:
+            base = base.with_name("_vs_".join(s.path.stem for s in loaded) + base.suffix)
+        for k, fig in zip(kinds, figures):
+            named = "" if k == "curve" and metric is None else chosen
+            targets = image_paths(base, out, k, named, fmts, several_kinds=len(kinds) > 1)
+            with style_context(style):
+                for target in targets:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    fig.savefig(target, format=target.suffix.lower().lstrip("."), bbox_inches="tight")
+    return figures if kind == "all" else figures[0]
+
+
+def plot_surfaces(surfaces: Sequence[reader.Surface | str | os.PathLike[str]], kind: str = "auto",
+                  metric: str | None = None, *, out: str | os.PathLike[str] | None = None, log: bool | None = None,
+                  levels: int | Sequence[float] | None = None, vmin: float | None = None, vmax: float | None = None,
+                  markers: Mapping[str, tuple[float, float]] | None = None, formats: Sequence[str] | None = None,
+                  zmax: float | None = None, style: str = "default") -> SurfaceFigure | list[SurfaceFigure]:
+    """Draw several surfaces in one figure: 1D curves overlaid, 2D surfaces as panels on one colour scale.
+
+    Li et al.'s small- versus large-batch curves, or one model's train and test
+    landscapes beside another's, in one picture: ``ml.plot_surfaces(["small.h5",
+    "large.h5"])``. Curves share one axes (accuracies on a second y axis), each file
+    in its own line style and named in the legend by its job name (else its file
+    stem); 2D kinds draw one panel per surface side by side, sharing colours, levels
+    and one colourbar. It is :meth:`Surface.plot` of the first surface with the rest
+    as ``others``; with ``out``, files are named after the stems joined by ``_vs_``
+    (``small_vs_large_curve.png``).
+
+    Parameters:
+        surfaces: :class:`Surface` objects or paths of surface files, all 1D or all 2D.
+        kind, metric, out, log, levels, vmin, vmax, markers, formats, zmax, style:
+            as :meth:`Surface.plot`; the metric must be in every file.
+
+    Returns:
+        One figure, or for ``kind="all"`` a list of them (one per kind).
+
+    Raises:
+        SettingsError: no surface, surfaces of different dimensions, an unknown
+            style or an option the kind cannot use.
+        SurfaceFileError: as :meth:`Surface.plot`, for any of the surfaces.
+    """
+    return _plot(list(surfaces), kind, metric, out=out, log=log, levels=levels, vmin=vmin, vmax=vmax,
+                 markers=markers, formats=formats, zmax=zmax, style=style)
 
 
 def from_reader(surface: reader.Surface) -> Surface:

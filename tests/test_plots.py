@@ -88,7 +88,7 @@ def assert_image(path, min_bytes=5000):
         colours = np.unique(q[:, 0] << 16 | q[:, 1] << 8 | q[:, 2])
         assert colours.size > 20, "image is (almost) one flat colour"
         ink = (img[..., :3].min(axis=2) < 0.9).mean()
-        assert ink > 0.03, f"only {ink:.1%} of the image is not white"
+        assert ink > 0.02, f"only {ink:.1%} of the image is not white"  # thin lines, a legend below the axes
     else:
         assert path.read_bytes()[:4] == b"%PDF"
 
@@ -115,7 +115,7 @@ def test_curve_options(surf_1d, tmp_path):
     fig = render(load_surface(surf_1d), "curve")
     ax = fig.axes[0]
     assert ax.get_xlabel() == "direction x"
-    labels = ax.get_legend().get_texts()
+    labels = fig.legends[0].get_texts()  # below the axes, outside the data
     assert {t.get_text() for t in labels} >= {"train_loss", "test_loss", "train_acc", "test_acc",
                                              "test_loss \u00b1 stderr"}
     notes = [t.get_text() for t in ax.texts]
@@ -264,7 +264,9 @@ def test_curve_with_straight_line_barriers_and_models(tmp_path):
     by_label = {l.get_label(): l for l in ax.get_lines()}
     curve, line = by_label["test_loss"], by_label["line_test_loss"]
     assert line.get_linestyle() == "--" and curve.get_linestyle() == "-"
-    assert line.get_color() == curve.get_color()  # same colour as its curve counterpart
+    series = ax.get_lines() + fig.axes[1].get_lines()
+    named = [l for l in series if l.get_label() in ("test_loss", "line_test_loss", "test_acc", "line_test_acc")]
+    assert len(named) == 4 and len({l.get_color() for l in named}) == 4  # a colour per series
     notes = [t.get_text() for t in ax.texts]
     assert "barrier 0.3 at t=0.45" in notes
     assert "straight line: barrier 0.8 at t=0.5" in notes
@@ -291,14 +293,15 @@ def test_curve_with_straight_line_barriers_and_models(tmp_path):
 def test_2d_plots_show_models_trajectory_and_variance(tmp_path):
     s = load_surface(write_pca_surface(tmp_path / "pca.h5"))
     for kind in ("contour", "contourf", "heatmap"):
-        ax = render(s, kind, markers={"mine": (0.5, 0.5)}).axes[0]
+        fig = render(s, kind, markers={"mine": (0.5, 0.5)})
+        ax = fig.axes[0]
         assert ax.get_xlabel() == "PC1 (83.1 % of variance)" and ax.get_ylabel() == "PC2 (10.2 % of variance)"
         path = [l for l in ax.get_lines() if l.get_label() == "training trajectory"][0]
         np.testing.assert_allclose(path.get_xdata(), s.trajectory.coordinates[:, 0])
         np.testing.assert_allclose(path.get_ydata(), s.trajectory.coordinates[:, 1])
         models = [l for l in ax.get_lines() if l.get_label() == "models"][0]
         np.testing.assert_allclose(np.column_stack([models.get_xdata(), models.get_ydata()]), [[0.0, 0.0]])
-        legend = {t.get_text() for t in ax.get_legend().get_texts()}
+        legend = {t.get_text() for t in fig.legends[0].get_texts()}
         assert {"start (epoch_000)", "end (epoch_005)"} <= legend
         notes = {t.get_text() for t in ax.texts}
         assert {"final", "mine", "epoch_000", "epoch_005"} <= notes
@@ -374,7 +377,13 @@ def test_trajectory_figures():
     np.testing.assert_allclose(f, andrews_curves(coords[7:8], s)[0])
     assert len(andrews.get_segments()) == 20 and len(figs["andrews"].axes) == 2  # with a colourbar
     radar = figs["radar"].axes[0]
-    assert [l.get_label() for l in radar.get_lines()] == [labels[i] for i in (0, 3, 5, 8, 11, 14, 16, 19)]
+    # evenly spaced checkpoints, with the turning point (epoch 10, farthest from the start-end chord) for the
+    # one nearest it (11)
+    chord = coords[-1] - coords[0]
+    rel = coords - coords[0]
+    assert np.argmax(np.linalg.norm(rel - np.outer(rel @ chord / (chord @ chord), chord), axis=1)) == 10
+    assert [l.get_label() for l in radar.get_lines()] == [labels[i] for i in (0, 3, 5, 8)] + [
+        "epoch_010 (turning point)"] + [labels[i] for i in (14, 16, 19)]
     assert "8 of 20 checkpoints" in radar.get_title()
     assert len(radar.get_xticks()) == 4
     few = trajectory_figures(*trajectory(t=3, k=2))["radar"].axes[0]
@@ -425,4 +434,4 @@ def test_parameter_space_planes_keep_their_geometry_and_contours_have_a_colourba
         fig = render(load_surface(path), "contour")
         ax = fig.axes[0]
         assert (ax.get_aspect() == 1.0) is equal, kind
-        assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "test_loss"  # the colourbar
+        assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "test_loss (log scale)"  # the colourbar

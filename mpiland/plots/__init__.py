@@ -6,10 +6,17 @@ so plotting needs no display, leaves no open figures behind and does not change
 the backend of a program (or notebook) that imports this package.
 
 Points not computed yet are left blank, and so are computed points whose value
-is ±inf or NaN (divergent). Colour limits and contour levels default to a
-robust range around the basin, so a few huge values at the edge of the grid do
-not flatten the picture; ``vmin``/``vmax``/``levels`` override them
-(:mod:`.scales`).
+is ±inf or NaN (divergent); points adaptive refinement skipped are filled by
+linear interpolation from the measured ones (:func:`drawn_values`), and no
+marker claims a measurement there. Contour levels and colours of a loss are
+log-spaced by default, from the minimum to the maximum (or a robust top when a
+few divergent values lie far above the rest), so the basin shows; ``log``,
+``vmin``/``vmax``/``levels`` and (3D) ``zmax`` override them (:mod:`.scales`).
+Contour labels are placed so that they overlap neither each other nor the marked
+points (:mod:`.labels`); legends sit below the axes, outside the data. Several
+files draw together (:func:`plot_surfaces`): 1D curves overlaid, 2D surfaces as
+panels on one colour scale. ``style="paper"`` draws one-column figures (3.3 in,
+8 pt text, thin lines) in a matplotlib ``rc_context``, as vector PDF by default.
 
 What the file knows is drawn without being asked: the reference models
 (``models/``), a projected training trajectory (``trajectory/``, with the
@@ -27,10 +34,12 @@ from :mod:`mpiland.analysis.measures`; it never imports the ``info`` summary.
 
 from __future__ import annotations
 
-from .common import FORMATS
+from .common import COLOURS, FORMATS, STYLES, drawn_values, style_context
 from .spectrum import draw_spectrum
-from .surface import KINDS, KINDS_1D, KINDS_2D, KINDS_SPECTRUM, plot_surface, render
+from .surface import (KINDS, KINDS_1D, KINDS_2D, KINDS_SPECTRUM, plot_surface, plot_surfaces, render,
+                      render_many)
 from .trajectory import andrews_curves, plot_trajectory, trajectory_figures
 
-__all__ = ["FORMATS", "KINDS", "KINDS_1D", "KINDS_2D", "KINDS_SPECTRUM", "andrews_curves", "draw_spectrum",
-           "plot_surface", "plot_trajectory", "render", "trajectory_figures"]
+__all__ = ["COLOURS", "FORMATS", "KINDS", "KINDS_1D", "KINDS_2D", "KINDS_SPECTRUM", "STYLES", "andrews_curves",
+           "draw_spectrum", "drawn_values", "plot_surface", "plot_surfaces", "plot_trajectory", "render",
+           "render_many", "style_context", "trajectory_figures"]

@@ -8,8 +8,11 @@ values at the edge of the grid do not flatten the picture; ``vmin``/``vmax``/
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib import colors as mcolors
 from matplotlib.colorbar import Colorbar
 from matplotlib.ticker import LogLocator
@@ -39,15 +42,45 @@ def metric_scale(metric: str) -> str:
     return "robust"
 
 
+def _covered_top(t: np.ndarray) -> float:
+    """The top of a range that covers the data ``t``: its maximum, unless that lies further above the
+    99th percentile than the whole spread below it (a few divergent points), then the percentile."""
+    p99, t_lo, t_hi = float(np.percentile(t, 99)), float(t.min()), float(t.max())
+    return t_hi if t_hi - p99 <= p99 - t_lo else p99
+
+
+def auto_log(log: bool | None, metric: str, values: np.ndarray, vmin: float | None = None,
+             levels: int | Sequence[float] | None = None) -> bool:
+    """Whether to draw on a log scale: ``log`` when given, else True for a loss whose values (and
+    ``vmin`` and explicit ``levels``, when given) are all positive.
+
+    Losses span orders of magnitude between the basin and the walls; linear levels
+    would leave the basin blank (its first line at many times the loss at θ*).
+    """
+    if log is not None:
+        return bool(log)
+    if metric_scale(metric) != "low":
+        return False
+    v = values[np.isfinite(values)]
+    if not v.size or v.min() <= 0 or (vmin is not None and vmin <= 0):
+        return False
+    if levels is not None and not isinstance(levels, (int, np.integer)):
+        arr = np.asarray(list(levels), dtype=np.float64)
+        if arr.size and not (arr > 0).all():
+            return False
+    return True
+
+
 def value_range(values: np.ndarray, metric: str, log: bool, vmin: float | None,
                  vmax: float | None, loose: bool = False) -> tuple[float, float]:
     """Robust (lo, hi) for colours and levels.
 
-    For a loss, lo is the minimum and hi the smaller of a high percentile and
-    ``lo + mult * (median - lo)`` (in log space when ``log``), so that the basin
-    gets most of the colours and levels; accuracies are mirrored (hi is the
-    maximum); other metrics follow :func:`metric_scale`. ``loose`` widens the range
-    (3D plots show the walls too).
+    For a loss, lo is the minimum and hi the maximum (in log space when ``log``),
+    unless the maximum lies far beyond the 99th percentile (a few divergent points):
+    then the percentile, and the colourbar shows an arrow. Accuracies are mirrored (hi
+    is the maximum); other metrics follow :func:`metric_scale`, between robust
+    percentiles. ``loose`` is the clip of 3D plots: for a loss, the smaller of a high
+    percentile and ``lo + mult * (median - lo)``, so the walls do not flatten the basin.
     """
     v = values[np.isfinite(values)]
     if log:
@@ -58,19 +91,22 @@ def value_range(values: np.ndarray, metric: str, log: bool, vmin: float | None,
     if v.size:
         t = np.log(v) if log else v
         if loose:
-            pct, mult = (99.5, 6.0) if log else (99.5, 10.0)
+            pct, mult = (99.5, 3.0) if log else (99.5, 4.0)
         else:
             pct, mult = (98.0, 3.0) if log else (95.0, 3.0)
         t_lo, t_hi, t_med = float(t.min()), float(t.max()), float(np.median(t))
         scale = metric_scale(metric)
         if scale == "high":
             hi = t_hi
-            lo = max(float(np.percentile(t, 100 - pct)), t_hi - mult * (t_hi - t_med))
+            if loose:
+                lo = max(float(np.percentile(t, 100 - pct)), t_hi - mult * (t_hi - t_med))
+            else:
+                lo = -_covered_top(-t)
             if lo >= hi:
                 lo = t_lo
         elif scale == "low":
             lo = t_lo
-            hi = min(float(np.percentile(t, pct)), t_lo + mult * (t_med - t_lo))
+            hi = min(float(np.percentile(t, pct)), t_lo + mult * (t_med - t_lo)) if loose else _covered_top(t)
             if hi <= lo:
                 hi = t_hi
         else:
@@ -78,8 +114,9 @@ def value_range(values: np.ndarray, metric: str, log: bool, vmin: float | None,
             hi = float(np.percentile(t, pct))
             if hi <= lo:
                 lo, hi = t_lo, t_hi
-        if log:
-            lo, hi = float(np.exp(lo)), float(np.exp(hi))
+        if log:  # the data's own extremes where they are the limits (exp(log(v)) can miss v by a rounding)
+            lo = float(v.min()) if lo == t_lo else float(np.exp(lo))
+            hi = float(v.max()) if hi == t_hi else float(np.exp(hi))
     else:  # nothing usable: only reached with both limits given
         lo, hi = 1.0, 10.0
     if vmin is not None:
@@ -137,11 +174,16 @@ def colour_map(metric: str, lo: float, hi: float, log: bool) -> tuple[str, mcolo
     return _CMAP, mcolors.Normalize(lo, hi)
 
 
-def colourbar_extend(values: np.ndarray, lo: float, hi: float) -> str:
+Extend = Literal["neither", "both", "min", "max"]
+"""Which ends of a colourbar have arrows."""
+
+
+def colourbar_extend(values: np.ndarray, lo: float, hi: float) -> Extend:
     """Which ends of a colourbar get arrows: where values lie outside [lo, hi]."""
     v = values[np.isfinite(values)]
     below, above = bool((v < lo).any()), bool((v > hi).any())
-    return {(True, True): "both", (True, False): "min", (False, True): "max"}.get((below, above), "neither")
+    ends: dict[tuple[bool, bool], Extend] = {(True, True): "both", (True, False): "min", (False, True): "max"}
+    return ends.get((below, above), "neither")
 
 
 def log_ticks(cbar: Colorbar, lo: float, hi: float) -> None:
@@ -154,3 +196,71 @@ def log_ticks(cbar: Colorbar, lo: float, hi: float) -> None:
     cbar.set_ticks(ticks)
     cbar.set_ticklabels([f"{t:.3g}" for t in ticks])
     cbar.ax.minorticks_off()
+
+
+AUTO_LOG_KINDS: tuple[str, ...] = ("contour", "contourf", "heatmap")
+"""The kinds whose default for a loss is a log scale (:func:`auto_log`); a 3D surface and a curve stay linear."""
+
+DEFAULT_LEVELS: dict[str, int] = {"contour": 20, "contourf": 30, "heatmap": 10, "surface3d": 10}
+"""Levels when only their count is unset (heatmap and surface3d draw levels only when asked)."""
+
+
+@dataclass(frozen=True)
+class ColourScale:
+    """The colours of one 2D picture, shared by all its panels.
+
+    ``log``: values (and a 3D surface's height) on a log scale; ``lo``/``hi``: the
+    range the colours (and a 3D plot's height) cover; ``levels``: contour levels, or
+    None for a heatmap or 3D surface without ``levels``; ``label``: the colourbar's
+    text (the metric, its scale and, for a clipped 3D plot, where it is clipped).
+    """
+
+    metric: str
+    log: bool
+    lo: float
+    hi: float
+    levels: np.ndarray | None
+    cmap: str
+    norm: mcolors.Normalize
+    extend: Extend
+    label: str
+
+
+def colour_scale(values: Sequence[np.ndarray], metric: str, kind: str, log: bool | None,
+                 levels: int | Sequence[float] | None, vmin: float | None, vmax: float | None,
+                 zmax: float | None = None) -> ColourScale:
+    """The colour scale of ``kind`` for the metric's ``values`` (one array per panel, NaN where blank).
+
+    ``log`` None: :func:`auto_log` for contours and heatmaps, linear for 3D. A 3D
+    surface is clipped at ``zmax`` (else ``vmax``, else a robust top of the loss,
+    :func:`value_range` with ``loose``), and the colourbar says so when it cuts data.
+    """
+    allv = np.concatenate([np.ravel(np.asarray(v, dtype=np.float64)) for v in values])
+    use_log = auto_log(log, metric, allv, vmin, levels) if kind in AUTO_LOG_KINDS else bool(log)
+    if use_log:
+        allv = np.where(allv > 0, allv, np.nan)
+    three_d = kind == "surface3d"
+    top = (zmax if zmax is not None else vmax) if three_d else vmax
+    lo, hi = value_range(allv, metric, use_log, vmin, top, loose=three_d)
+    lv: np.ndarray | None = None
+    if kind in ("contour", "contourf") or levels is not None:
+        lv = contour_levels(lo, hi, levels, use_log, DEFAULT_LEVELS[kind])
+        if not (isinstance(levels, (int, np.integer)) or levels is None):
+            lo, hi = (float(lv[0]), float(lv[-1])) if lv.size > 1 else (lo, hi)
+    extend = colourbar_extend(allv, lo, hi)
+    if three_d:
+        label = f"log10 {metric}" if use_log else metric
+        finite = allv[np.isfinite(allv)]
+        cut = [f"below {lo:.3g}" if (finite < lo).any() else "", f"above {hi:.3g}" if (finite > hi).any() else ""]
+        cut = [c for c in cut if c]
+        if cut:
+            label += f" (clipped {' and '.join(cut)})"
+        t_lo, t_hi = (float(np.log10(lo)), float(np.log10(hi))) if use_log else (lo, hi)
+        cmap, norm = colour_map(metric, t_lo, t_hi, False)
+    else:
+        label = f"{metric} (log scale)" if use_log else metric
+        cmap, norm = colour_map(metric, lo, hi, use_log)
+        if kind == "heatmap" and lv is not None:
+            norm = mcolors.BoundaryNorm(lv, colormaps[cmap].N, extend=extend)
+    return ColourScale(metric=metric, log=use_log, lo=lo, hi=hi, levels=lv, cmap=cmap, norm=norm, extend=extend,
+                       label=label)

@@ -15,7 +15,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
 from ..errors import SurfaceFileError
-from .common import FORMATS, ORDER_CMAP, check_formats, spread
+from .common import FORMATS, ORDER_CMAP, check_formats, line_width, spread
 
 _RADAR_MAX = 8
 
@@ -113,6 +113,19 @@ def _andrews_figure(c: np.ndarray, labels: list[str]) -> Figure:
     return fig
 
 
+def turning_point(coords: np.ndarray) -> int:
+    """The index of the trajectory's turning point: the checkpoint farthest from the straight line
+    between the first and the last (in all components), where the path bends most; 0 for a straight path."""
+    c = _checked_array(coords, "coords", ndim=2)
+    chord = c[-1] - c[0]
+    rel = c - c[0]
+    length = float(np.linalg.norm(chord))
+    if length > 0:
+        rel = rel - np.outer(rel @ chord / length ** 2, chord)
+    distance = np.linalg.norm(rel, axis=1)
+    return int(np.argmax(distance)) if distance.max() > 0 else 0
+
+
 def _radar_figure(c: np.ndarray, labels: list[str], explained: np.ndarray) -> Figure:
     fig = Figure(figsize=(7.6, 6.0))
     ax = fig.add_subplot(projection="polar")
@@ -123,16 +136,22 @@ def _radar_figure(c: np.ndarray, labels: list[str], explained: np.ndarray) -> Fi
     angles = np.linspace(0, 2 * np.pi, k, endpoint=False)
     closed = np.append(angles, angles[0])
     cmap = colormaps[ORDER_CMAP]
+    turn = turning_point(c)
     shown = spread(t, _RADAR_MAX)
+    if turn not in shown:  # the turning point instead of the evenly spaced checkpoint nearest it
+        inner = [i for i in shown if 0 < i < t - 1]
+        shown = sorted((set(shown) - {min(inner, key=lambda i: abs(i - turn))}) | {turn})
     for i in shown:
         colour = cmap(i / max(t - 1, 1))
         r = np.append(scaled[i], scaled[i, 0])
-        ax.plot(closed, r, color=colour, lw=1.6, label=labels[i])
+        ax.plot(closed, r, color=colour, lw=line_width(1.0), ls="--" if i == turn and 0 < i < t - 1 else "-",
+                label=f"{labels[i]} (turning point)" if i == turn and 0 < i < t - 1 else labels[i])
         ax.fill(closed, r, color=colour, alpha=0.06)
     ax.set_xticks(angles, [f"PC{j + 1}\n{100 * explained[j]:.1f} %" for j in range(k)], fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_yticks([0, 0.5, 1], ["min", "", "max"], fontsize=7)
-    which = f"{len(shown)} of {t} checkpoints, evenly spaced" if len(shown) < t else f"all {t} checkpoints"
+    which = (f"{len(shown)} of {t} checkpoints, evenly spaced, with the turning point" if len(shown) < t
+             else f"all {t} checkpoints")
     ax.set_title(f"Training trajectory, radar chart ({which})\n"
                  "each axis scaled from its minimum to its maximum over the checkpoints", fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=8, title="checkpoint", title_fontsize=8)
@@ -171,7 +190,8 @@ def plot_trajectory(coords: np.ndarray, labels: Sequence[str], explained: np.nda
     variance ratios. ``out`` is a path stem (a directory gets ``trajectory``):
     writes ``<out>_pca``, ``<out>_andrews`` and ``<out>_radar`` in every format:
     the PC1/PC2 path coloured by training order, the Andrews curves of all k
-    components, and a radar chart of at most 8 evenly spaced checkpoints.
+    components, and a radar chart of at most 8 checkpoints: evenly spaced ones and
+    the turning point (:func:`turning_point`, dashed).
     """
     _checked_trajectory(coords, labels, explained)
     fmts = check_formats(formats)
