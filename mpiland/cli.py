@@ -211,27 +211,37 @@ def align(job_file: str, model_a: str, model_b: str, out: str, seed: int, overri
 
 
 @cli.command()
-@click.argument("surface_file", type=click.Path(dir_okay=False))
+@click.argument("surface_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--kind", type=click.Choice(["auto", "curve", "contour", "contourf", "heatmap", "surface3d", "spectrum",
                                            "all"]),
               default="auto", show_default=True,
               help="Plot kind (auto: curve for 1D, contour for 2D; spectrum: the Hessian eigenvalue density of a "
                    "file made with hessian.spectrum).")
 @click.option("--metric", help="Dataset to plot, e.g. test_loss or train_acc (default: the first loss).")
-@click.option("--out", type=click.Path(), help="Output file or directory (default: beside the surface file).")
-@click.option("--format", "formats", multiple=True, type=click.Choice(["png", "pdf"]), help="Image format(s); repeatable.")
-@click.option("--log", "log_scale", is_flag=True, help="Logarithmic loss scale / levels.")
-@click.option("--levels", type=int, help="Number of contour levels.")
-@click.option("--vmin", type=float, help="Lower colour/level limit.")
-@click.option("--vmax", type=float, help="Upper colour/level limit.")
+@click.option("--out", type=click.Path(), help="Output file or directory (default: beside the (first) surface file).")
+@click.option("--format", "formats", multiple=True, type=click.Choice(["png", "pdf", "svg"]),
+              help="Image format(s); repeatable (default: png, pdf with --style paper).")
+@click.option("--log/--linear", "log_scale", default=None,
+              help="Logarithmic or linear loss scale / levels (default: log for a loss on contours and heatmaps, "
+                   "linear otherwise).")
+@click.option("--levels", type=int, help="Number of contour levels (heatmap: colour bands; surface3d: floor contours).")
+@click.option("--vmin", type=float, help="Lower colour/level limit (a curve's lower y limit).")
+@click.option("--vmax", type=float, help="Upper colour/level limit (a curve's upper y limit).")
+@click.option("--zmax", type=float, help="Clip a surface3d plot's height here (default: a robust top, stated on "
+                                         "its colourbar).")
+@click.option("--style", type=click.Choice(["default", "paper"]), default="default", show_default=True,
+              help="paper: a one-column figure (3.3 in wide, 8 pt text, thin lines), vector PDF by default.")
 @debug_option
-def plot(surface_file: str, kind: str, metric: str | None, out: str | None, formats: tuple[str, ...],
-         log_scale: bool, levels: int | None, vmin: float | None, vmax: float | None, debug: bool) -> None:
-    """Draw curves, contours, heatmaps or 3D surfaces from SURFACE_FILE."""
-    from .plots import plot_surface
+def plot(surface_files: tuple[str, ...], kind: str, metric: str | None, out: str | None, formats: tuple[str, ...],
+         log_scale: bool | None, levels: int | None, vmin: float | None, vmax: float | None, zmax: float | None,
+         style: str, debug: bool) -> None:
+    """Draw curves, contours, heatmaps or 3D surfaces from SURFACE_FILES; several files are drawn together
+    (1D curves overlaid in one axes, 2D surfaces as side-by-side panels on one colour scale)."""
+    from .plots import plot_surfaces
 
-    paths = _guard(lambda: plot_surface(surface_file, kind=kind, metric=metric, out=out, formats=formats or ("png",),
-                                        log=log_scale, levels=levels, vmin=vmin, vmax=vmax), debug)
+    paths = _guard(lambda: plot_surfaces(list(surface_files), kind=kind, metric=metric, out=out,
+                                         formats=formats or None, log=log_scale, levels=levels, vmin=vmin,
+                                         vmax=vmax, zmax=zmax, style=style), debug)
     for p in paths:
         click.echo(str(p))
 
