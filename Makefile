@@ -53,3 +53,16 @@ test-fast: setup
 
 clean:
 	rm -rf runs surfaces plots .pytest_cache
+
+.PHONY: container-test bench-coordinator
+
+# The image of docker/Dockerfile built with podman from a Debian base made here (debootstrap; no registry),
+# then the demo job at 1 and 2 ranks and the MPI-IO writer tests run inside it. Needs root and the Debian
+# packages podman, runc and debootstrap (docker/container-test.sh; about 10 min on 2 cores, the h5py build
+# most of it).
+container-test:
+	bash docker/container-test.sh
+
+# The rank-0 coordinator with a fixed cost per point at 8, 32 and 128 ranks, oversubscribed (docs/scale.md).
+bench-coordinator: setup
+	$(BIN)/python benchmarks/coordinator.py
