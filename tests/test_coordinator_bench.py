@@ -38,7 +38,7 @@ def test_eight_ranks_figures():
     assert run["chunks_per_s"] == pytest.approx(run["chunks"] / run["protocol_s"], rel=0.1)
     assert 0.0 < run["rank0_service_s_per_chunk"] < 0.02 and 0.0 < run["rank0_load"] < 1.0
     assert 0.0 < run["rank0_points_share"] < 2.0
-    assert run["launch_s"] >= run["protocol_s"]
+    assert run["launch_s"] >= run["protocol_s"] and 0.0 <= run["start_skew_s"] < run["protocol_s"]
 
 
 def test_bad_rank_list_is_one_sentence():
