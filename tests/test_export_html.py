@@ -24,6 +24,7 @@ import pytest
 
 pytest.importorskip("plotly", reason="--to html needs plotly (pip install plotly)")
 
+from mpiland.errors import SurfaceFileError
 from mpiland.export import export_fields, export_surface
 from mpiland.export_html import PLOT_ID, build_figure
 from mpiland.surface.reader import load_surface
@@ -76,6 +77,16 @@ def test_plane_figure_has_a_surface_and_a_map_per_metric_and_a_dropdown(tmp_path
         assert b.args[1] == {"scene.zaxis.title.text": b.label}
     assert fig.layout.scene.xaxis.title.text == fig.layout.xaxis.title.text == LABELS[0]
     assert fig.layout.scene.yaxis.title.text == fig.layout.yaxis.title.text == LABELS[1]
+
+
+def test_a_plane_without_models_or_trajectory_has_only_the_metrics(tmp_path):
+    path = write_surface(tmp_path / "m.h5", X, Y, {"train_loss": np.add.outer(X, Y) ** 2}, done=np.ones((9, 7)))
+    s = load_surface(path)
+    fig = build_figure(s, export_fields(s, ["train_loss"]))
+    assert [(t.type, t.name) for t in fig.data] == [("surface", "train_loss"), ("contour", "train_loss")]
+    assert fig.layout.updatemenus[0].buttons[0].args[0] == {"visible": [True, True]}
+    with pytest.raises(SurfaceFileError, match="has no metric datasets to draw"):
+        build_figure(s, {})
 
 
 def test_curve_figure_has_a_line_per_metric_and_the_models_marked(tmp_path):
@@ -166,7 +177,7 @@ def browse(page, tmp_path, hover):
     shot = tmp_path / f"{page.stem}.png"
     prefix, flags = offline()
     cmd = [*prefix, chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
-           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=800,500", "--hide-scrollbars",
+           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=900,700", "--hide-scrollbars",
            "--virtual-time-budget=10000", "--enable-logging=stderr", "--v=0", *flags,
            "--dump-dom", f"--screenshot={shot}", probed.as_uri()]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
