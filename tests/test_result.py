@@ -217,7 +217,7 @@ def test_to_xarray_of_a_1d_path(path):
     assert ds["t"].attrs["long_name"] == path.x_label
     np.testing.assert_array_equal(ds["test_acc"].values, path.values("test_acc"))
     assert ds.attrs["endpoints"] == [0.0, 1.0]
-    assert ds.attrs["flatness_radius"] == 0.25  # derived attributes come along
+    assert ds.attrs["flatness_radius"] == [0.25, 0.25]  # derived attributes come along, one per model
 
 
 def test_to_xarray_without_xarray(monkeypatch, plane):
@@ -231,7 +231,7 @@ def test_summary_is_the_info_text(files):
     text = s.summary()
     assert text == format_summary(summarize(files["partial"]))
     assert "12/20 points done (60.0%)" in text
-    assert result.open(files["path"]).summary(epsilon=0.5).count("ε 0.5") == 1
+    assert result.open(files["path"]).summary(epsilon=0.5).count("ε 0.5") == 2  # a flatness row per model
     info = cli("info", str(files["path"]))
     assert info.returncode == 0 and info.stdout.rstrip("\n") == result.open(files["path"]).summary()
 
