@@ -8,7 +8,8 @@ Runs the six demo jobs of ``make demo`` (jobs/quickstart.toml … jobs/chain.tom
 newcomer does, one ``mpiland run`` each, timing them; ``--fresh`` first removes
 ``runs/quickstart`` and the demo's surfaces, so the table includes training the
 demo CNN. Then it draws the README's pictures into ``--img`` (the contour and curve
-of the quickstart jobs, the PCA plane with the trajectory) and prints a Markdown
+of the quickstart jobs, the PCA plane with the trajectory, the polygonal chain beside
+the straight line) and prints a Markdown
 table of seconds per job with the machine (CPU model, cores) and its load before
 and after, which is what the README quotes.
 """
@@ -30,7 +31,7 @@ import mpiland as ml
 REPO = Path(__file__).resolve().parent.parent
 JOBS = ("quickstart", "quickstart-1d", "interpolation", "pca", "plane", "chain")
 PICTURES = {"quickstart-contour.png": ("quickstart", "contour"), "quickstart-curve.png": ("quickstart-1d", "curve"),
-            "pca-contour.png": ("pca", "contour")}
+            "pca-contour.png": ("pca", "contour"), "chain-curve.png": ("chain", "curve")}
 
 
 def _cpu() -> str:
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     img.mkdir(parents=True, exist_ok=True)
     for name, (job, kind) in PICTURES.items():
         fig = ml.open(REPO / "surfaces" / f"{job}.h5").plot(kind)
-        fig.savefig(img / name, dpi=110)
+        fig.savefig(img / name, dpi=110, bbox_inches="tight")
     result = {"machine": f"{_cpu()}, {_cores()} cores", "load_before": [round(v, 2) for v in load_before],
               "load_after": [round(v, 2) for v in load_after], "fresh": args.fresh,
               "seconds": {k: round(v, 1) for k, v in seconds.items()}, "total": round(sum(seconds.values()), 1)}

@@ -19,7 +19,7 @@ from mpiland.cli import cli
 from mpiland.errors import SettingsError
 from mpiland.plots import KINDS_2D, drawn_values, plot_surface, plot_surfaces, render, render_many
 from mpiland.surface.reader import load_surface
-from surfaces import write_pca_surface, write_surface
+from surfaces import T, write_curve_surface, write_pca_surface, write_surface
 from test_plots import assert_image
 
 
@@ -155,7 +155,7 @@ def test_vmin_vmax_levels_and_log_on_every_kind(steep_file, curve_files):
     ax3 = render(s, "surface3d", levels=5, zmax=10.0).axes[0]
     assert ax3.get_zlim()[1] == pytest.approx(10.0)
     assert len(ax3.collections) == 2  # the surface and its floor contours
-    assert render(s, "surface3d", log=True).axes[0].get_zlabel() == "log10 test_loss"
+    assert render(s, "surface3d", log=True).axes[1].get_ylabel().startswith("log10 test_loss")  # the colourbar
     ax = render(load_surface(curve_files[0]), "curve", vmin=0.0, vmax=2.0, log=False).axes[0]
     assert ax.get_ylim() == (0.0, 2.0)
     assert render(load_surface(curve_files[0]), "curve", log=True).axes[0].get_yscale() == "log"
@@ -296,3 +296,31 @@ def test_skipped_points_are_interpolated_in_pictures_only(tmp_path):
     line = [l for l in render(load_surface(curve), "curve").axes[0].get_lines() if l.get_label() == "test_loss"][0]
     np.testing.assert_allclose(line.get_ydata(), 1 + t)
     assert line.get_markevery() == [0, 1, 2, 5, 6, 8, 9, 10]
+
+
+def test_notes_and_titles_fit_in_a_one_column_figure(tmp_path):
+    def bump(at, height):
+        return height * np.exp(-(((T - at) / 0.05) ** 2))
+
+    # as the demo's chain: two barriers near the start of a falling path, their notes side by side
+    fall = 2.3 - 2.25 * np.clip(T, 0, 1)
+    near = write_surface(tmp_path / "near.h5", T, None, {"test_loss": fall + bump(0.033, 0.03),
+                                                        "line_test_loss": fall + bump(0.167, 0.2)},
+                         done=np.ones(T.size), models=([[0.0], [1.0]], ["A", "B"]), endpoints=[0.0, 1.0])
+    for s, style in itertools.product([load_surface(near), load_surface(write_curve_surface(tmp_path / "b.h5"))],
+                                      ("default", "paper")):
+        fig = render(s, "curve", style=style)
+        fig.draw_without_rendering()
+        ax = fig.axes[0]
+        notes = [t.get_window_extent() for t in ax.texts if t.get_bbox_patch() is not None]
+        assert len(notes) >= 3, style  # two barriers and the minimum
+        assert not any(overlaps(a, b) for a, b in itertools.combinations(notes, 2)), style
+        title = ax.title.get_window_extent()
+        assert 0 <= title.x0 and title.x1 <= fig.bbox.x1, style
+    x, y, loss = steep()
+    long = write_surface(tmp_path / "long.h5", x, y, {"test_loss": loss}, done=np.ones(loss.shape),
+                         job={"name": "a-rather-long-job-name-for-a-one-column-figure",
+                              "model": {"factory": "mypackage.models:resnet56_without_shortcuts"}})
+    fig = render(load_surface(long), "contour", style="paper")
+    fig.draw_without_rendering()
+    assert fig.axes[0].title.get_window_extent().width <= fig.bbox.width

@@ -6,6 +6,7 @@ marking, titles, legends and markers.
 from __future__ import annotations
 
 import contextlib
+import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ import matplotlib as mpl
 import numpy as np
 from cycler import cycler
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from scipy.interpolate import griddata  # type: ignore[import-untyped]
 
 from ..errors import SettingsError, SurfaceFileError
@@ -26,9 +28,10 @@ ORDER_CMAP = "plasma"
 
 
 COLOURS: tuple[str, ...] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
-                            "#F0E442")
+                            "#999999")
 """The colour cycle of every picture: Okabe and Ito's colour-blind-safe palette (blue, vermillion,
-bluish green, reddish purple, orange, sky blue, black, yellow)."""
+bluish green, reddish purple, orange, sky blue, black), with grey for their yellow, which is too pale
+for thin lines on white."""
 
 STYLES: tuple[str, ...] = ("default", "paper")
 """Picture styles: ``default`` (screen-sized PNGs) and ``paper`` (a one-column figure, vector PDF)."""
@@ -197,10 +200,11 @@ def figure_title(surface: Surface, what: str) -> str:
 
 
 def legend_below(fig: Figure, ax: Any, handles: Sequence[Any] | None = None,
-                 labels: Sequence[str] | None = None) -> None:
+                 labels: Sequence[str] | None = None, where: str = "lower") -> None:
     """The legend of ``ax`` (or the given entries) below the axes and their labels, outside the data.
 
-    It is a figure legend in the constrained layout's ``outside lower center`` slot, so the layout
+    It is a figure legend in the constrained layout's ``outside lower center`` slot (``where="upper"``:
+    above the axes, for 3D boxes whose slanted labels the layout does not measure), so the layout
     makes room for it and a saved image contains it whatever ``bbox_inches`` is.
     """
     if handles is None or labels is None:
@@ -209,7 +213,8 @@ def legend_below(fig: Figure, ax: Any, handles: Sequence[Any] | None = None,
         return
     longest = max(len(str(t)) for t in labels)
     ncols = max(1, min(len(handles), 3 if longest < 28 else 2 if longest < 45 else 1))
-    fig.legend(handles, labels, loc="outside lower center", ncols=ncols, framealpha=0.9)
+    loc: Any = f"outside {where} center"
+    fig.legend(handles, labels, loc=loc, ncols=ncols, framealpha=0.9)
 
 
 def spread(n: int, most: int) -> list[int]:
@@ -245,3 +250,31 @@ def check_formats(formats: Sequence[str] | str) -> list[str]:
     if not out:
         raise SurfaceFileError(f"no image format given; choose from {', '.join(FORMATS)}")
     return out
+
+
+def fit_title(ax: Any, text: str) -> None:
+    """Set ``ax``'s title, each line wrapped to the figure's width at the current title font size."""
+    size = FontProperties(size=mpl.rcParams["axes.titlesize"]).get_size_in_points()
+    chars = max(20, int(ax.get_figure().get_figwidth() * 72.0 / (0.55 * size)))
+    ax.set_title("\n".join(textwrap.fill(line, chars) for line in text.split("\n")))
+
+
+def separate_notes(fig: Figure, notes: Sequence[Any], step_pt: float = 2.0, tries: int = 40) -> None:
+    """Move annotations (offset in points) down, in turn, until none overlaps an earlier one.
+
+    The layout is computed first, so the boxes are those of the saved picture.
+    """
+    if len(notes) < 2:
+        return
+    fig.draw_without_rendering()
+    placed: list[Any] = []
+    for note in notes:
+        for _ in range(tries):
+            box = note.get_window_extent()
+            hit = next((b for b in placed if box.x0 < b.x1 and b.x0 < box.x1 and box.y0 < b.y1 and b.y0 < box.y1),
+                       None)
+            if hit is None:
+                break
+            dx, dy = note.xyann
+            note.xyann = (dx, dy - (box.y1 - hit.y0) * 72.0 / fig.dpi - step_pt)
+        placed.append(note.get_window_extent())

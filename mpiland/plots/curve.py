@@ -10,12 +10,13 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.text import Annotation
 
 from ..analysis.measures import barrier
 from ..errors import SurfaceFileError
 from ..surface.reader import COMPARISON_PREFIXES, LINE_PREFIX, UNALIGNED_PREFIX, Surface, comparison, curve_metric
-from .common import (COLOURS, best_point, drawn_values, figure_title, finite_values, legend_below, line_width,
-                     marker_size, metric_text, require_values)
+from .common import (COLOURS, best_point, drawn_values, figure_title, finite_values, fit_title, legend_below,
+                     line_width, marker_size, metric_text, require_values, separate_notes)
 
 
 def _curve_metrics(s: Surface, metric: str | None) -> tuple[list[str], list[str]]:
@@ -183,7 +184,7 @@ def draw_curve(fig: Figure, surfaces: Sequence[Surface], names: Sequence[str], m
     every = [m for *_r, left, right in plan for m in left + right]
     if several:
         title = f"{' vs '.join(names)}: {metric_text(first, list(dict.fromkeys(every)))}"
-        ax.set_title(title + "\n(" + "; ".join(f"{_LINE_WORDS[st]}: {n}" for (_s, n, st, *_r) in plan) + ")")
+        fit_title(ax, title + "\n(" + "; ".join(f"{_LINE_WORDS[st]}: {n}" for (_s, n, st, *_r) in plan) + ")")
     else:
         s, _name, _st, left, right = plan[0]
         names_only = [m for m in left + right if not comparison(m)] or left
@@ -191,8 +192,11 @@ def draw_curve(fig: Figure, surfaces: Sequence[Surface], names: Sequence[str], m
         note = ""
         if others and len(names_only) < len(left + right):
             note = "\n(" + "; ".join(f"{_LINE_WORDS[_STYLE[p]]}: {_WHAT[p]}" for p in others) + ")"
-        ax.set_title(figure_title(s, metric_text(s, left + right)) + note)
+        fit_title(ax, figure_title(s, metric_text(s, left + right)) + note)
     ax.grid(True, alpha=0.3)
+    # The models' names (at the top) stay; the barrier and minimum notes move down until they are clear.
+    notes = [t for t in ax.texts if isinstance(t, Annotation)]
+    separate_notes(fig, sorted(notes, key=lambda t: t.get_bbox_patch() is not None))
 
 
 _LINE_WORDS = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dotted"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -25,7 +26,7 @@ from matplotlib.ticker import MaxNLocator
 from ..errors import SettingsError, SurfaceFileError
 from ..surface.reader import Surface, load_surface
 from .common import (DEFAULT_FORMAT, FORMATS, best_point, check_formats, check_markers, check_style, drawn_values,
-                     figure_size, figure_title, legend_below, line_width, marker_size, metric_text, progress_text,
+                     figure_size, figure_title, fit_title, legend_below, line_width, marker_size, metric_text, progress_text,
                      require_values, spread, style_context)
 from .curve import draw_curve
 from .labels import label_contours
@@ -204,10 +205,11 @@ def _draw_3d(fig: Figure, ax, s: Surface, values: np.ndarray, measured: np.ndarr
         ax.contour(X, Y, np.ma.masked_invalid(zc), levels=lv, cmap=scale.cmap, norm=scale.norm,
                    linewidths=line_width(0.5), offset=t_lo, zorder=2)
     ax.set_zlim(t_lo, t_hi)
-    xlabel, ylabel = _axis_labels(s)
-    ax.set_xlabel(xlabel, labelpad=2)
-    ax.set_ylabel(ylabel, labelpad=2)
-    ax.set_zlabel(scale.label.split(" (clipped")[0], labelpad=2)
+    # Long labels on two lines: along the slanted axes of a 3D box they would run into each other;
+    # the height is named by the colourbar.
+    xlabel, ylabel = (textwrap.fill(t, 28, break_on_hyphens=False) for t in _axis_labels(s))
+    ax.set_xlabel(xlabel, labelpad=1)
+    ax.set_ylabel(ylabel, labelpad=1)
     for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
         axis.set_major_locator(MaxNLocator(4))
     ax.tick_params(labelsize="small", pad=0)
@@ -245,7 +247,7 @@ def _colourbar(fig: Figure, axes: list, mappable: Any, scale: ColourScale, kind:
     panels the compressed layout (:func:`_figure`) makes it as high as their boxes."""
     extra: dict[str, Any] = {"ax": axes}
     if kind == "surface3d":
-        extra.update(shrink=0.6, pad=0.08)
+        extra.update(shrink=0.6, pad=0.1)
     if kind == "heatmap":
         extra["extend"] = scale.extend
         if scale.levels is not None:
@@ -289,9 +291,9 @@ def _draw_2d(fig: Figure, surfaces: Sequence[Surface], names: Sequence[str], kin
             best = best_point(np.where(measured, values, np.nan), metric)
             note = f"\n{best[2]} {best[1]:.4g}" if best is not None else ""
             progress = progress_text(s)
-            ax.set_title(f"{name}{note}{chr(10) + progress if progress else ''}")
+            fit_title(ax, f"{name}{note}{chr(10) + progress if progress else ''}")
         else:
-            ax.set_title(figure_title(s, metric_text(s, [metric], "log scale" if scale.log else "")))
+            fit_title(ax, figure_title(s, metric_text(s, [metric], "log scale" if scale.log else "")))
     if several:
         fig.suptitle(metric_text(surfaces[0], [metric], "log scale" if scale.log else ""))
     _colourbar(fig, axes, mappables[0], scale, kind)
@@ -299,7 +301,7 @@ def _draw_2d(fig: Figure, surfaces: Sequence[Surface], names: Sequence[str], kin
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             entries.setdefault(label, handle)
-    legend_below(fig, axes[0], list(entries.values()), list(entries))
+    legend_below(fig, axes[0], list(entries.values()), list(entries), where="upper" if three_d else "lower")
     if kind == "contour" and scale.levels is not None:
         fmt = level_format(scale.levels, scale.log)
         for ax, cs, points in zip(axes, mappables, avoid):
