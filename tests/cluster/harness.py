@@ -114,6 +114,8 @@ class SlurmCluster:
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="mpiland-slurm-"))
         self.cpus = cpus
         self.hostname = socket.gethostname().split(".")[0]
+        self.controller_addr = "127.0.0.1"
+        self.node_names = [self.hostname]
         self.conf = self.root / "slurm.conf"
         self.munge_socket = self.root / "munge" / "munge.socket"
         self.logs = self.root / "log"
@@ -128,7 +130,7 @@ class SlurmCluster:
         return f"""\
 # Test cluster written by tests/cluster/harness.py; do not use in production.
 ClusterName=mpilandtest
-SlurmctldHost={self.hostname}(127.0.0.1)
+SlurmctldHost={self.hostname}({self.controller_addr})
 SlurmctldPort={self.ctld_port}
 SlurmdPort={self.slurmd_port}
 SlurmUser=root
@@ -142,7 +144,7 @@ SlurmdSpoolDir={r}/spool/%n
 SlurmctldPidFile={r}/run/slurmctld.pid
 SlurmdPidFile={r}/run/slurmd-%n.pid
 SlurmctldLogFile={self.logs}/slurmctld.log
-SlurmdLogFile={self.logs}/slurmd.log
+SlurmdLogFile={self.logs}/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 TmpFS={r}/tmp
@@ -171,9 +173,13 @@ InactiveLimit=0
 KillWait=5
 Waittime=0
 MinJobAge=600
-NodeName={self.hostname} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={_real_memory_mb()} State=UNKNOWN
-PartitionName={PARTITION} Nodes={self.hostname} Default=YES MaxTime=INFINITE State=UP
-"""
+{self.nodes_conf_text()}"""
+
+    def nodes_conf_text(self) -> str:
+        """The NodeName and PartitionName lines of slurm.conf: this host as the one node."""
+        return (f"NodeName={self.hostname} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={_real_memory_mb()} "
+                f"State=UNKNOWN\nPartitionName={PARTITION} Nodes={self.hostname} Default=YES MaxTime=INFINITE "
+                "State=UP\n")
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """Environment for clients (sbatch, srun, sinfo, ...) of this cluster."""
@@ -205,13 +211,17 @@ PartitionName={PARTITION} Nodes={self.hostname} Default=YES MaxTime=INFINITE Sta
                 [find_binary("slurmctld"), "-D", "-c", "-i", "-f", str(self.conf)],
             )
             self._wait_for(self._controller_up, timeout, "slurmctld did not answer")
-            self._spawn("slurmd", [find_binary("slurmd"), "-D", "-f", str(self.conf)])
+            self._start_slurmd()
             self._wait_for(self._node_idle, timeout, "the node did not become idle")
         except BaseException:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - t0
         return self
+
+    def _start_slurmd(self) -> None:
+        """Start the compute node daemon(s)."""
+        self._spawn("slurmd", [find_binary("slurmd"), "-D", "-f", str(self.conf)])
 
     def _start_munge(self) -> None:
         key = self.root / "munge" / "munge.key"
@@ -261,12 +271,14 @@ PartitionName={PARTITION} Nodes={self.hostname} Default=YES MaxTime=INFINITE Sta
         r = self.run(["scontrol", "ping"], check=False, timeout=15)
         return r.returncode == 0 and "UP" in r.stdout
 
-    def node_state(self) -> str:
-        r = self.run(["sinfo", "-h", "-N", "-n", self.hostname, "-o", "%T"], check=False, timeout=15)
+    def node_state(self, node: str | None = None) -> str:
+        """The state sinfo reports for ``node`` (default: the first node), e.g. ``idle``; "" if unknown."""
+        name = self.node_names[0] if node is None else node
+        r = self.run(["sinfo", "-h", "-N", "-n", name, "-o", "%T"], check=False, timeout=15)
         return r.stdout.strip() if r.returncode == 0 else ""
 
     def _node_idle(self) -> bool:
-        return self.node_state() == "idle"
+        return all(self.node_state(n) == "idle" for n in self.node_names)
 
     def stop(self) -> None:
         """Cancel all jobs, stop the daemons, end leftover job processes, remove the directory."""
@@ -278,7 +290,7 @@ PartitionName={PARTITION} Nodes={self.hostname} Default=YES MaxTime=INFINITE Sta
                 if r.returncode != 0 or not r.stdout.strip():
                     break
                 time.sleep(0.3)
-        for name in ("slurmd", "slurmctld", "munged"):
+        for name in [n for n in self._procs if n.startswith("slurmd")] + ["slurmctld", "munged"]:
             p = self._procs.get(name)
             if p is None or p.poll() is not None:
                 continue
