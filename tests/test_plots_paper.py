@@ -324,3 +324,17 @@ def test_notes_and_titles_fit_in_a_one_column_figure(tmp_path):
     fig = render(load_surface(long), "contour", style="paper")
     fig.draw_without_rendering()
     assert fig.axes[0].title.get_window_extent().width <= fig.bbox.width
+
+
+def test_trajectory_labels_do_not_crowd_where_training_slows_down(tmp_path):
+    x, y, loss = steep()
+    steps = np.concatenate([np.linspace(-0.9, -0.1, 7), np.linspace(-0.08, 0.0, 5)])  # the last five bunch up
+    traj = np.column_stack([steps, 0.5 * steps])
+    labels = [f"epoch_{i:03d}" for i in range(steps.size)]
+    path = write_surface(tmp_path / "t.h5", x, y, {"test_loss": loss}, done=np.ones(loss.shape),
+                         trajectory=(traj, labels, [0.8, 0.1]))
+    ax = render(load_surface(path), "contour").axes[0]
+    named = {t.get_text(): np.asarray(t.xy) for t in ax.texts if t.get_text() in labels}
+    assert {"epoch_000", "epoch_011"} <= set(named)  # start and end always
+    scale = np.array([2.0, 2.0])
+    assert all(np.hypot(*((a - b) / scale)) > 0.08 for a, b in itertools.combinations(named.values(), 2))

@@ -113,7 +113,15 @@ def _draw_trajectory(ax, s: Surface) -> None:
             label=f"start ({labels[0]})")
     ax.plot(pts[-1:, 0], pts[-1:, 1], "s", ms=marker_size(1.2), mfc=c, mec="white", mew=line_width(0.5), zorder=7,
             label=f"end ({labels[-1]})")
-    for i in spread(len(labels), 5):
+    # At most five labels, start and end first, none crowding another (on the grid's scale)
+    assert s.y is not None
+    scale = np.array([max(float(np.ptp(s.x)), 1e-300), max(float(np.ptp(s.y)), 1e-300)])
+    picks = spread(len(labels), 5)
+    kept: list[int] = []
+    for i in picks[:1] + picks[-1:] + picks[1:-1]:
+        if all(np.hypot(*((pts[i] - pts[j]) / scale)) > 0.08 for j in kept):
+            kept.append(i)
+    for i in kept:
         ax.annotate(labels[i], (pts[i, 0], pts[i, 1]), xytext=(5, -11), textcoords="offset points",
                     fontsize="x-small", color=c, zorder=8,
                     bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.7))
