@@ -259,22 +259,29 @@ def fit_title(ax: Any, text: str) -> None:
     ax.set_title("\n".join(textwrap.fill(line, chars) for line in text.split("\n")))
 
 
-def separate_notes(fig: Figure, notes: Sequence[Any], step_pt: float = 2.0, tries: int = 40) -> None:
-    """Move annotations (offset in points) down, in turn, until none overlaps an earlier one.
+def separate_notes(fig: Figure, ax: Any, notes: Sequence[Any], step_pt: float = 2.0, tries: int = 12) -> None:
+    """Move annotations (offset in points), in turn, until none overlaps an earlier one.
 
-    The layout is computed first, so the boxes are those of the saved picture.
+    Each note tries its own place, then one, two ... of its heights above and below it, and takes
+    the first that is clear of the earlier notes and inside ``ax`` (else it stays). The layout is
+    computed first, so the boxes are those of the saved picture.
     """
     if len(notes) < 2:
         return
     fig.draw_without_rendering()
+    frame = ax.get_window_extent()
     placed: list[Any] = []
     for note in notes:
-        for _ in range(tries):
-            box = note.get_window_extent()
-            hit = next((b for b in placed if box.x0 < b.x1 and b.x0 < box.x1 and box.y0 < b.y1 and b.y0 < box.y1),
-                       None)
-            if hit is None:
+        start = note.xyann
+        box = note.get_window_extent()
+        height = box.height * 72.0 / fig.dpi + step_pt
+        for k in range(2 * tries + 1):
+            shift = (k + 1) // 2 * height * (1 if k % 2 else -1)
+            moved = box.translated(0, shift * fig.dpi / 72.0)
+            clear = not any(moved.x0 < b.x1 and b.x0 < moved.x1 and moved.y0 < b.y1 and b.y0 < moved.y1
+                            for b in placed)
+            if clear and (k == 0 or frame.y0 <= moved.y0 and moved.y1 <= frame.y1):
+                note.xyann = (start[0], start[1] + shift)
+                box = moved
                 break
-            dx, dy = note.xyann
-            note.xyann = (dx, dy - (box.y1 - hit.y0) * 72.0 / fig.dpi - step_pt)
-        placed.append(note.get_window_extent())
+        placed.append(box)

@@ -196,7 +196,7 @@ def draw_curve(fig: Figure, surfaces: Sequence[Surface], names: Sequence[str], m
     ax.grid(True, alpha=0.3)
     # The models' names (at the top) stay; the barrier and minimum notes move down until they are clear.
     notes = [t for t in ax.texts if isinstance(t, Annotation)]
-    separate_notes(fig, sorted(notes, key=lambda t: t.get_bbox_patch() is not None))
+    separate_notes(fig, ax, sorted(notes, key=lambda t: t.get_bbox_patch() is not None))
 
 
 _LINE_WORDS = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dotted"}
