@@ -10,7 +10,9 @@ import pytest
 from mpiland.errors import GridError
 from mpiland.refine import SKIPPED, Plan, anchors, auto_levels, axis_points, fill
 
-from analytic import write_axes
+import mpiland as ml
+from analytic import data, point, write_axes
+from analytic import well as well_loss
 from util import PYTHON, cli, write_job
 
 MPIEXEC = shutil.which("mpiexec", path=str(Path(PYTHON).parent)) or shutil.which("mpiexec")
@@ -223,3 +225,14 @@ def test_two_ranks_refine_and_scan_as_one(tmp_path):
             np.testing.assert_array_equal(b[key], a[key], err_msg=f"{job.stem}: {key}")
         with h5py.File(one, "r") as f, h5py.File(two, "r") as g:
             np.testing.assert_array_equal(f["xcoordinates"][:], g["xcoordinates"][:])
+
+
+def test_python_api_takes_an_auto_axis_and_refinement(tmp_path):
+    model = point()
+    d = ml.directions.from_file(model, *write_axes(tmp_path))
+    inputs, targets = data("test", 8)
+    surf = ml.landscape(model, d, (inputs, targets), x=("auto", 17), y=(-1.0, 1.0, 17), loss=well_loss,
+                        out=str(tmp_path / "api.h5"), device="cpu", progress="none",
+                        settings={"run.threads": 1, "grid.refine": True, "grid.auto_max": 0.8})
+    assert surf.x[-1] == 0.8  # the well never reaches 3× its centre value: the range is auto_max
+    assert surf.skipped.any() and not (surf.done & surf.skipped).any() and (surf.done | surf.skipped).all()
