@@ -268,7 +268,8 @@ def export(surface_file: str, to: str, out: str | None, metrics: tuple[str, ...]
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--epsilon", type=float, default=0.1, show_default=True,
               help="Loss threshold above the centre for basin width and area.")
-@click.option("--radius", type=float, help="Radius of ε-sharpness (default: the largest circle inside the grid).")
+@click.option("--radius", type=float,
+              help="Radius of ε-sharpness (default: for each centre, the largest circle around it inside the grid).")
 @debug_option
 def info(surface_file: str, as_json: bool, epsilon: float, radius: float | None, debug: bool) -> None:
     """Schema, job, progress, minima, barriers, flatness and Hessian spectrum of SURFACE_FILE."""
