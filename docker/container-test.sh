@@ -18,10 +18,14 @@
 #                        VERSION_CODENAME, else bookworm)
 #   MPILAND_MIRROR       Debian mirror for debootstrap (default: the host's apt
 #                        mirror, else http://deb.debian.org/debian)
-#   MPILAND_TORCH        pip arguments for torch (default: "torch==2.13.0", plus
-#                        --find-links DIR when a torch wheel lies in
-#                        MPILAND_WHEELS, which is mounted read-only into the build)
+#   MPILAND_TORCH        pip arguments for torch (default: "torch==2.13.0
+#                        --find-links /opt/wheels" when a torch wheel lies in
+#                        MPILAND_WHEELS, which is then mounted read-only into
+#                        the build; else the Dockerfile's default, the CPU build)
 #   MPILAND_WHEELS       directory of local wheels (default /opt/wheels)
+#   MPILAND_WHEEL_CACHE  h5py wheels built by install-mpio-env.sh on this host
+#                        (its default: ~/.cache/mpiland/wheels), mounted
+#                        read-only into the build; empty: build h5py afresh
 #   PODMAN_FLAGS         extra global podman flags, e.g. "--storage-driver vfs"
 #   PODMAN_RUN_FLAGS     flags for `podman build` and `podman run` that let
 #                        containers start here (default: found by trying none,
@@ -29,10 +33,13 @@
 #                        sandboxes where crun cannot handle hybrid cgroups or
 #                        containers may not raise their rlimits)
 #
-# Needs root (or rootless podman set up) and the packages podman and, for the
+# Needs root (or rootless podman set up), the Debian packages podman (runc too
+# where crun cannot start containers) and, for the
 # base, debootstrap. Debian packages and PyPI must be reachable from the build.
 set -euo pipefail
-
+# One compound command, parsed whole before it runs: editing this file during a
+# 20-minute build cannot change what the running build does next.
+{
 die() { echo "container-test: $*" >&2; exit 1; }
 log() { echo "container-test: $*"; }
 
@@ -73,6 +80,7 @@ SUITE="${MPILAND_SUITE:-${host_codename:-bookworm}}"
 BASE="${MPILAND_BASE:-localhost/debian:$SUITE}"
 IMAGE="${MPILAND_IMAGE:-localhost/mpiland:cpu}"
 WHEELS="${MPILAND_WHEELS:-/opt/wheels}"
+H5PY_CACHE="${MPILAND_WHEEL_CACHE-${XDG_CACHE_HOME:-$HOME/.cache}/mpiland/wheels}"
 host_mirror="$(grep -hoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list.d/*.sources \
     /etc/apt/sources.list 2>/dev/null | grep -oE 'https?://[^ ]+' | head -n1 || true)"
 MIRROR="${MPILAND_MIRROR:-${host_mirror:-http://deb.debian.org/debian}}"
@@ -147,7 +155,15 @@ if [ "$BUILD" -eq 1 ]; then
         mounts=(-v "$WHEELS:/opt/wheels:ro")
         TORCH="${TORCH:-torch==2.13.0 --find-links /opt/wheels}"
     fi
-    TORCH="${TORCH:-torch==2.13.0}"
+    # No local wheel and no MPILAND_TORCH: the Dockerfile's default (the CPU build).
+    build_args=(--build-arg BASE="$BASE")
+    [ -z "$TORCH" ] || build_args+=(--build-arg TORCH="$TORCH")
+    # h5py wheels install-mpio-env.sh built on this host (e.g. for .venv-mpio):
+    # used when their key (h5py, Python, HDF5, MPICH versions) matches the image.
+    if [ -n "$H5PY_CACHE" ] && [ -d "$H5PY_CACHE" ]; then
+        mounts+=(-v "$H5PY_CACHE:/opt/h5py-wheels:ro")
+        build_args+=(--build-arg MPILAND_WHEEL_CACHE=/opt/h5py-wheels)
+    fi
     # pip inside the build trusts what the host's pip trusts (a site CA, e.g.
     # behind a TLS-inspecting proxy) and uses the host's index, through a
     # pip.conf mounted for the build only: nothing of it stays in the image.
@@ -169,9 +185,9 @@ if [ "$BUILD" -eq 1 ]; then
     fi
     case "$index" in http*) printf 'index-url = %s\n' "$index" >>"$tmpd/pip.conf" ;; esac
     mounts+=(-v "$tmpd/pip.conf:/etc/pip.conf:ro")
-    log "podman build $IMAGE from $BASE, torch: $TORCH"
+    log "podman build $IMAGE from $BASE, torch: ${TORCH:-the Dockerfile default}"
     pm "${GFLAGS[@]}" build "${OFLAGS[@]}" --network host -f docker/Dockerfile -t "$IMAGE" \
-        --build-arg BASE="$BASE" --build-arg TORCH="$TORCH" "${mounts[@]}" "$tmpd/context"
+        "${build_args[@]}" "${mounts[@]}" "$tmpd/context"
     log "image $IMAGE built ($((SECONDS - start)) s)"
 fi
 pm image exists "$IMAGE" || die "image $IMAGE not found (build it first, without --no-build)"
@@ -200,10 +216,12 @@ assert a[\"done\"][...].all() and b[\"done\"][...].all()
 for k in (\"test_loss\", \"test_acc\"):
     np.testing.assert_array_equal(a[k][...], b[k][...])
 print(\"21x21 surface: 1 and 2 ranks identical\")" \
-&& mpiland info surfaces/quickstart-2.h5 | head -n 5'
+&& mpiland info surfaces/quickstart-2.h5 >info.txt && head -n 5 info.txt'
 
 log "check: MPI-IO writer tests (tests/test_mpio.py) with the image's parallel h5py"
 run_in 'MPILAND_MPIO_PYTHON=/opt/mpiland-venv/bin/python OMP_NUM_THREADS=1 \
 python -m pytest -q -p no:cacheprovider tests/test_mpio.py'
 
 log "all checks passed in $IMAGE ($((SECONDS - start)) s)"
+}
+exit

@@ -61,3 +61,4 @@ def test_dockerfile_takes_the_base_and_torch_the_script_passes():
     assert "ENTRYPOINT [" not in text  # `podman run IMAGE mpirun ...` runs the command as given
     script = SCRIPT.read_text()
     assert '--build-arg BASE="$BASE"' in script and '--build-arg TORCH="$TORCH"' in script
+    assert re.search(r"^ARG MPILAND_WHEEL_CACHE=$", text, re.M) and "MPILAND_WHEEL_CACHE" not in text.split("ENV ")[1]
