@@ -49,7 +49,7 @@ from .losses import (BUILTIN_LOSSES, LossFn, LossSums, mean_and_stderr, metric_n
                      wants_accuracy)
 from .metrics import Metric, checked, computed, fresh, resolve_metrics, updated
 from .metrics import metric_names as user_metric_names
-from .params import FlatParameters
+from .params import FlatParameters, coefficient_columns
 from .placement import BatchSplit, DeviceSplit, batch_bytes, fits, place_split, place_stream, synchronize
 from .plan import ChainPlan
 
@@ -156,7 +156,7 @@ class Evaluator:
         x = self._probe_batch(2)
         with torch.inference_mode():
             ref = call_model(self.model, x)
-            out = plan.forward(self.params.theta0.unsqueeze(0), origin, 1, x)[0]
+            out = plan.forward(self.params.theta0.unsqueeze(0), coefficient_columns(origin), 1, x)[0]
         if out.shape != ref.shape or not torch.allclose(out, ref, rtol=1e-3, atol=1e-5):
             log.info("the model's Linear chain does not reproduce its own output; running it as a module")
             return None
@@ -271,13 +271,13 @@ class Evaluator:
         self.points_per_pass = k
         self.forward: Forward
         plan = self.plan
-        self.params.reserve(k, rows=plan is not None)
+        self.params.reserve(k, rows=plan is not None, start=plan.first_column if plan is not None else 0)
         if plan is not None:
             params = self.params
 
             def planned(n: int, x: Any) -> torch.Tensor:
-                assert params.rows is not None and params.row_coefficients is not None
-                return plan.forward(params.rows, params.row_coefficients, n, x)
+                assert params.rows is not None
+                return plan.forward(params.rows, params.row_columns, n, x)
 
             self.forward = planned
             return

@@ -74,22 +74,29 @@ def cross_entropy_terms(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tenso
     """Per-sample cross-entropy (k, batch) of outputs (k, batch, C) for class indices ``y`` (batch) in [0, C),
     and whether each sample's class is the predicted one (k, batch).
 
-    The loss is log Σ exp(o − max) + max − o_y. The prediction is ``argmax``'s, the first
-    maximal index (a NaN counting as maximal), found as C − max_j (C − j)·[o_j is maximal]:
-    torch's max-with-indices over a short last dimension costs more on a CPU than every
-    other kernel of the epilogue together. Every reduction runs over the class dimension
-    only, so a row's values do not depend on how many rows there are.
+    Every step runs on the logits laid out as (k, C, batch) (the layout a plan's outputs come in; others
+    are transposed once): a reduction over the classes is then an elementwise pass over contiguous rows of
+    samples, which a CPU vectorises, instead of a reduction along a short last dimension, which it does not.
+    The loss is log Σ exp(o − max) + max − o_y. The prediction is ``argmax``'s, the first maximal index (a
+    NaN counting as maximal), found as C − max_j (C − j)·[o_j is maximal or NaN] with comparisons written
+    as 0/1 floats (a comparison writing booleans runs several times slower on a CPU). Every reduction runs
+    over the classes only, so a row's values do not depend on how many rows there are.
     """
-    k, classes = out.shape[0], out.shape[-1]
-    top = out.amax(dim=-1, keepdim=True)
-    picked = out.gather(-1, y.view(1, -1, 1).expand(k, -1, 1))
-    rank = torch.arange(classes, 0, -1, device=out.device, dtype=torch.int32)
-    first = (out.eq(top).logical_or_(out.isnan()) * rank).amax(dim=-1)
-    correct = first.eq_(classes - y.to(torch.int32))
+    logits = out.transpose(1, 2)
+    if not logits.is_contiguous():
+        logits = logits.contiguous()
+    k, classes, _ = logits.shape
+    top = logits.amax(dim=1, keepdim=True)
+    picked = logits.gather(1, y.view(1, 1, -1).expand(k, 1, -1))
+    flag = logits.dtype if logits.element_size() >= 4 else torch.float32  # exact ranks up to 2^24 classes
+    maximal = torch.eq(logits, top, out=torch.empty(logits.shape, dtype=flag, device=logits.device))
+    maximal.add_(torch.ne(logits, logits, out=torch.empty_like(maximal)))
+    rank = torch.arange(classes, 0, -1, device=out.device, dtype=flag).view(1, classes, 1)
+    correct = maximal.mul_(rank).amax(dim=1).eq_(classes - y)
     # Terms below e^-80 cannot change a sum that holds 1 (the maximum's), and they would be denormal: an
     # order of magnitude slower on a CPU far from θ*, where logits differ by hundreds.
-    shifted = (out - top).clamp_(min=-EXP_FLOOR)
-    losses = shifted.exp_().sum(dim=-1).log_().add_(top.squeeze(-1)).sub_(picked.squeeze(-1))
+    shifted = torch.sub(logits, top).clamp_(min=-EXP_FLOOR).exp_()
+    losses = shifted.sum(dim=1).log_().add_(top[:, 0]).sub_(picked[:, 0])
     return losses, correct.bool()
 
 
@@ -123,12 +130,10 @@ class LossSums:
     def add(self, out: torch.Tensor, y: torch.Tensor) -> None:
         """Add one batch of k points' outputs (k, batch, ...) with its targets."""
         batch = int(y.shape[0])
-        correct: torch.Tensor | None = None
-        if self.fused:  # per-sample losses, so the per-unit sums below
-            losses, correct = cross_entropy_terms(out, y)
-        else:
-            losses = self._losses(out, y)
-        losses = losses.to(torch.float64)
+        if self.fused:
+            self._add_fused(out, y)
+            return
+        losses = self._losses(out, y).to(torch.float64)
         if losses.shape[1] == 1 and (batch > 1 or self.batches):
             m, w = losses[:, 0], float(batch)
             self.acc[2:6] += torch.stack([m * w, (m * w).square(), m * (w * w), torch.full_like(m, w * w)])
@@ -137,8 +142,21 @@ class LossSums:
             self.acc[:2] += torch.stack([ordered_sum(losses), ordered_sum(losses.square())])
             self.units += losses.shape[1]
         if self.accuracy:
-            self.acc[6] += (correct if correct is not None else predictions(out) == y).sum(dim=1)
+            self.acc[6] += (predictions(out) == y).sum(dim=1)
         self.samples += batch
+
+    def _add_fused(self, out: torch.Tensor, y: torch.Tensor) -> None:
+        """:meth:`add` for the fused cross-entropy: per-sample losses, their squares and the correct
+        predictions summed in float64 by one reduction over the stacked rows (each row summed as alone)."""
+        losses, correct = cross_entropy_terms(out, y)
+        wide = losses.to(torch.float64)
+        parts = [wide, wide.square()] + ([correct.to(torch.float64)] if self.accuracy else [])
+        sums = ordered_sum(torch.cat(parts))
+        self.acc[:2] += sums[:2 * self.k].view(2, self.k)
+        if self.accuracy:
+            self.acc[6] += sums[2 * self.k:]
+        self.units += losses.shape[1]
+        self.samples += int(y.shape[0])
 
     def result(self) -> torch.Tensor:
         """The sums (k × SUMS+3): the accumulators, then the unit, batch and sample counts."""

@@ -11,6 +11,8 @@ For several points per pass the parameters of K points are written by one
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 from torch import nn
@@ -37,17 +39,20 @@ def flatten_into(model: nn.Module, layout: ParamLayout, device: torch.device, dt
     return flat
 
 
-def combine_rows(base: torch.Tensor, coefficients: torch.Tensor, vectors: list[torch.Tensor], out: torch.Tensor) -> None:
-    """``out[:k] = base + Σⱼ coefficients[:, j] ⊗ vectors[j]`` (k = rows of ``coefficients``; ``vectors``: m
-    rows, each 1 × L) as m broadcast multiply-adds, so every row is rounded the same whatever k is. A
-    matrix product is not: a one-row product runs a matrix-vector kernel that rounds differently from the
-    matrix kernel."""
-    k = coefficients.shape[0]
-    target = out[:k]
-    columns = coefficients.t().unsqueeze(-1)  # m × k × 1
-    torch.addcmul(base, columns[0], vectors[0], out=target)
+def combine_rows(base: torch.Tensor, columns: Sequence[torch.Tensor], vectors: list[torch.Tensor],
+                 out: torch.Tensor) -> None:
+    """``out = base + Σⱼ columns[j] ⊗ vectors[j]`` (``columns``: m coefficient columns, each k × 1, from
+    :func:`coefficient_columns`; ``vectors``: m rows, each 1 × L; ``out``: k × L) as m broadcast multiply-adds,
+    so every row is rounded the same whatever k is. A matrix product is not: a one-row product runs a
+    matrix-vector kernel that rounds differently from the matrix kernel."""
+    torch.addcmul(base, columns[0], vectors[0], out=out)
     for j in range(1, len(vectors)):
-        target.addcmul_(columns[j], vectors[j])
+        out.addcmul_(columns[j], vectors[j])
+
+
+def coefficient_columns(coefficients: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The m columns (each k × 1) of k points' coefficients (k × m), as :func:`combine_rows` takes them."""
+    return coefficients.t().unsqueeze(-1).unbind(0)
 
 
 def _coefficients(c: np.ndarray | list[float], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -69,16 +74,27 @@ class FlatParameters:
         self.theta0 = self.flat.clone()
         self.vectors = directions.vectors.to(device=device, dtype=dtype).contiguous()
         self.vector_rows = list(self.vectors.split(1))
+        self.row_start = 0
+        self._row_base = self.theta0[None, :]
+        self._row_targets: dict[int, torch.Tensor] = {}
         self.rows: torch.Tensor | None = None
         self.row_coefficients: torch.Tensor | None = None
+        self.row_columns: tuple[torch.Tensor, ...] = ()
         self.exact_rows = False
 
-    def reserve(self, k: int, rows: bool = False) -> None:
+    def reserve(self, k: int, rows: bool = False, start: int = 0) -> None:
         """Make room for ``k`` points per pass: a K × n buffer when k > 1 or ``rows``, else the model's own
         buffer. ``rows``: the points are written row by row the same for every k (:func:`combine_rows`,
-        for a forward pass whose values must not depend on k)."""
+        for a forward pass whose values must not depend on k), from column ``start`` on (a forward pass
+        that reads only those columns: the columns before it are left unwritten)."""
         self.exact_rows = rows
         self.rows = torch.empty(k, self.layout.numel, device=self.device, dtype=self.dtype) if k > 1 or rows else None
+        self.row_start = start if rows else 0
+        if self.rows is not None and self.row_start:
+            self.rows[:, :self.row_start] = self.theta0[:self.row_start]  # the origin's, never garbage
+        self.vector_rows = [v[:, self.row_start:] for v in self.vectors.split(1)]
+        self._row_base = self.theta0[None, self.row_start:]
+        self._row_targets = {}
 
     def set_point(self, coefficients: np.ndarray | list[float]) -> None:
         """Write origin + Σ_k coefficients[k]·basis_k into the model's flat buffer."""
@@ -87,13 +103,21 @@ class FlatParameters:
 
     def set_rows(self, coefficients: np.ndarray) -> int:
         """Write one point per row of ``coefficients`` into the K × n buffer (one ``addmm``); return the count.
-        The coefficients stay on the device as :attr:`row_coefficients` (k × m)."""
+        The coefficients stay on the device as :attr:`row_coefficients` (k × m) or, for exact rows, as
+        their columns :attr:`row_columns` (m × (k × 1))."""
         assert self.rows is not None
         k = coefficients.shape[0]
-        self.row_coefficients = _coefficients(coefficients, self.device, self.dtype)
         if self.exact_rows:
-            combine_rows(self.theta0.unsqueeze(0), self.row_coefficients, self.vector_rows, self.rows)
+            # The columns straight from the host array (m × k × 1): one copy, no transposes on the device.
+            columns = np.ascontiguousarray(np.asarray(coefficients, dtype=np.float64).T[:, :, None])
+            self.row_columns = torch.tensor(columns, dtype=self.dtype, device=self.device).unbind(0)
+            if self.row_start < self.layout.numel:
+                target = self._row_targets.get(k)
+                if target is None:
+                    target = self._row_targets[k] = self.rows[:k, self.row_start:]
+                combine_rows(self._row_base, self.row_columns, self.vector_rows, target)
         else:
+            self.row_coefficients = _coefficients(coefficients, self.device, self.dtype)
             torch.addmm(self.theta0.unsqueeze(0), self.row_coefficients, self.vectors, out=self.rows[:k])
         return k
 

@@ -31,9 +31,17 @@ class DeviceSplit:
     inputs: torch.Tensor
     targets: torch.Tensor
     resident: bool
+    _views: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict, repr=False,
+                                                                       compare=False)
 
     def batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(inputs, targets) batches on ``device``, in order."""
+        """(inputs, targets) batches on ``device``, in order (a resident split's batch views made once)."""
+        if self.resident:
+            views = self._views.get(batch_size)
+            if views is None:
+                views = self._views[batch_size] = list(zip(self.inputs.split(batch_size), self.targets.split(batch_size)))
+            yield from views
+            return
         n = self.inputs.shape[0]
         for start in range(0, n, batch_size):
             x = self.inputs[start: start + batch_size]

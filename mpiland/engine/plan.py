@@ -27,7 +27,7 @@ by measuring (:func:`~mpiland.engine.batching.choose_points_per_pass`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +109,7 @@ class ChainPlan:
         self.flatten = flatten
         self.layout = layout
         self.cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]] = {}
-        self.scratch: dict[tuple[int, int, int], torch.Tensor] = {}
+        self.scratch: dict[tuple[int, int, int], _Buffer] = {}
         self.views: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor | None]]] = {}
         self.first_weights = torch.empty(0)
         self.first_biases: torch.Tensor | None = None
@@ -147,6 +147,17 @@ class ChainPlan:
         if not layers:
             return None
         return cls(layers, flatten, layout)
+
+    @property
+    def first_column(self) -> int:
+        """The first column of the flat parameters the pass reads from the rows: the layers after the first
+        (the first layer's come from :meth:`prepare`'s products), so the columns before it need not be written
+        at each point; 0 when the first layer's parameters do not all come before the others'."""
+        offsets = self.layout.offsets
+        first = [i for i in (self.layers[0].weight, self.layers[0].bias) if i is not None]
+        later = [i for layer in self.layers[1:] for i in (layer.weight, layer.bias) if i is not None]
+        start = min((offsets[i] for i in later), default=self.layout.numel)
+        return start if all(offsets[i] + self.layout.numel_of(i) <= start for i in first) else 0
 
     # -- the first layer's products with the data --------------------------------------
 
@@ -189,47 +200,51 @@ class ChainPlan:
 
     # -- the pass ------------------------------------------------------------------------
 
-    def _scratch(self, layer: int, k: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """The reused output buffer (k, n, out) of a layer before the last: passes allocate nothing that size,
-        which on a CPU would be fresh pages (page faults) at every pass."""
+    def _scratch(self, layer: int, k: int, n: int, dtype: torch.dtype, device: torch.device) -> _Buffer:
+        """The reused output buffer (k, n, out) of a layer before the last, with its views: passes allocate
+        nothing that size, which on a CPU would be fresh pages (page faults) at every pass."""
         key = (layer, k, n)
         buf = self.scratch.get(key)
-        if buf is None or buf.dtype != dtype or buf.device != device:
-            buf = torch.empty(k, n, self.layers[layer].out_features, dtype=dtype, device=device)
-            self.scratch[key] = buf
+        if buf is None or buf.out.dtype != dtype or buf.out.device != device:
+            out = torch.empty(k, n, self.layers[layer].out_features, dtype=dtype, device=device)
+            buf = self.scratch[key] = _Buffer(out, out.view(k, -1), out.transpose(1, 2))
         return buf
 
-    def forward(self, rows: torch.Tensor, coefficients: torch.Tensor, k: int, x: torch.Tensor) -> torch.Tensor:
-        """Outputs (k, batch, out) of the k points in the first k rows of ``rows`` (K × n), whose coefficients
-        (k × m) give their first layer: a new tensor (a transposed view when there are several layers); the
-        layers before the last write into reused buffers."""
-        rows = rows[:k]
+    def forward(self, rows: torch.Tensor, columns: Sequence[torch.Tensor], k: int, x: torch.Tensor) -> torch.Tensor:
+        """Outputs (k, batch, out) of the k points in the first k rows of ``rows`` (K × n), whose coefficient
+        columns (m × (k × 1), :func:`~.params.coefficient_columns`) give their first layer: a new tensor (a
+        transposed view when there are several layers); the layers before the last write into reused buffers."""
         n = int(x.shape[0])
         last = len(self.layers) - 1
 
-        h = self._scratch(0, k, n, rows.dtype, rows.device) if last else torch.empty(
-            k, n, self.layers[0].out_features, dtype=rows.dtype, device=rows.device)
         cached = self.cache.get(_key(x))
         a0, a = cached[1:] if cached is not None else self.products(x)
-        combine_rows(a0, coefficients[:k], a, h.view(k, -1))
-        h = _activate(h, self.layers[0].activations)
+        if not last:
+            h = torch.empty(k, n, self.layers[0].out_features, dtype=rows.dtype, device=rows.device)
+            combine_rows(a0, columns, a, h.view(k, -1))
+            return _activate(h, self.layers[0].activations)
+        buf = self._scratch(0, k, n, rows.dtype, rows.device)
+        combine_rows(a0, columns, a, buf.flat)
+        _activate(buf.out, self.layers[0].activations)
         for i, (layer, (w, b)) in enumerate(zip(self.layers[1:], self._views(rows, k)), start=1):
             if i < last:
-                out = self._scratch(i, k, n, rows.dtype, rows.device)
+                nxt = self._scratch(i, k, n, rows.dtype, rows.device)
                 if b is not None:
-                    torch.baddbmm(b, h, w, out=out)
+                    torch.baddbmm(b, buf.out, w, out=nxt.out)
                 else:
-                    torch.bmm(h, w, out=out)
+                    torch.bmm(buf.out, w, out=nxt.out)
+                _activate(nxt.out, layer.activations)
+                buf = nxt
             else:
                 # The last layer is computed transposed, (k, out, batch), and returned as a (k, batch, out)
                 # view: the epilogue's reductions over the outputs then run along contiguous rows of samples.
                 out = torch.empty(k, layer.out_features, n, dtype=rows.dtype, device=rows.device)
                 if b is not None:
-                    torch.baddbmm(b, w, h.transpose(1, 2), out=out)
+                    torch.baddbmm(b, w, buf.transposed, out=out)
                 else:
-                    torch.bmm(w, h.transpose(1, 2), out=out)
-            h = _activate(out, layer.activations)
-        return h.transpose(1, 2) if last else h
+                    torch.bmm(w, buf.transposed, out=out)
+                _activate(out, layer.activations)
+        return out.transpose(1, 2)
 
     def _views(self, rows: torch.Tensor, k: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """Per layer after the first, views of the first k rows: (weightᵀ (k, in, out), bias (k, 1, out)), and
@@ -238,6 +253,7 @@ class ChainPlan:
         key = (rows.data_ptr(), k)
         views = self.views.get(key)
         if views is None:
+            rows = rows[:k]
             views = []
             for i, layer in enumerate(self.layers[1:], start=1):
                 w = self._weight(rows, layer)
@@ -260,6 +276,16 @@ class ChainPlan:
         assert layer.bias is not None
         off = self.layout.offsets[layer.bias]
         return rows[:, off: off + layer.out_features].unsqueeze(1)
+
+
+@dataclass(frozen=True)
+class _Buffer:
+    """A layer's reused output (k, n, out), as (k, n·out) for the first layer's products, and as (k, out, n)
+    for the last layer's transposed product."""
+
+    out: torch.Tensor
+    flat: torch.Tensor
+    transposed: torch.Tensor
 
 
 def _activate(h: torch.Tensor, activations: tuple[Activation, ...]) -> torch.Tensor:
