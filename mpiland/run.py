@@ -14,8 +14,6 @@ ranks waiting for each other.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import time
 from contextlib import nullcontext
@@ -290,14 +288,6 @@ def _scan_axes(job: Job) -> list[str]:
     return [name for name in ("x", "y") if (axis := getattr(job.grid, name)) is not None and axis.auto]
 
 
-def identity_of(ident: surface.Identity, job: Job) -> surface.Identity:
-    """``ident`` (digested from the model, data and directions) for ``job``, which differs from its job only in
-    settings (a grid range resolved by a pre-scan): the settings component recomputed as job_identity does."""
-    settings = surface.settings_that_count(job)
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    return replace(ident, settings=settings, digests={**ident.digests, "settings": digest})
-
-
 def _first_loss(job: Job) -> str:
     """The metric automatic ranges and refinement judge by: the loss of the first split."""
     return f"{job.data.splits[0]}_loss"
@@ -435,8 +425,8 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
     first = agree(comm, lambda: identity(job))
     # Points per pass: every rank takes part, and all use the smallest K any rank can run.
     agreed_k = min(comm.allgather(evaluator.points_per_pass))
-    job, scan = _resolve_range(comm, job, path, evaluator, lambda resolved: identity_of(first, resolved))
-    fp = identity_of(first, job)
+    job, scan = _resolve_range(comm, job, path, evaluator, first.for_job)
+    fp = first.for_job(job)
     if size > 1:
         digests = comm.allgather(fp.digests)
         agree(comm, lambda: _check_same_problem(digests))

@@ -11,7 +11,7 @@ from mpiland.directions import make_directions
 from mpiland.errors import GridError, JobFileError
 from mpiland.jobfile import load_job
 from mpiland.models import build_model
-from mpiland.run import _with_ranges, identity_of
+from mpiland.run import _with_ranges
 from mpiland.surface import job_identity
 
 from analytic import bowl_values, write_axes
@@ -117,11 +117,11 @@ def test_run_stores_the_scan_and_a_resume_keeps_it(tmp_path):
     assert "Traceback" not in other.stderr
 
 
-def test_identity_of_a_resolved_job_is_what_job_identity_gives(tmp_path):
+def test_identity_for_a_resolved_job_is_what_job_identity_gives(tmp_path):
     job = load_job(_bowl_job(tmp_path))
     model = build_model(job.model)
     directions = make_directions(model, job.directions, 2)
     resolved = _with_ranges(job, {"x": 0.6, "y": 0.3})
     assert resolved.grid.x.min == -0.6 and resolved.grid.y.max == 0.3 and not resolved.grid.auto
     expected = job_identity(resolved, model, directions, [])
-    assert identity_of(job_identity(job, model, directions, []), resolved) == expected
+    assert job_identity(job, model, directions, []).for_job(resolved) == expected

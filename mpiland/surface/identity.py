@@ -122,6 +122,13 @@ class Identity:
         out.update({data_attr(s): v for s, v in self.data.items()})
         return out
 
+    def for_job(self, job: Job) -> "Identity":
+        """This identity for ``job``, which differs from the job it was made for only in settings (e.g. a grid
+        range resolved by a pre-scan): the settings component recomputed as :func:`job_identity` computes it."""
+        settings = settings_that_count(job)
+        return replace(self, settings=settings,
+                       digests={**self.digests, "settings": _sha(json.dumps(settings, sort_keys=True))})
+
     def with_data(self, digests: dict[str, str]) -> "Identity":
         """This identity with the data digests of more splits (by name)."""
         if not digests:
