@@ -13,7 +13,7 @@ from mpiland.demo import digits_cnn, digits_mlp
 from mpiland.directions import random_directions
 from mpiland.engine import Evaluator, EngineOptions
 from mpiland.engine.batching import MEASURED_SIZES
-from mpiland.engine.losses import cross_entropy_terms
+from mpiland.engine.losses import LossSums, cross_entropy_terms, resolve_loss
 from mpiland.engine.plan import ChainPlan
 from mpiland.layout import ParamLayout
 from mpiland.spec import DirectionsSpec, LossSpec
@@ -114,9 +114,14 @@ def test_streamed_batches_and_a_small_budget_take_the_plain_first_layer(split):
             assert np.array_equal(got[m], v), m
 
 
-def test_fused_cross_entropy_matches_torch_far_from_the_minimum():
+@pytest.mark.parametrize("layout", ["samples-major", "classes-major"])
+def test_fused_cross_entropy_matches_torch_far_from_the_minimum(layout):
+    """Both layouts the epilogue gets: (k, batch, C) contiguous (a module's outputs) and the (k, C, batch)
+    tensor a plan returns as a transposed view."""
     torch.manual_seed(0)
     out = torch.randn(3, 50, 7, dtype=torch.float64) * torch.tensor([1.0, 100.0, 1e4]).view(3, 1, 1).double()
+    if layout == "classes-major":
+        out = out.transpose(1, 2).contiguous().transpose(1, 2)
     out[0, :5] = 0.0  # ties: argmax takes the first maximal index
     out[0, 5, 3] = out[0, 5, 5] = 1e3
     y = torch.randint(0, 7, (50,))
@@ -130,9 +135,56 @@ def test_fused_cross_entropy_matches_torch_far_from_the_minimum():
     # a diverged point: NaN and infinite logits are predicted as argmax predicts them
     odd = torch.tensor([[[1.0, float("nan"), 3.0, float("nan")], [float("inf"), float("inf"), 0, 0],
                          [float("-inf")] * 4, [0.0, 2.0, 2.0, 1.0]]])
+    if layout == "classes-major":
+        odd = odd.transpose(1, 2).contiguous().transpose(1, 2)
     for label in range(4):
         targets = torch.full((4,), label)
-        assert torch.equal(cross_entropy_terms(odd, targets)[1][0], odd[0].argmax(dim=-1) == targets)
+        losses, correct = cross_entropy_terms(odd, targets)
+        assert torch.equal(correct[0], odd[0].argmax(dim=-1) == targets)
+        torch.testing.assert_close(losses[0], F.cross_entropy(odd[0], targets, reduction="none"), equal_nan=True)
+
+
+def test_fused_cross_entropy_rows_do_not_depend_on_the_other_rows():
+    """A point's losses and predictions are the same bits alone and among 16 others, in float32, for a
+    batch whose length is no multiple of a vector's width; and equal torch's loss and argmax."""
+    torch.manual_seed(1)
+    logits = (torch.randn(16, 10, 77) * 30).transpose(1, 2)  # the plan's layout
+    logits[3, :4] = 0.0  # ties
+    y = torch.randint(0, 10, (77,))
+    losses, correct = cross_entropy_terms(logits, y)
+    for i in (0, 3, 15):
+        alone = cross_entropy_terms(logits[i: i + 1], y)
+        assert torch.equal(alone[0][0], losses[i]) and torch.equal(alone[1][0], correct[i])
+        torch.testing.assert_close(losses[i], F.cross_entropy(logits[i], y, reduction="none"), rtol=1e-6, atol=1e-5)
+        assert torch.equal(correct[i], logits[i].argmax(dim=-1) == y)
+
+
+def test_fused_sums_equal_the_plain_loss_sums():
+    """The fused epilogue's float64 sums (loss, its square, correct predictions) against the same sums of
+    torch's own cross-entropy and argmax over two batches."""
+    torch.manual_seed(2)
+    fused = LossSums(resolve_loss(LossSpec()), True, True, 5, CPU, fused=True)
+    plain = LossSums(resolve_loss(LossSpec()), True, True, 5, CPU)
+    for n in (40, 13):
+        out, y = torch.randn(5, n, 10) * 4, torch.randint(0, 10, (n,))
+        fused.add(out, y)
+        plain.add(out, y)
+    a, b = fused.result(), plain.result()
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
+    assert torch.equal(a[:, 6], b[:, 6]) and torch.equal(a[:, 7:], b[:, 7:])
+
+
+def test_a_plan_writes_only_the_columns_its_later_layers_read(split):
+    """The first layer's parameters come from the precomputed products: the rows before the second layer's
+    are never written per point and hold the origin's."""
+    model = digits_mlp(hidden=16).eval()
+    ev = evaluator(model, split, 4)
+    start = ev.layout.offsets[2]  # the second Linear's weight
+    assert ev.plan.first_column == ev.params.row_start == start
+    ev.evaluate_points(np.array([[0.5, -1.0], [2.0, 1.0]]))
+    assert torch.equal(ev.params.rows[:, :start], ev.params.theta0[:start].expand(4, -1))
+    single = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    assert evaluator(single, split, 1).plan.first_column == ParamLayout.from_model(single).numel
 
 
 def test_fused_epilogue_only_for_the_builtin_cross_entropy(split):
