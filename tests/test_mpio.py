@@ -78,3 +78,17 @@ def test_auto_picks_mpio_and_resumes(reference):
     got = values(out)
     for k in METRICS:
         np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+
+
+def test_refinement_through_mpio_matches_one_process(tmp_path):
+    job = write_job(tmp_path, grid="x = [-1.0, 1.0, 17]\ny = [-1.0, 1.0, 9]", output="one.h5")
+    assert cli("run", str(job), "--set", "grid.refine=true", "--set", "grid.refine_tol=0.5").returncode == 0
+    ref = values(tmp_path / "one.h5")
+    assert (ref["done"] == 2).any() and (ref["done"] == 1).any() and not (ref["done"] == 0).any()
+    proc = run_mpio(2, str(job), "--output", str(tmp_path / "two.h5"), "--writer", "mpio", "--chunk-size", "3",
+                    "--set", "grid.refine=true", "--set", "grid.refine_tol=0.5")
+    assert proc.returncode == 0, proc.stderr
+    assert "writer mpio" in proc.stderr
+    got = values(tmp_path / "two.h5")
+    for k in METRICS:
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
