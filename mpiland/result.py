@@ -31,9 +31,9 @@ from .analysis.measures import DEFAULT_EPSILON
 from .analysis.measures import barrier as _barrier
 from .analysis.measures import flatness as _flatness
 from .analysis.summary import format_summary, summarize
-from .errors import DependencyError, SettingsError, SurfaceFileError
-from .plots.common import DEFAULT_FORMAT, check_formats, check_style, style_context
-from .plots.surface import image_paths, kinds_for, render_many
+from .errors import DependencyError, SurfaceFileError
+from .plots.common import DEFAULT_FORMAT, check_formats, check_style
+from .plots.surface import image_paths, joint_path, plan_pictures, render_many, save_figure
 from .surface import reader
 from .surface.netcdf import dimension_names, metric_attributes
 
@@ -321,31 +321,15 @@ def _plot(surfaces: Sequence[reader.Surface | str | os.PathLike[str]], kind: str
           formats: Sequence[str] | None, zmax: float | None, style: str) -> SurfaceFigure | list[SurfaceFigure]:
     """:meth:`Surface.plot` and :func:`plot_surfaces`: draw the surfaces together, save them when ``out``."""
     loaded = [s if isinstance(s, reader.Surface) else reader.load_surface(Path(s)) for s in surfaces]
-    if not loaded:
-        raise SettingsError("no surface to plot; give at least one Surface or surface file")
-    first = loaded[0]
-    kinds = kinds_for(first, kind)
-    if len(loaded) > 1 and kind == "all":
-        kinds = [k for k in kinds if k != "spectrum"]
-    chosen = first.check_metric(metric) if any(k != "spectrum" for k in kinds) else ""
     check_style(style)
+    plan = plan_pictures(loaded, kind, metric, levels, zmax, markers)
     fmts = check_formats(DEFAULT_FORMAT[style] if formats is None else formats)
-    every = kind == "all"  # levels and zmax go to the kinds that use them; one kind refuses what it cannot use
-    figures = [_displayable(render_many(loaded, k, metric, log=log, levels=levels if not every or k != "curve" else None,
-                                        vmin=vmin, vmax=vmax, markers=markers,
-                                        zmax=zmax if not every or k == "surface3d" else None, style=style))
-               for k in kinds]
-    if out is not None:
-        base = first.path
-        if len(loaded) > 1:
-            base = base.with_name("_vs_".join(s.path.stem for s in loaded) + base.suffix)
-        for k, fig in zip(kinds, figures):
-            named = "" if k == "curve" and metric is None else chosen
-            targets = image_paths(base, out, k, named, fmts, several_kinds=len(kinds) > 1)
-            with style_context(style):
-                for target in targets:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    fig.savefig(target, format=target.suffix.lower().lstrip("."), bbox_inches="tight")
+    targets = [image_paths(joint_path(loaded), out, d.kind, d.named, fmts, several_kinds=len(plan) > 1)
+               if out is not None else [] for d in plan]
+    figures = [_displayable(render_many(loaded, d.kind, metric, log=log, levels=d.levels, vmin=vmin, vmax=vmax,
+                                        markers=markers, zmax=d.zmax, style=style)) for d in plan]
+    for fig, paths in zip(figures, targets):
+        save_figure(fig, paths, style)
     return figures if kind == "all" else figures[0]
 
 

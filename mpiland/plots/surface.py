@@ -16,7 +16,7 @@ import os
 import pathlib
 import textwrap
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import matplotlib as mpl
 import numpy as np
@@ -360,6 +360,71 @@ def check_options(kind: str, levels: int | Sequence[float] | None, zmax: float |
                             "colour range, or kind surface3d")
 
 
+def _check_together(surfaces: Sequence[Surface]) -> Surface:
+    """The first of surfaces to draw together, after checking there is one and all have its dimensions."""
+    if not surfaces:
+        raise SettingsError("no surface to plot; give at least one surface file")
+    first = surfaces[0]
+    for s in surfaces[1:]:
+        if s.dims != first.dims:
+            raise SettingsError(f"{s.path} is a {s.dims}D surface and {first.path} a {first.dims}D one; "
+                                "plot files of the same dimensions together")
+    return first
+
+
+class Drawing(NamedTuple):
+    """One picture of a plot: its concrete kind, the metric its file is named after ("" for none),
+    and the levels and zmax it takes."""
+
+    kind: str
+    named: str
+    levels: int | Sequence[float] | None
+    zmax: float | None
+
+
+def plan_pictures(surfaces: Sequence[Surface], kind: str, metric: str | None,
+                  levels: int | Sequence[float] | None, zmax: float | None,
+                  markers: Mapping[str, tuple[float, float]] | None) -> list[Drawing]:
+    """The pictures ``kind`` means for surfaces drawn together, after checking everything that can be
+    checked before drawing (SurfaceFileError, SettingsError).
+
+    With ``all``, ``levels`` and ``zmax`` go to the kinds that use them (and several files leave the
+    spectrum out); a single kind refuses an option it cannot use (:func:`check_options`).
+    """
+    first = _check_together(surfaces)
+    kinds = kinds_for(first, kind)
+    if kind == "all":
+        kinds = [k for k in kinds if k != SPECTRUM or len(surfaces) == 1]
+    else:
+        check_options(kinds[0], levels, zmax)
+    check_markers(markers)
+    chosen = ""
+    if any(k != SPECTRUM for k in kinds):
+        chosen = first.check_metric(metric)
+        for s in surfaces:
+            require_values(s, s.check_metric(chosen))
+    # A curve without a metric draws every split's loss and accuracy: its name says no one metric.
+    return [Drawing(k, "" if k == SPECTRUM or (k == "curve" and metric is None) else chosen,
+                    None if k == "curve" else levels, zmax if k == "surface3d" else None) for k in kinds]
+
+
+def joint_path(surfaces: Sequence[Surface]) -> pathlib.Path:
+    """The path the images of surfaces drawn together are named after: the file's own, or the stems
+    joined by ``_vs_`` beside the first file (``a_vs_b.h5``)."""
+    first = surfaces[0].path
+    if len(surfaces) == 1:
+        return first
+    return first.with_name("_vs_".join(s.path.stem for s in surfaces) + first.suffix)
+
+
+def save_figure(fig: Figure, targets: Sequence[pathlib.Path], style: str) -> None:
+    """Write ``fig`` to each target (its suffix picks the format) in ``style``'s settings (dpi, fonts)."""
+    with style_context(style):
+        for t in targets:
+            t.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(t, format=t.suffix.lower().lstrip("."), bbox_inches="tight")
+
+
 def render_many(surfaces: Sequence[Surface], kind: str, metric: str | None = None, log: bool | None = None,
                 levels: int | Sequence[float] | None = None, vmin: float | None = None,
                 vmax: float | None = None, markers: Mapping[str, tuple[float, float]] | None = None,
@@ -371,18 +436,13 @@ def render_many(surfaces: Sequence[Surface], kind: str, metric: str | None = Non
     one colourbar. All surfaces must have the same dimensions and the metric. With one
     surface this is :func:`render`. ``style``: see :data:`~.common.STYLES`.
     """
-    if not surfaces:
-        raise SettingsError("no surface to plot; give at least one surface file")
     check_style(style)
-    first = surfaces[0]
+    first = _check_together(surfaces)
     kinds = kinds_for(first, kind)
     if len(kinds) != 1 or kinds[0] != kind:
         raise SurfaceFileError(f"render() needs one concrete kind, not {kind!r}; "
                                f"choose one of {', '.join(KINDS_1D + KINDS_2D + KINDS_SPECTRUM)}")
     for s in surfaces[1:]:
-        if s.dims != first.dims:
-            raise SettingsError(f"{s.path} is a {s.dims}D surface and {first.path} a {first.dims}D one; "
-                                "plot files of the same dimensions together")
         kinds_for(s, kind)
     if kind == SPECTRUM and len(surfaces) > 1:
         raise SettingsError("a spectrum plot draws one file; plot each file's spectrum on its own")
@@ -445,15 +505,6 @@ def image_paths(path: pathlib.Path, out: str | os.PathLike[str] | None, kind: st
 
 
 
-def _save(fig: Figure, targets: Sequence[pathlib.Path], style: str) -> None:
-    """Write ``fig`` to each target (its suffix picks the format) in ``style``'s settings (dpi, fonts)."""
-    with style_context(style):
-        for t in targets:
-            t.parent.mkdir(parents=True, exist_ok=True)
-            fmt = t.suffix.lower().lstrip(".")
-            fig.savefig(t, format=fmt, bbox_inches="tight")
-
-
 def plot_surfaces(
     paths: Sequence[str | os.PathLike[str]],
     kind: str = "auto",
@@ -481,37 +532,17 @@ def plot_surfaces(
         raise SettingsError("no surface file given; name at least one .h5 file")
     check_style(style)
     surfaces = [load_surface(p) for p in paths]
-    first = surfaces[0]
-    kinds = kinds_for(first, kind)
-    for s in surfaces[1:]:
-        if s.dims != first.dims:
-            raise SettingsError(f"{s.path} is a {s.dims}D surface and {first.path} a {first.dims}D one; "
-                                "plot files of the same dimensions together")
+    plan = plan_pictures(surfaces, kind, metric, levels, zmax, markers)
     fmts = check_formats(DEFAULT_FORMAT[style] if formats is None else formats)
-    check_markers(markers)
-    if kind != "all":
-        check_options(kinds[0], levels, zmax)
-    chosen = ""
-    if any(k != SPECTRUM for k in kinds):
-        chosen = first.check_metric(metric)
-        for s in surfaces:
-            require_values(s, s.check_metric(chosen))
-    if len(surfaces) > 1:
-        kinds = [k for k in kinds if k != SPECTRUM] if kind == "all" else kinds
-        base = first.path.with_name("_vs_".join(s.path.stem for s in surfaces) + first.path.suffix)
-    else:
-        base = first.path
+    base = joint_path(surfaces)
+    targets = [image_paths(base, out, d.kind, d.named, fmts, several_kinds=len(plan) > 1) for d in plan]
     written: list[pathlib.Path] = []
-    for k in kinds:
-        # A curve without a metric draws every split's loss and accuracy: its name says no one metric.
-        named = "" if k == "curve" and metric is None else chosen
-        targets = image_paths(base, out, k, named, fmts, several_kinds=len(kinds) > 1)
-        # With "all", levels and zmax go to the kinds that use them.
-        fig = render_many(surfaces, k, metric, log=log, levels=None if k == "curve" else levels, vmin=vmin,
-                          vmax=vmax, markers=markers, zmax=zmax if k == "surface3d" else None, style=style)
+    for d, paths_k in zip(plan, targets):
+        fig = render_many(surfaces, d.kind, metric, log=log, levels=d.levels, vmin=vmin, vmax=vmax, markers=markers,
+                          zmax=d.zmax, style=style)
         try:
-            _save(fig, targets, style)
-            written.extend(targets)
+            save_figure(fig, paths_k, style)
+            written.extend(paths_k)
         finally:
             fig.clear()
     return written
