@@ -9,10 +9,10 @@ and :meth:`~Surface.flatness` (:mod:`mpiland.analysis.measures`),
 text) and a short ``repr``.
 
 :func:`open` reads a file; :func:`from_reader` upgrades a surface the reader has
-already loaded; :func:`plot_surfaces` draws several surfaces in one figure. Like the reader, this module needs numpy, h5py and matplotlib,
-never torch or mpi4py, so that looking at results is quick and works on a
-machine without the evaluation stack; xarray is optional (only
-:meth:`~Surface.to_xarray` needs it).
+already loaded; :func:`plot_surfaces` draws several surfaces in one figure. Like
+the reader, this module needs numpy, h5py and matplotlib, never torch or mpi4py,
+so that looking at results is quick and works on a machine without the
+evaluation stack; xarray is optional (only :meth:`~Surface.to_xarray` needs it).
 """
 
 from __future__ import annotations

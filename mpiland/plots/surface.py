@@ -5,7 +5,8 @@ the Hessian eigenvalue spectrum of either (``spectrum``, :mod:`.spectrum`) when 
 the images of a file; :func:`render_many` and :func:`plot_surfaces` draw several
 files together (1D curves overlaid, 2D surfaces as panels on one colour scale).
 Every picture is drawn in a style (:data:`~.common.STYLES`, a matplotlib
-``rc_context``): ``paper`` makes one-column figures with 8 pt text and thin lines. What the file knows is drawn without being asked: the
+``rc_context``): ``paper`` makes one-column figures with 8 pt text and thin lines.
+What the file knows is drawn without being asked: the
 reference models (``models/``) and a projected training trajectory
 (``trajectory/``, with the explained variance in the axis labels).
 """
@@ -26,8 +27,8 @@ from matplotlib.ticker import MaxNLocator
 from ..errors import SettingsError, SurfaceFileError
 from ..surface.reader import Surface, load_surface
 from .common import (DEFAULT_FORMAT, FORMATS, best_point, check_formats, check_markers, check_style, drawn_values,
-                     figure_size, figure_title, fit_title, legend_below, line_width, marker_size, metric_text, progress_text,
-                     require_values, spread, style_context)
+                     figure_size, figure_title, fit_title, legend_below, line_width, marker_size, metric_text,
+                     progress_text, require_values, spread, style_context)
 from .curve import draw_curve
 from .labels import label_contours
 from .scales import ColourScale, colour_scale, level_format, log_ticks
