@@ -134,7 +134,7 @@ def draw_curve(fig: Figure, surfaces: Sequence[Surface], names: Sequence[str], m
                 continue
             shown.append(v[np.isfinite(v)])
             if m.endswith("_loss"):
-                _draw_barrier(ax, x, v, s, m, c, k, log)
+                _draw_barrier(ax, x, np.where(measured, v, np.nan), s, m, c, k, log)  # as info measures it
             best = None if line else best_point(np.where(measured, v, np.nan), m)
             if best is not None:
                 (ib,), vb, word = best
