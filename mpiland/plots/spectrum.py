@@ -62,8 +62,8 @@ def draw_spectrum(fig: Figure, surface: Surface) -> None:
     ax.set_xlabel("eigenvalue λ")
     ax.set_ylabel("density ρ(λ) (log scale)")
     ax.set_title(f"Hessian eigenvalue density on {first.split}\n({first.probes} probes × {first.steps} Lanczos "
-                 f"steps, n = {first.n:,} parameters)", fontsize=10)
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
+                 f"steps, n = {first.n:,} parameters)", fontsize="medium")
+    ax.legend(loc="upper right", fontsize="small", framealpha=0.8)
     names = first.groups
     if names:
         height = 0.8 / len(spectra)
@@ -71,14 +71,14 @@ def draw_spectrum(fig: Figure, surface: Surface) -> None:
         for i, (label, s) in enumerate(spectra.values()):
             values = [s.group_lam_max().get(g, np.nan) for g in names]
             bars.barh(y - 0.4 + height * (i + 0.5), values, height=height, color=f"C{i % 10}", label=label)
-        bars.set_yticks(y, [f"{g} ({int(k):,})" for g, k in zip(names, first.group_size)], fontsize=8)
+        bars.set_yticks(y, [f"{g} ({int(k):,})" for g, k in zip(names, first.group_size)], fontsize="small")
         bars.invert_yaxis()
         bars.axvline(0.0, color="black", lw=0.6)
         if len(spectra) > 1:
-            bars.legend(loc="lower right", fontsize=8, framealpha=0.8)
+            bars.legend(loc="lower right", fontsize="small", framealpha=0.8)
     else:
         bars.text(0.5, 0.5, "no parameter groups", ha="center", va="center", transform=bars.transAxes)
     bars.set_xlabel("λmax of the group's Hessian block")
-    bars.set_title("λmax per parameter group\n(module, parameters)", fontsize=10)
+    bars.set_title("λmax per parameter group\n(module, parameters)", fontsize="medium")
     if surface.name:
-        fig.suptitle(surface.name, fontsize=11)
+        fig.suptitle(surface.name, fontsize="medium")
