@@ -58,8 +58,8 @@ clean:
 
 # The image of docker/Dockerfile built with podman from a Debian base made here (debootstrap; no registry),
 # then the demo job at 1 and 2 ranks and the MPI-IO writer tests run inside it. Needs root and the Debian
-# packages podman, runc and debootstrap (docker/container-test.sh; about 10 min on 2 cores, the h5py build
-# most of it).
+# packages podman, runc and debootstrap (docker/container-test.sh). On 2 cores: about 10 min (base 5, build 4.5,
+# checks 0.5-2.5) when install-mpio-env.sh has cached its h5py wheel (as .ci/run's .venv-mpio does), 20+ without.
 container-test:
 	bash docker/container-test.sh
 
