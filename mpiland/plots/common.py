@@ -12,7 +12,7 @@ from typing import Any
 
 import matplotlib as mpl
 import numpy as np
-from cycler import cycler
+from matplotlib.rcsetup import cycler
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from scipy.interpolate import griddata  # type: ignore[import-untyped]
