@@ -1,7 +1,7 @@
 """The rank-0 coordinator at scale: mpiland's real protocol with a fixed cost per point, at many ranks.
 
     python benchmarks/coordinator.py [--ranks 8,32,128] [--cost 0.05] [--chunk 1,auto]
-                                     [--seconds 4] [--json]
+                                     [--seconds 4] [--writer gather|none] [--json]
 
 For every rank count R and chunk size S it launches ``mpiexec -n R`` (the
 launcher beside this Python, oversubscribed: the ranks may far outnumber the
