@@ -38,18 +38,18 @@ if TYPE_CHECKING:
     from . import directions
     from .api import connect, landscape
     from .rebasin import align
-    from .result import Surface, open
+    from .result import Surface, open, plot_surfaces
 
 _LAZY = {"landscape": ("mpiland.api", "landscape"), "connect": ("mpiland.api", "connect"),
          "align": ("mpiland.rebasin", "align"),
-         "open": ("mpiland.result", "open"),
+         "open": ("mpiland.result", "open"), "plot_surfaces": ("mpiland.result", "plot_surfaces"),
          "Surface": ("mpiland.result", "Surface"), "directions": ("mpiland.directions", "")}
 """Public name -> (module, attribute; "" for the module itself), imported on first access."""
 
 __all__ = ["SCHEMA_VERSION", "CheckpointError", "DataError", "DependencyError", "GridError", "JobFileError",
            "LaunchError", "MetricError", "ModelError", "MpilandError", "SettingsError", "Surface",
            "SurfaceFileError", "WorldTooSmallError", "__version__", "align", "connect", "directions", "landscape",
-           "open"]
+           "open", "plot_surfaces"]
 
 
 def __getattr__(name: str) -> Any:

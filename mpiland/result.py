@@ -28,7 +28,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .analysis.measures import DEFAULT_EPSILON
-from .analysis.measures import barrier as _barrier
+from .analysis.measures import path_barrier as _path_barrier
 from .analysis.measures import flatness as _flatness
 from .analysis.summary import format_summary, summarize
 from .errors import DependencyError, SurfaceFileError
@@ -204,8 +204,8 @@ class Surface(reader.Surface):
         of kind ``interpolation``, ``bezier`` or ``polychain``); asked of a 1D
         file without them (a random direction), it measures between the ends of the
         grid, which ``mpiland info`` does not report (they are no models). Points not
-        computed, or not finite, are left out. The numbers are those of
-        ``mpiland info`` (:func:`mpiland.analysis.measures.barrier`).
+        computed, skipped by adaptive refinement, or not finite, are left out. The
+        numbers are those of ``mpiland info`` (:func:`mpiland.analysis.measures.path_barrier`).
 
         Parameters:
             metric: the loss to measure, e.g. ``"train_loss"`` or
@@ -224,13 +224,13 @@ class Surface(reader.Surface):
             raise SurfaceFileError(f"{self.path}: barrier() needs a 1D path between two models, "
                                    f"this surface is {self.dims}D; use flatness() for a 2D surface")
         chosen = self.check_metric(metric)
-        return {"metric": chosen, **_barrier(self.x, self.values(chosen), self.endpoints)}
+        return {"metric": chosen, **_path_barrier(self, chosen)}
 
     def flatness(self, metric: str | None = None, epsilon: float = DEFAULT_EPSILON,
-                 radius: float | None = None) -> dict[str, Any]:
-        """Flatness and sharpness of the basin around the centre (normally the trained model θ*).
+                 radius: float | None = None, at: tuple[float, ...] | None = None) -> dict[str, Any]:
+        """Flatness and sharpness of the basin around a point (by default the origin, θ*).
 
-        The centre is the grid point nearest the origin, with loss L*. The
+        The centre is the grid point nearest ``at``, with loss L*. The
         measures are those of ``mpiland info`` and of the file's derived
         attributes (:func:`mpiland.analysis.measures.flatness`): curvature
         along each axis, basin width (and area in 2D) where L ≤ L* + ε, and
@@ -241,6 +241,9 @@ class Surface(reader.Surface):
             epsilon: the loss margin ε ≥ 0 that defines the basin.
             radius: the sharpness radius in grid units (> 0); default: the
                 largest disc around the centre inside the grid.
+            at: the point to measure around, in grid coordinates (default: the
+                origin, θ* of random, file, PCA and Hessian directions); e.g.
+                ``tuple(surf.models.coordinates[1])`` for a path's second model.
 
         Returns:
             :func:`mpiland.analysis.measures.flatness`'s dictionary: ``metric``,
@@ -251,7 +254,7 @@ class Surface(reader.Surface):
             SurfaceFileError: the metric is not in the file, ``epsilon`` or
                 ``radius`` is out of range, or the centre has no finite value.
         """
-        return _flatness(self, metric, epsilon, radius)
+        return _flatness(self, metric, epsilon, radius, at)
 
     def to_xarray(self) -> xarray.Dataset:
         """The surface as an :class:`xarray.Dataset`, for labelled slicing, pandas and netCDF.
