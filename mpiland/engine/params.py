@@ -77,6 +77,7 @@ class FlatParameters:
         self.row_start = 0
         self._row_base = self.theta0[None, :]
         self._row_targets: dict[int, torch.Tensor] = {}
+        self._column_buffers: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
         self.rows: torch.Tensor | None = None
         self.row_coefficients: torch.Tensor | None = None
         self.row_columns: tuple[torch.Tensor, ...] = ()
@@ -108,9 +109,16 @@ class FlatParameters:
         assert self.rows is not None
         k = coefficients.shape[0]
         if self.exact_rows:
-            # The columns straight from the host array (m × k × 1): one copy, no transposes on the device.
-            columns = np.ascontiguousarray(np.asarray(coefficients, dtype=np.float64).T[:, :, None])
-            self.row_columns = torch.tensor(columns, dtype=self.dtype, device=self.device).unbind(0)
+            # The columns straight from the host array (m × k × 1) into a buffer kept per k with its column
+            # views: one copy, no transposes on the device. Stream order keeps a device's copy behind the
+            # kernels of the pass before.
+            columns = np.array(np.asarray(coefficients, dtype=np.float64).T[:, :, None], order="C")  # a copy
+            held = self._column_buffers.get(k)
+            if held is None:
+                buf = torch.empty(columns.shape, dtype=self.dtype, device=self.device)
+                held = self._column_buffers[k] = (buf, buf.unbind(0))
+            held[0].copy_(torch.from_numpy(columns))
+            self.row_columns = held[1]
             if self.row_start < self.layout.numel:
                 target = self._row_targets.get(k)
                 if target is None:
