@@ -48,17 +48,17 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 MPI_ENV = {"MPICH_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp", "FI_TCP_IFACE": IFACE}
 """MPICH's TCP path between the nodes: the OFI netmod, libfabric's tcp provider, on the nodes' interface."""
 
-GRID = "x = [-1.0, 1.0, 31]\ny = [-1.0, 1.0, 31]"
-TOTAL_POINTS = 31 * 31
+GRID = "x = [-1.0, 1.0, 25]\ny = [-1.0, 1.0, 25]"
+TOTAL_POINTS = 25 * 25
 MODEL = 'factory = "mpiland.demo:digits_cnn"\nkwargs = { channels = 8, hidden = 32 }'
 DATA = 'splits = ["test"]\nbatch_size = 120'
 RUN_OPTIONS = dict(nodes=2, ntasks_per_node=2, cpus_per_task=1, time="00:10:00")
 JOB_TIMEOUT_S = 150
 FAULT_AT_POINTS = 40
 """Points in the file before a fault is injected (a few chunks of 8)."""
-FAULT_BOUND_S = 60.0
-"""A faulted job must have ended this many seconds after the fault (the slurmd timeout of the test cluster is
-10 s; a hang would last until the 10-minute time limit)."""
+FAULT_BOUND_S = 90.0
+"""A faulted job must have ended this many seconds after the fault (SlurmdTimeout and MessageTimeout of the test
+cluster are 5 s; a hang would last until the 10-minute time limit)."""
 
 _PLACEMENT = re.compile(r"\[mpiland r(\d+)\] rank (\d+) on \S+ \(local rank (\d+)/(\d+)\)")
 
@@ -252,26 +252,31 @@ def test_two_nodes_one_world_bit_identical(env, reference, tmp_path):
     script, job_id = _submit(tmp_path)
     assert "--nodes=2" in script and "srun --mpi=pmi2" in script
 
-    # While the ranks evaluate: which ranks run on which node, and whom each talks to over TCP.
+    # While the ranks evaluate: which ranks run on which node, and whom each rank talks to over TCP. Rank 0 hands
+    # out the chunks and collects their results, so it and the ranks of the other node connect across the nodes.
     path = tmp_path / "surface.h5"
     ranks: dict[str, list[int]] = {}
-    peers: dict[str, set[str]] = {}
+    peers: dict[int, set[str]] = {}
+    crossing = False
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while time.monotonic() < deadline and cluster.job_state(job_id) in ("PENDING", "CONFIGURING", "RUNNING"):
         if _done(path) > 0:
-            ranks = cluster.task_ranks(job_id)
-            peers = {n: set().union(*(_tcp_peers(p) for p in cluster.namespace_pids(n))) for n in ranks}
-            if len(ranks) == 2:
-                break
+            tasks = cluster.task_pids(job_id)
+            ranks = {n: sorted(found) for n, found in tasks.items()}
+            if sorted(ranks.values()) == [[0, 1], [2, 3]]:
+                first, second = sorted(ranks, key=lambda n: ranks[n])
+                peers = {r: _tcp_peers(pid) for found in tasks.values() for r, pid in found.items()}
+                crossing = cluster.addrs[second] in peers[0] and all(
+                    cluster.addrs[first] in peers[r] for r in tasks[second])
+                if crossing:
+                    break
         time.sleep(0.2)
     info = _wait_completed(cluster, job_id, tmp_path)
     log = _log(tmp_path)
 
     assert info["NumNodes"] == "2" and info["NumTasks"] == "4", info
     assert sorted(ranks.values()) == [[0, 1], [2, 3]], f"ranks per node: {ranks}\n{log}"
-    first, second = sorted(ranks, key=lambda n: ranks[n])
-    assert cluster.addrs[second] in peers[first] and cluster.addrs[first] in peers[second], (
-        f"no TCP connection between the nodes' ranks: {peers}")
+    assert crossing, f"no TCP connections between the nodes' ranks (rank: peers {peers}, nodes {cluster.addrs})"
 
     placement = {int(m.group(2)): (int(m.group(3)), int(m.group(4))) for m in _PLACEMENT.finditer(log)}
     assert placement == {0: (0, 2), 1: (1, 2), 2: (0, 2), 3: (1, 2)}, f"rank: (local rank, local size) {placement}"
@@ -306,21 +311,22 @@ def test_node_fault_ends_job_and_resubmission_completes(env, reference, tmp_path
     log = _log(tmp_path)
     print(f"\n{fault} on {node}: job {job_id} {info.get('JobState')} (exit {info.get('ExitCode')}) "
           f"{seconds:.1f} s after the fault")
-    assert info.get("JobState") != "COMPLETED" and info.get("ExitCode") != "0:0", log
+    # SLURM ends a job whose node it declared down in NODE_FAIL (the exit code it records varies with the timing).
+    assert info.get("JobState") in ("NODE_FAIL", "FAILED"), log
     assert seconds < FAULT_BOUND_S, f"the job took {seconds:.1f} s to end after the fault\n{log}"
 
     partial = _assert_partial(tmp_path / "surface.h5", reference, before, log)
+    # The same script again, at once: it runs on two nodes that are up (node2 may still be down).
     t0 = time.monotonic()
+    _resubmit_completes(cluster, script, tmp_path, partial, reference)
+    print(f"resubmitted job completed in {time.monotonic() - t0:.1f} s")
+    # The faulted node comes back, and no task of the failed job is left on it (slurmd ends them when it
+    # hears of the job's end).
     cluster.wait_idle(90)
-    # No task of the failed job is left on the node once it is back (slurmd ends them when it hears of the job's end).
     deadline = time.monotonic() + 30
     while cluster.task_ranks(job_id) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not cluster.task_ranks(job_id), f"tasks of job {job_id} outlived it: {cluster.task_ranks(job_id)}"
-    print(f"{node} back in service, the job's tasks gone, {time.monotonic() - t0:.1f} s after the fault was undone")
-    t0 = time.monotonic()
-    _resubmit_completes(cluster, script, tmp_path, partial, reference)
-    print(f"resubmitted job completed in {time.monotonic() - t0:.1f} s")
 
 
 def test_sigterm_preemption_requeues_and_resumes(env, reference, tmp_path):
@@ -348,6 +354,8 @@ def test_sigterm_preemption_requeues_and_resumes(env, reference, tmp_path):
     log = _log(tmp_path)
     print(f"\nSIGTERM: job {job_id} stopped and requeued {seconds:.1f} s after scancel")
     assert "requeueing job" in log and "mpiland: exit status 3" in log, log
+    for rank in range(4):  # the signal reached the ranks on both nodes
+        assert f"[mpiland r{rank}] received SIGTERM" in log, log
     partial = _assert_partial(tmp_path / "surface.h5", reference, before, log)
 
     _wait_completed(cluster, job_id, tmp_path)

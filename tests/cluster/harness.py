@@ -109,6 +109,12 @@ class SlurmCluster:
     then run clients with ``env=cluster.env()`` or through :meth:`run`.
     """
 
+    slurmd_timeout = 10
+    """``SlurmdTimeout``: seconds without an answer from a slurmd after which its node is declared down."""
+
+    message_timeout = 10
+    """``MessageTimeout``: seconds an RPC (such as the controller's ping of a node) may take."""
+
     def __init__(self, root: str | os.PathLike | None = None, *, cpus: int = CPUS):
         self._own_root = root is None
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="mpiland-slurm-"))
@@ -167,8 +173,8 @@ ReturnToService=2
 JobRequeue=1
 # Short timeouts so that tests and teardown are quick.
 SlurmctldTimeout=10
-SlurmdTimeout=10
-MessageTimeout=10
+SlurmdTimeout={self.slurmd_timeout}
+MessageTimeout={self.message_timeout}
 InactiveLimit=0
 KillWait=5
 Waittime=0

@@ -74,6 +74,10 @@ def netns_unavailable_reason() -> str | None:
     if missing:
         return (f"{', '.join(missing)} not installed; the multi-node cluster needs iproute2 and util-linux "
                 "(apt-get install -y iproute2 util-linux)")
+    r = subprocess.run([find_binary("unshare") or "unshare", "--mount", "--uts", "true"], capture_output=True,
+                       text=True, timeout=30)
+    if r.returncode != 0:
+        return f"mount and UTS namespaces cannot be created here (unshare --mount --uts: {r.stderr.strip()})"
     probe = f"mplprobe{os.getpid()}"
     r = _ip("netns", "add", probe, check=False)
     if r.returncode != 0:
@@ -110,6 +114,9 @@ def _free_subnet() -> ipaddress.IPv4Network:
 
 class MultiNodeCluster(SlurmCluster):
     """A SLURM cluster of ``nodes`` compute nodes, each in its own network namespace on this host."""
+
+    slurmd_timeout = 5
+    message_timeout = 5
 
     def __init__(self, root: str | os.PathLike | None = None, *, nodes: int = NODES, cpus: int = 2):
         super().__init__(root, cpus=cpus)
@@ -242,18 +249,22 @@ class MultiNodeCluster(SlurmCluster):
                     pass
             time.sleep(0.2)
 
-    def task_ranks(self, job_id: str) -> dict[str, list[int]]:
-        """For each node, the ``SLURM_PROCID`` of the job's task processes running in its namespace now."""
-        ranks: dict[str, list[int]] = {}
+    def task_pids(self, job_id: str) -> dict[str, dict[int, int]]:
+        """For each node running some now: the job's Python task processes in its namespace, by ``SLURM_PROCID``."""
+        tasks: dict[str, dict[int, int]] = {}
         for node in self.node_names:
-            found = set()
+            found = {}
             for pid in self.namespace_pids(node):
                 env = _environ(pid)
                 if env.get("SLURM_JOB_ID") == str(job_id) and "SLURM_PROCID" in env and _comm(pid).startswith("python"):
-                    found.add(int(env["SLURM_PROCID"]))
+                    found[int(env["SLURM_PROCID"])] = pid
             if found:
-                ranks[node] = sorted(found)
-        return ranks
+                tasks[node] = found
+        return tasks
+
+    def task_ranks(self, job_id: str) -> dict[str, list[int]]:
+        """For each node running some now: the ``SLURM_PROCID`` of the job's task processes in its namespace."""
+        return {node: sorted(found) for node, found in self.task_pids(job_id).items()}
 
     def link_down(self, node: str) -> None:
         """Take ``node``'s veth link down: the node stays up but no packet reaches it or leaves it."""
