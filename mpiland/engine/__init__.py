@@ -123,6 +123,8 @@ class Evaluator:
                             self.batch_size, self.device, self._metric_fns)
         self._check_metric_objects()
         self.fused_loss = self.builtin_loss and loss.name == "cross_entropy" and all(map(_integer_targets, self.data))
+        self.epilogue_work: dict[Any, torch.Tensor] = {}
+        """The fused loss's intermediates, kept from pass to pass (:func:`~.losses.cross_entropy_terms`)."""
         self.plan = self._make_plan(mode, memory_budget_mb)
         self.base_metrics = metric_names(self.split_names, self.accuracy)
         self.base_metrics += user_metric_names(self.split_names, self._ordered_metrics())
@@ -596,7 +598,7 @@ def _stack_points(parts: list[torch.Tensor]) -> torch.Tensor:
 def _sums(ev: Evaluator, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], k: int) -> tuple[torch.Tensor, np.ndarray]:
     """Per point the loss and metric sums over a split's batches (outputs (k, batch, ...), targets) (see
     :class:`~mpiland.engine.losses.LossSums`), and the values of the update/compute metrics (metrics × k)."""
-    sums = [LossSums(ev.loss_fn, ev.builtin_loss, ev.accuracy, k, ev.device, ev.fused_loss)]
+    sums = [LossSums(ev.loss_fn, ev.builtin_loss, ev.accuracy, k, ev.device, ev.fused_loss, ev.epilogue_work)]
     sums += [LossSums(fn, False, False, k, ev.device) for fn in ev._metric_fns]
     objects = [[fresh(m, ev.device) for _ in range(k)] for m in ev._stateful]
     for out, y in batches:

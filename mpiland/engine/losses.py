@@ -14,6 +14,8 @@ sizes), which is s/√n for equal weights.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -70,7 +72,20 @@ EXP_FLOOR = 80.0
 """log-sum-exp terms are taken from max − EXP_FLOOR up (e^-80 ≈ 1.8e-35, below a float32's resolution at 1)."""
 
 
-def cross_entropy_terms(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _work(work: dict[Any, torch.Tensor] | None, key: Any, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``work[key]``, made by ``make`` the first time (a new tensor every call without ``work``)."""
+    if work is None:
+        return make()
+    t = work.get(key)
+    if t is None:
+        if len(work) > 16:  # shapes seen in one run are few; never let an odd caller grow it
+            work.clear()
+        t = work[key] = make()
+    return t
+
+
+def cross_entropy_terms(out: torch.Tensor, y: torch.Tensor, work: dict[Any, torch.Tensor] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample cross-entropy (k, batch) of outputs (k, batch, C) for class indices ``y`` (batch) in [0, C),
     and whether each sample's class is the predicted one (k, batch).
 
@@ -80,22 +95,31 @@ def cross_entropy_terms(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tenso
     The loss is log Σ exp(o − max) + max − o_y. The prediction is ``argmax``'s, the first maximal index (a
     NaN counting as maximal), found as C − max_j (C − j)·[o_j is maximal or NaN] with comparisons written
     as 0/1 floats (a comparison writing booleans runs several times slower on a CPU). Every reduction runs
-    over the classes only, so a row's values do not depend on how many rows there are.
+    over the classes only, so a row's values do not depend on how many rows there are. ``work``: a dict in
+    which the (k, C, batch) intermediates are kept from call to call (fresh pages for them at every call
+    would cost more than the arithmetic on a CPU); the returned tensors are always new.
     """
     logits = out.transpose(1, 2)
     if not logits.is_contiguous():
         logits = logits.contiguous()
     k, classes, _ = logits.shape
+    flag = logits.dtype if logits.element_size() >= 4 else torch.float32  # exact ranks up to 2^24 classes
+    shape, device = tuple(logits.shape), logits.device
+
+    def buffer(i: int, dtype: torch.dtype) -> torch.Tensor:
+        return _work(work, (i, shape, dtype, device), lambda: torch.empty(shape, dtype=dtype, device=device))
+
+    rank = _work(work, ("rank", classes, flag, device),
+                 lambda: torch.arange(classes, 0, -1, device=device, dtype=flag).view(1, classes, 1))
     top = logits.amax(dim=1, keepdim=True)
     picked = logits.gather(1, y.view(1, 1, -1).expand(k, 1, -1))
-    flag = logits.dtype if logits.element_size() >= 4 else torch.float32  # exact ranks up to 2^24 classes
-    maximal = torch.eq(logits, top, out=torch.empty(logits.shape, dtype=flag, device=logits.device))
-    maximal.add_(torch.ne(logits, logits, out=torch.empty_like(maximal)))
-    rank = torch.arange(classes, 0, -1, device=out.device, dtype=flag).view(1, classes, 1)
-    correct = maximal.mul_(rank).amax(dim=1).eq_(classes - y)
+    maximal = torch.eq(logits, top, out=buffer(0, flag))
+    maximal.add_(torch.ne(logits, logits, out=buffer(1, flag)))
+    code = torch.sub(classes, y, out=torch.empty(y.shape, dtype=flag, device=device))  # C − y, as the ranks are
+    correct = maximal.mul_(rank).amax(dim=1).eq_(code)
     # Terms below e^-80 cannot change a sum that holds 1 (the maximum's), and they would be denormal: an
     # order of magnitude slower on a CPU far from θ*, where logits differ by hundreds.
-    shifted = torch.sub(logits, top).clamp_(min=-EXP_FLOOR).exp_()
+    shifted = torch.sub(logits, top, out=buffer(1, logits.dtype)).clamp_(min=-EXP_FLOOR).exp_()
     losses = shifted.sum(dim=1).log_().add_(top[:, 0]).sub_(picked[:, 0])
     return losses, correct.bool()
 
@@ -108,7 +132,9 @@ class LossSums:
     """
 
     def __init__(self, loss_fn: LossFn, builtin: bool, accuracy: bool, k: int, device: torch.device,
-                 fused: bool = False) -> None:
+                 fused: bool = False, work: dict[Any, torch.Tensor] | None = None) -> None:
+        """``work``: intermediates kept between calls of the fused loss (:func:`cross_entropy_terms`)."""
+        self.work = work
         self.loss_fn = loss_fn
         self.fused = fused
         self.builtin = builtin
@@ -148,7 +174,7 @@ class LossSums:
     def _add_fused(self, out: torch.Tensor, y: torch.Tensor) -> None:
         """:meth:`add` for the fused cross-entropy: per-sample losses, their squares and the correct
         predictions summed in float64 by one reduction over the stacked rows (each row summed as alone)."""
-        losses, correct = cross_entropy_terms(out, y)
+        losses, correct = cross_entropy_terms(out, y, self.work)
         wide = losses.to(torch.float64)
         parts = [wide, wide.square()] + ([correct.to(torch.float64)] if self.accuracy else [])
         sums = ordered_sum(torch.cat(parts))
