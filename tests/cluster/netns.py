@@ -281,6 +281,14 @@ class MultiNodeCluster(SlurmCluster):
         if p is not None:
             p.wait(10)
 
+    def kill_tasks(self, job_id: str, node: str) -> None:
+        """SIGKILL the job's task processes on ``node`` (as the kernel's OOM killer would); slurmd stays."""
+        for pid in self.task_pids(job_id).get(node, {}).values():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     def restart_node(self, node: str) -> None:
         """Start ``node``'s slurmd again (after :meth:`crash_node`)."""
         self._spawn_slurmd(node)
