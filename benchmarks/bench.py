@@ -85,13 +85,14 @@ def bench_worker(model: str, path: str | None, repeats: int) -> None:
     import torch
 
     from mpiland.bench import CASES, bench_model
-    from mpiland.launch import threads_per_rank
+    from mpiland.launch import threads_per_rank, wait_policy
 
     torch.set_num_threads(threads_per_rank(0, 1))
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     before = os.getloadavg()[0]
     result = bench_model(CASES[model], device, repeats=repeats).to_dict()
-    print(json.dumps({**result, "load": [round(before, 2), round(os.getloadavg()[0], 2)]}))
+    print(json.dumps({**result, "load": [round(before, 2), round(os.getloadavg()[0], 2)],
+                      "wait_policy": wait_policy().setting or "default"}))
 
 
 def compare(against: str, models: list[str], rounds: int, repeats: int, as_json: bool) -> None:
@@ -109,7 +110,8 @@ def compare(against: str, models: list[str], rounds: int, repeats: int, as_json:
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
                 runs[(m, v)].append(r)
                 if not as_json:
-                    print(f"round {i + 1} {m:8s} {v:7s} load {r['load'][0]:5.2f}-{r['load'][1]:5.2f}  ratio to floor "
+                    print(f"round {i + 1} {m:8s} {v:7s} load {r['load'][0]:5.2f}-{r['load'][1]:5.2f} "
+                          f"({r['wait_policy']})  ratio to floor "
                           f"{r['ratio_to_floor']:.3f}  best K={r['points_per_pass']} speed-up {r['batched_speedup']:.2f}x  "
                           f"points/s {r['points_per_s']}", flush=True)
     for (m, v), rs in runs.items():
@@ -154,7 +156,7 @@ def main() -> None:
     import torch
 
     from mpiland.bench import CASES, bench_model, format_result
-    from mpiland.launch import threads_per_rank
+    from mpiland.launch import threads_per_rank, wait_policy
 
     torch.set_num_threads(threads_per_rank(0, 1))
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -180,7 +182,8 @@ def main() -> None:
         if scaling:
             print(json.dumps({"rank_scaling": scaling}))
         return
-    print(f"load average {load_before:.2f} before the models, {load_after:.2f} after")
+    print(f"load average {load_before:.2f} before the models, {load_after:.2f} after; OpenMP wait policy "
+          f"{wait_policy().setting or 'the runtime default'}")
     for r in results:
         print(format_result(r))
     print(f"grid size: 11x11 {grid['points_per_s_11x11']} points/s, 101x101 {grid['points_per_s_101x101']} points/s, "
