@@ -117,7 +117,11 @@ def rank_main(args: argparse.Namespace) -> None:
 
     from mpiland.comm import isolated
     from mpiland.grid import make_chunks
+    from mpiland import protocol
     from mpiland.protocol import ChunkResult, run_protocol
+
+    if args.policy == "evaluate":  # the rule before serve-only: rank 0 takes chunks to the end
+        protocol.SERVE_ONLY_SHARE = math.inf
 
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
@@ -198,13 +202,18 @@ def mpiexec() -> str:
     return found
 
 
-def measure(ranks: int, cost: float, chunk: int, seconds: float, writer: str, timeout: float) -> dict[str, Any]:
-    """One launch at ``ranks`` ranks; the figures of all ranks combined into one summary."""
+def measure(ranks: int, cost: float, chunk: int, seconds: float, writer: str, timeout: float,
+            policy: str = "auto") -> dict[str, Any]:
+    """One launch at ``ranks`` ranks; the figures of all ranks combined into one summary.
+
+    ``policy``: ``auto``, mpiland's rule (rank 0 only serves once serving takes more than
+    ``protocol.SERVE_ONLY_SHARE`` of its time); ``evaluate``: rank 0 evaluates to the end.
+    """
     n_points = max(ranks, round(seconds * ranks / cost))
     with tempfile.TemporaryDirectory(prefix="mpiland-coord-") as out:
         cmd = [mpiexec(), "-n", str(ranks), "-bind-to", "none", sys.executable, str(Path(__file__).resolve()),
                "--rank-main", "--out", out, "--points", str(n_points), "--cost", repr(cost),
-               "--chunk-size", str(chunk), "--writer", writer]
+               "--chunk-size", str(chunk), "--writer", writer, "--policy", policy]
         t = time.perf_counter()
         try:
             proc = subprocess.run(cmd, cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=timeout)
@@ -214,7 +223,7 @@ def measure(ranks: int, cost: float, chunk: int, seconds: float, writer: str, ti
         if proc.returncode != 0:
             raise SystemExit(f"benchmark run at {ranks} ranks failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
         per_rank = [json.loads((Path(out) / f"rank.{r}.json").read_text()) for r in range(ranks)]
-    return summarize(per_rank, cost, launch)
+    return {**summarize(per_rank, cost, launch), "policy": policy}
 
 
 def summarize(per_rank: list[dict[str, Any]], cost: float, launch_s: float) -> dict[str, Any]:
@@ -279,6 +288,9 @@ def main() -> None:
                     help="gather: rank 0 writes every result with mpiland's serial surface writer, as a run "
                          "with PyPI's h5py does; none: results are only counted (default gather)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds one launch may take (default 600)")
+    ap.add_argument("--policy", choices=("auto", "evaluate", "both"), default="auto",
+                    help="rank 0: auto (mpiland's rule: it stops evaluating when serving takes over a quarter of "
+                         "its time), evaluate (it evaluates to the end), both (alternate the two, each case twice)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--rank-main", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -290,8 +302,9 @@ def main() -> None:
         return
     if args.cost <= 0 or args.seconds <= 0:
         raise SystemExit("--cost and --seconds must be positive")
-    runs = [measure(r, args.cost, c, args.seconds, args.writer, args.timeout)
-            for r in parse_list(args.ranks, False) for c in parse_list(args.chunk, True)]
+    policies = ["evaluate", "auto", "evaluate", "auto"] if args.policy == "both" else [args.policy]
+    runs = [measure(r, args.cost, c, args.seconds, args.writer, args.timeout, p)
+            for r in parse_list(args.ranks, False) for c in parse_list(args.chunk, True) for p in policies]
     out = {"cost_s": args.cost, "seconds": args.seconds, "cores": len(os.sched_getaffinity(0)),
            "load_average": round(os.getloadavg()[0], 2), "mpiexec": mpiexec(),
            "env": {k: v for k, v in launch_env().items() if k.startswith("MPIR_CVAR_")}, "runs": runs}
@@ -300,11 +313,11 @@ def main() -> None:
         return
     print(f"cost {args.cost:g} s/point, perfect run {args.seconds:g} s, {out['cores']} cores "
           f"(load {out['load_average']})")
-    print(f"{'ranks':>5} {'chunk':>5} {'chunks/s':>9} {'eff':>6} {'p.eff':>6} {'idle':>6} {'idle max':>8} "
+    print(f"{'rank 0':>8} {'ranks':>5} {'chunk':>5} {'chunks/s':>9} {'eff':>6} {'p.eff':>6} {'idle':>6} {'idle max':>8} "
           f"{'svc us/chunk':>12} {'r0 load':>7} {'r0 share':>8} {'launch s':>8}")
     for r in runs:
         svc = "-" if r["rank0_service_s_per_chunk"] is None else f"{r['rank0_service_s_per_chunk'] * 1e6:.0f}"
-        print(f"{r['ranks']:>5} {r['chunk_size']:>5} {r['chunks_per_s']:>9.1f} {r['efficiency']:>6.3f} "
+        print(f"{r['policy']:>8} {r['ranks']:>5} {r['chunk_size']:>5} {r['chunks_per_s']:>9.1f} {r['efficiency']:>6.3f} "
               f"{r['protocol_efficiency']:>6.3f} {r['worker_idle_fraction']:>6.3f} {r['worker_idle_fraction_max']:>8.3f} {svc:>12} "
               f"{r['rank0_load']:>7.3f} {r['rank0_points_share']:>8.2f} {r['launch_s']:>8.1f}")
 

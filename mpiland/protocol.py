@@ -7,6 +7,14 @@ own points it answers requests and takes results, so a worker waits at most one 
 rank 0's points for an answer, and with the request sent a whole chunk ahead it
 normally does not wait at all. At size 1 the same loop runs with nobody to serve.
 
+Serving has a cost s per chunk (take a result, deliver it, answer a request): with R
+ranks, S points per chunk and c seconds per point it takes a share ρ = (R − 1)·s/(S·c)
+of rank 0's time, and while rank 0 evaluates one of its own points the workers'
+answers wait. Once rank 0 has measured that share above :data:`SERVE_ONLY_SHARE`
+(after one result per worker), it stops taking chunks itself and only serves:
+1/R of the devices for answers that are never late (docs/scale.md). Which rank
+evaluates a point never changes its values.
+
 A stop request (signal) on any rank ends dispatch: rank 0 answers "no more work"
 and sends every worker still at work a stop message, which workers look for
 (``Iprobe``) before each point, so every rank drops the unevaluated rest of its
@@ -21,6 +29,8 @@ blocking receive, which busy-polls a core in MPICH and Open MPI.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -33,6 +43,13 @@ TAG_ASSIGN = 12
 TAG_RESULT = 13
 TAG_STOP = 14
 TAGS = {TAG_REQUEST: "request", TAG_ASSIGN: "assign", TAG_RESULT: "result", TAG_STOP: "stop"}
+
+SERVE_ONLY_SHARE = 0.25
+"""Rank 0 stops evaluating once serving the workers has taken more than this share of its wall time."""
+MIN_RESULTS_TO_JUDGE = 8
+"""Results rank 0 has served (and at least one per worker) before it judges its serving share."""
+
+log = logging.getLogger("mpiland")
 
 
 class ProtocolError(RuntimeError):
@@ -112,6 +129,10 @@ class _Coordinator:
         self.MPI: Any = _mpi() if self.workers else None  # None at size 1: nobody to talk to
         self.status: Any = self.MPI.Status() if self.MPI is not None else None
         self.pending_sends: list[Any] = []
+        self.serve_only = False
+        self.serving = 0.0  # seconds spent in _handle
+        self.results = 0  # worker results handled
+        self.started = time.perf_counter()
 
     def _take(self) -> int | None:
         if self.stopping or self.next_chunk >= self.n_chunks:
@@ -138,6 +159,13 @@ class _Coordinator:
     def _handle(self, source: int, tag: int) -> None:
         if tag not in (TAG_REQUEST, TAG_RESULT):
             raise _unknown(source, tag)
+        start = time.perf_counter()
+        try:
+            self._serve(source, tag)
+        finally:
+            self.serving += time.perf_counter() - start
+
+    def _serve(self, source: int, tag: int) -> None:
         msg = self.comm.recv(source=source, tag=tag)
         if tag == TAG_REQUEST:
             chunk = self._take()
@@ -149,9 +177,20 @@ class _Coordinator:
                 self._send(chunk, source, TAG_ASSIGN)
         else:
             self.outstanding -= 1
+            self.results += 1
             if msg.stop:
                 self._stop()
             self.deliver(msg)
+
+    def _judge_load(self) -> None:
+        """Switch rank 0 to serving only once serving takes more than :data:`SERVE_ONLY_SHARE` of its time."""
+        if self.serve_only or self.results < max(MIN_RESULTS_TO_JUDGE, self.workers):
+            return
+        share = self.serving / max(time.perf_counter() - self.started, 1e-9)
+        if share > SERVE_ONLY_SHARE:
+            self.serve_only = True
+            log.info("rank 0 spends %.0f %% of its time serving %d workers: it stops evaluating and only serves "
+                     "(a larger run.chunk_size lowers that share)", 100 * share, self.workers)
 
     def _check_stop(self) -> None:
         if not self.stopping and self.stop_requested():
@@ -178,7 +217,8 @@ class _Coordinator:
         backoff = Backoff()
         while True:
             self.poll()
-            chunk = self._take()
+            self._judge_load()
+            chunk = None if self.serve_only else self._take()
             if chunk is not None:
                 result = self.evaluate_chunk(chunk, self.poll)
                 chunks += 1
