@@ -98,12 +98,18 @@ def bench_worker(model: str, path: str | None, repeats: int) -> None:
 def compare(against: str, models: list[str], rounds: int, repeats: int, as_json: bool) -> None:
     """Alternate processes of this tree and of the mpiland at ``against`` on each model; print medians."""
     versions = {"this": None, "against": str(Path(against).resolve())}
+    # One OpenMP wait policy for every process, chosen here for the load now (an empty value keeps the
+    # runtime's default): processes choosing each for itself would compare different policies.
+    importlib.import_module("mpiland")
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "")}
+    if not as_json:
+        print(f"OpenMP wait policy for all rounds: {env['OMP_WAIT_POLICY'] or 'the runtime default'}")
     runs: dict[tuple[str, str], list[dict]] = {(m, v): [] for m in models for v in versions}
     for i in range(rounds):
         for m in models:
             for v, path in (versions.items() if i % 2 == 0 else reversed(versions.items())):
                 cmd = [sys.executable, __file__, "--bench-worker", m, "--repeats", str(repeats)]
-                proc = subprocess.run(cmd + (["--path", path] if path else []), cwd=REPO,
+                proc = subprocess.run(cmd + (["--path", path] if path else []), cwd=REPO, env=env,
                                       capture_output=True, text=True)
                 if proc.returncode:
                     raise SystemExit(f"{v} ({path or REPO}) failed on {m}:\n{proc.stderr}")
