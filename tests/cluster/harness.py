@@ -27,6 +27,7 @@ Command-line use (keeps the cluster up until Ctrl-C)::
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -121,6 +122,9 @@ class SlurmCluster:
         self.cpus = cpus
         self.hostname = socket.gethostname().split(".")[0]
         self.controller_addr = "127.0.0.1"
+        # Job ids differ between clusters: MPICH names its shared-memory segments after the job and step, and a
+        # job killed with SIGKILL leaves its segments in /dev/shm, where a later job with the same id would attach.
+        self.first_job_id = 1000 + secrets.randbelow(50_000_000)
         self.node_names = [self.hostname]
         self.conf = self.root / "slurm.conf"
         self.munge_socket = self.root / "munge" / "munge.socket"
@@ -136,6 +140,7 @@ class SlurmCluster:
         return f"""\
 # Test cluster written by tests/cluster/harness.py; do not use in production.
 ClusterName=mpilandtest
+FirstJobId={self.first_job_id}
 SlurmctldHost={self.hostname}({self.controller_addr})
 SlurmctldPort={self.ctld_port}
 SlurmdPort={self.slurmd_port}

@@ -10,7 +10,9 @@ namespace, where the bridge holds the controller's address. Every slurmd (and so
 every job process it starts) also has a private mount namespace in which the
 cluster's own hosts file (node names and the controller's host name, in the
 cluster's directory) is bind-mounted over ``/etc/hosts``, so node names resolve
-inside the nodes while the machine's ``/etc/hosts`` is never touched. In
+inside the nodes while the machine's ``/etc/hosts`` is never touched, and a
+private tmpfs is mounted on ``/dev/shm``: a node's shared memory is its own, as
+on separate hosts, and what killed jobs leave there goes with the node. In
 ``slurm.conf`` each node has ``NodeName=nodeN NodeAddr=<its address>``.
 (``ip netns exec`` is not used to enter a node: it remounts ``/sys``, which
 hides the cgroup mounts slurmd looks for.)
@@ -206,7 +208,9 @@ class MultiNodeCluster(SlurmCluster):
         self._spawn(f"slurmd-{node}", [
             find_binary("nsenter") or "nsenter", f"--net=/run/netns/{self.namespace(node)}",
             find_binary("unshare") or "unshare", "--mount", "--uts", "--",
-            "/bin/sh", "-c", 'mount --bind "$0" /etc/hosts && hostname "$1" && shift && exec "$@"',
+            "/bin/sh", "-c",
+            'mount --bind "$0" /etc/hosts && mount -t tmpfs -o mode=1777 tmpfs /dev/shm && hostname "$1" && shift '
+            '&& exec "$@"',
             str(self.hosts_file), node,
             find_binary("slurmd") or "slurmd", "-D", "-N", node, "-f", str(self.conf),
         ])
