@@ -1,4 +1,5 @@
-"""Test harness: a real one-node SLURM cluster started on this host (see :mod:`.harness`)."""
+"""Test harness: a real one-node SLURM cluster started on this host (see :mod:`.harness`), and a multi-node one
+whose compute nodes are network namespaces (see :mod:`.netns`)."""
 
 from .harness import (
     APT_PACKAGES,
@@ -10,6 +11,7 @@ from .harness import (
     find_binary,
     unavailable_reason,
 )
+from .netns import MultiNodeCluster, netns_unavailable_reason
 
 __all__ = [
     "APT_PACKAGES",
@@ -17,7 +19,9 @@ __all__ = [
     "MARKER_VAR",
     "PARTITION",
     "ClusterError",
+    "MultiNodeCluster",
     "SlurmCluster",
     "find_binary",
+    "netns_unavailable_reason",
     "unavailable_reason",
 ]
