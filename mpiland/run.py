@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import socket
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -456,8 +457,8 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
                  f"{2 ** plan.levels}-th point, tol {plan.tol:g}, ε {plan.epsilon:g}"
                  + (" (the grid is too small for a coarser level: every point is evaluated)" if plan.levels == 0
                     else ""))
-    log.debug("rank %d on %s (local rank %d/%d), %d thread(s)", rank, placement.device,
-              placement.local_rank, placement.local_size, placement.threads)
+    log.info("rank %d on %s (local rank %d/%d), %d thread(s), host %s", rank, placement.device,
+             placement.local_rank, placement.local_size, placement.threads, socket.gethostname())
 
     threads = comm.allgather(placement.threads)
     writer = surface.open_writer(path, comm, writer_kind, evaluator.points_per_pass)
