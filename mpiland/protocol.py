@@ -12,8 +12,12 @@ ranks, S points per chunk and c seconds per point it takes a share ρ = (R − 1
 of rank 0's time, and while rank 0 evaluates one of its own points the workers'
 answers wait. Once rank 0 has measured that share above :data:`SERVE_ONLY_SHARE`
 (after one result per worker), it stops taking chunks itself and only serves:
-1/R of the devices for answers that are never late (docs/scale.md). Which rank
-evaluates a point never changes its values.
+1/R of the devices for answers that are never late (docs/scale.md). If serving
+still takes more than twice that share, it hands out consecutive chunks together
+(up to :data:`MAX_BATCH` in one assignment, answered with one result), which
+divides the per-chunk cost by the batch; so the coordinator keeps up however many
+ranks there are, without a chunk size chosen in advance. Which rank evaluates a
+point, and in which chunk, never changes its values.
 
 A stop request (signal) on any rank ends dispatch: rank 0 answers "no more work"
 and sends every worker still at work a stop message, which workers look for
@@ -48,6 +52,8 @@ SERVE_ONLY_SHARE = 0.25
 """Rank 0 stops evaluating once serving the workers has taken more than this share of its wall time."""
 MIN_RESULTS_TO_JUDGE = 8
 """Results rank 0 has served (and at least one per worker) before it judges its serving share."""
+MAX_BATCH = 16
+"""The most consecutive chunks rank 0 hands out in one assignment when serving one at a time cannot keep up."""
 
 log = logging.getLogger("mpiland")
 
@@ -130,8 +136,9 @@ class _Coordinator:
         self.status: Any = self.MPI.Status() if self.MPI is not None else None
         self.pending_sends: list[Any] = []
         self.serve_only = False
-        self.serving = 0.0  # seconds spent in _handle
-        self.results = 0  # worker results handled
+        self.batch = 1  # chunks per assignment
+        self.serving = 0.0  # seconds spent in _handle since `started`
+        self.results = 0  # worker results handled since `started`
         self.started = time.perf_counter()
 
     def _take(self) -> int | None:
@@ -168,13 +175,13 @@ class _Coordinator:
     def _serve(self, source: int, tag: int) -> None:
         msg = self.comm.recv(source=source, tag=tag)
         if tag == TAG_REQUEST:
-            chunk = self._take()
-            if chunk is None:
+            batch = self._take_batch()
+            if not batch:
                 self.released.add(source)
                 self._send(Release(source in self.stop_sent), source, TAG_ASSIGN)
             else:
                 self.outstanding += 1
-                self._send(chunk, source, TAG_ASSIGN)
+                self._send(batch[0] if len(batch) == 1 else tuple(batch), source, TAG_ASSIGN)
         else:
             self.outstanding -= 1
             self.results += 1
@@ -182,15 +189,38 @@ class _Coordinator:
                 self._stop()
             self.deliver(msg)
 
+    def _take_batch(self) -> list[int]:
+        """The chunks of the next assignment: ``self.batch`` of them while enough are left for every worker
+        to get several, else one."""
+        left = self.n_chunks - self.next_chunk
+        size = min(self.batch, max(1, left // (2 * max(self.workers, 1))))
+        batch = []
+        for _ in range(size):
+            chunk = self._take()
+            if chunk is None:
+                break
+            batch.append(chunk)
+        return batch
+
     def _judge_load(self) -> None:
-        """Switch rank 0 to serving only once serving takes more than :data:`SERVE_ONLY_SHARE` of its time."""
-        if self.serve_only or self.results < max(MIN_RESULTS_TO_JUDGE, self.workers):
+        """Serve only once serving takes more than :data:`SERVE_ONLY_SHARE` of rank 0's time; then double the
+        chunks per assignment (up to :data:`MAX_BATCH`) while it takes more than twice that."""
+        if self.results < max(MIN_RESULTS_TO_JUDGE, self.workers):
             return
-        share = self.serving / max(time.perf_counter() - self.started, 1e-9)
-        if share > SERVE_ONLY_SHARE:
-            self.serve_only = True
-            log.info("rank 0 spends %.0f %% of its time serving %d workers: it stops evaluating and only serves "
-                     "(a larger run.chunk_size lowers that share)", 100 * share, self.workers)
+        now = time.perf_counter()
+        share = self.serving / max(now - self.started, 1e-9)
+        if not self.serve_only:
+            if share > SERVE_ONLY_SHARE:
+                self.serve_only = True
+                log.info("rank 0 spends %.0f %% of its time serving %d workers: it stops evaluating and only "
+                         "serves (a larger run.chunk_size lowers that share)", 100 * share, self.workers)
+        elif share > 2 * SERVE_ONLY_SHARE and self.batch < MAX_BATCH:
+            self.batch *= 2
+            log.info("rank 0 spends %.0f %% of its time serving: it hands out %d chunks at a time",
+                     100 * share, self.batch)
+        else:
+            return
+        self.serving, self.results, self.started = 0.0, 0, now  # judge the new setting on its own
 
     def _check_stop(self) -> None:
         if not self.stopping and self.stop_requested():
@@ -237,6 +267,25 @@ class _Coordinator:
         for req in self.pending_sends:
             req.wait()
         return Outcome(chunks, points, self.stopping)
+
+
+def _combined(first: int, results: list[ChunkResult]) -> ChunkResult:
+    """One result for an assignment of consecutive chunks (``first`` the first): their points in order."""
+    if len(results) == 1:
+        return results[0]
+    if not results:
+        return ChunkResult(first, np.empty(0, dtype=np.int64), None, None)
+
+    def joined(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+        return None if any(a is None for a in arrays) else np.concatenate(arrays)  # type: ignore[arg-type]
+
+    values = None
+    if all(r.values is not None for r in results):
+        values = {k: np.concatenate([r.values[k] for r in results]) for k in results[0].values}  # type: ignore[index,union-attr]
+    points = joined([r.points for r in results])
+    assert points is not None
+    return ChunkResult(first, points, values, joined([r.seconds for r in results]),
+                       stop=any(r.stop for r in results), loss=joined([r.loss for r in results]))
 
 
 class _Worker:
@@ -286,12 +335,17 @@ class _Worker:
                     self._take_stop()  # sent before the release: take it so nothing is left pending
                 break
             sends.append(self.comm.isend(None, dest=0, tag=TAG_REQUEST))
-            if self.poll():
-                result = ChunkResult(chunk, np.empty(0, dtype=np.int64), None, None)
-            else:
-                result = self.evaluate_chunk(chunk, self.poll)
+            batch = list(chunk) if isinstance(chunk, tuple) else [chunk]
+            results = []
+            for c in batch:
+                if self.poll():
+                    break
+                results.append(self.evaluate_chunk(c, self.poll))
                 chunks += 1
-                points += len(result.points)
+                if results[-1].stop:
+                    break
+            result = _combined(batch[0], results)
+            points += len(result.points)
             result.stop = result.stop or self.poll()
             stopped = stopped or result.stop
             sends.append(self.comm.isend(result, dest=0, tag=TAG_RESULT))

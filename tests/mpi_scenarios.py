@@ -145,8 +145,23 @@ def scenario_different_models(out: Path) -> dict:
     return {"rank": rank, "error": None}
 
 
+def scenario_batched(out: Path) -> dict:
+    """A run whose rank 0 judges itself overloaded at once (share threshold 0): it only serves, and hands out
+    consecutive chunks in batches that grow to the limit; the file must be the one-process file."""
+    from mpi4py import MPI
+
+    from mpiland import protocol
+    from mpiland.run import run_job
+
+    protocol.SERVE_ONLY_SHARE = 0.0
+    job = _job(out, "batched", grid="x = [-1.0, 1.0, 13]\ny = [-1.0, 1.0, 9]",
+               extra="chunk_size = 1\npoints_per_pass = 1\n")
+    summary = run_job(job, comm=MPI.COMM_WORLD)
+    return {"rank": MPI.COMM_WORLD.Get_rank(), "here": summary.points_evaluated_here}
+
+
 SCENARIOS = {"self_comm": scenario_self_comm, "pending": scenario_pending, "stop_rank0": scenario_stop_rank0,
-             "comm": scenario_comm, "different_models": scenario_different_models}
+             "comm": scenario_comm, "different_models": scenario_different_models, "batched": scenario_batched}
 
 if __name__ == "__main__":
     import logging

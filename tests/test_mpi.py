@@ -219,3 +219,15 @@ def test_ranks_holding_different_models_are_refused_not_mixed(tmp_path):
     assert all(r["error"] == "ModelError" for r in results.values())
     assert "origin" in results[0]["message"] and "rank(s) 1" in results[0]["message"]
     assert not (tmp_path / "mixed.h5").exists()
+
+
+def test_an_overloaded_rank0_serves_only_and_batches_chunks_with_the_same_values(tmp_path):
+    # Rank 0 judged overloaded at once: it stops evaluating, then hands out 2, 4, 8 chunks at a time.
+    results, proc = scenario(3, "batched", tmp_path)
+    assert "stops evaluating and only serves" in proc.stderr and "chunks at a time" in proc.stderr, proc.stderr
+    assert sum(r["here"] for r in results.values()) == 13 * 9 and results[0]["here"] < 13 * 9 // 3
+    job = write_job(tmp_path, grid="x = [-1.0, 1.0, 13]\ny = [-1.0, 1.0, 9]", output="one.h5", name="one.toml")
+    assert cli("run", str(job)).returncode == 0
+    a, b = values(tmp_path / "batched.h5"), values(tmp_path / "one.h5")
+    for k in METRICS:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
