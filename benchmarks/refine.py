@@ -17,7 +17,7 @@ Cases:
 - ``demo-auto``: the same with ``grid.x = grid.y = "auto"`` (the range a pre-scan picks);
 - ``well``: a sharp minimum on a plateau, L(a, b) = 2 − exp(−(a² + b²)/(2·0.15²)), on
   51×51 over [-1, 1]², evaluated by mpiland through a two-parameter model whose output is
-  its weights (:func:`point`), file directions (1, 0) and (0, 1) and the loss :func:`well`.
+  its weights (``tests/analytic.py``: ``point``, file directions (1, 0) and (0, 1), the loss ``well``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -42,44 +41,14 @@ from mpiland.jobfile import load_job  # noqa: E402
 from mpiland.refine import fill  # noqa: E402
 from mpiland.run import run_job  # noqa: E402
 
-WIDTH = 0.15
-
-
-class Point(nn.Module):
-    """Outputs its two weights for every sample: with unit file directions, grid point (a, b) is w = (a, b)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.zeros(2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w.expand(x.shape[0], 2) + 0 * x[:, :1]
-
-
-def point() -> nn.Module:
-    """The well case's model."""
-    return Point()
-
-
-def data(split: str, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """The well case's data: every sample sees the same w, so the values do not matter."""
-    return torch.zeros(n, 1), torch.zeros(n)
-
-
-def well(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """2 − exp(−(a² + b²)/(2·0.15²)) per sample."""
-    r2 = outputs[:, 0] ** 2 + outputs[:, 1] ** 2
-    return 2 - torch.exp(-r2 / (2 * WIDTH ** 2))
-
+ANALYTIC = REPO / "tests" / "analytic.py"
+"""The known-function model, data and losses the tests use too (``point``, ``data``, ``well``, ``write_axes``)."""
+sys.path.insert(0, str(ANALYTIC.parent))
+from analytic import write_axes  # noqa: E402
 
 def _well_job(folder: Path) -> Path:
-    files = []
-    for i in range(2):
-        w = torch.zeros(2)
-        w[i] = 1.0
-        torch.save({"w": w}, folder / f"axis{i}.pt")
-        files.append(str(folder / f"axis{i}.pt"))
-    me = Path(__file__).resolve()
+    files = write_axes(folder)
+    me = ANALYTIC
     job = folder / "well.toml"
     job.write_text(f'''name = "well"
 [model]
