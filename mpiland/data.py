@@ -19,11 +19,11 @@ import gzip
 import logging
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Iterator, Mapping, Union
+from typing import Any, Callable, Iterator, Mapping, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler, Subset
 
 from .errors import DataError
 from .spec import DataSpec
@@ -95,23 +95,107 @@ def _materialise(obj: object, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, targets
 
 
-def load_split(spec: DataSpec, split: str) -> Split:
-    """Build one split as host tensors, applying the seeded subset."""
-    if spec.factory is not None:
-        fn = resolve_callable(spec.factory, "data.factory", DataError)
-        where = f"data.factory {spec.factory!r} (split={split!r})"
-        try:
-            obj = fn(split=split, **spec.kwargs)
-        except Exception as exc:  # the user's code: report, do not crash with its traceback
-            raise DataError(f"{where} raised {exc.__class__.__name__}: {exc}") from exc
-        inputs, targets = _materialise(obj, where)
-    else:
-        inputs, targets = digits_split(split)
+def _factory_result(spec: DataSpec, split: str) -> tuple[object, str]:
+    """What ``data.factory`` returns for ``split``, and how errors name it (the factory's own error reported)."""
+    assert spec.factory is not None
+    fn = resolve_callable(spec.factory, "data.factory", DataError)
+    where = f"data.factory {spec.factory!r} (split={split!r})"
+    try:
+        return fn(split=split, **spec.kwargs), where
+    except Exception as exc:  # the user's code: report, do not crash with its traceback
+        raise DataError(f"{where} raised {exc.__class__.__name__}: {exc}") from exc
+
+
+def streams(obj: object, setting: str) -> bool:
+    """Whether a factory's result is read batch by batch under ``data.stream = setting``: a DataLoader or an
+    IterableDataset unless "false", any other Dataset only with "true"; tensors never (they are in memory)."""
+    if setting == "false" or not isinstance(obj, (DataLoader, Dataset)):
+        return False
+    return setting == "true" or isinstance(obj, (DataLoader, IterableDataset))
+
+
+def _subset_indices(n: int, spec: DataSpec, split: str) -> torch.Tensor:
+    """The seeded ``data.subset`` of ``n`` sample indices, sorted (the same for tensors and streams)."""
+    if spec.subset > n:
+        raise DataError(f"data.subset = {spec.subset} exceeds the {n} samples of split {split!r}; lower it or set 0 "
+                        "for all")
+    gen = torch.Generator().manual_seed(spec.seed)
+    return torch.randperm(n, generator=gen)[: spec.subset].sort().values
+
+
+def _stream_of(obj: DataLoader[Any] | Dataset[Any], spec: DataSpec, split: str, where: str) -> Stream:
+    """A factory's loader or dataset as a :class:`Stream`, ``data.subset`` drawn from a map-style dataset's indices."""
+    dataset = obj.dataset if isinstance(obj, DataLoader) else obj
     if spec.subset:
-        if spec.subset > len(targets):
-            raise DataError(f"data.subset = {spec.subset} exceeds the {len(targets)} samples of split {split!r}; lower it or set 0 for all")
-        gen = torch.Generator().manual_seed(spec.seed)
-        idx = torch.randperm(len(targets), generator=gen)[: spec.subset].sort().values
+        plain = not isinstance(obj, DataLoader) or (
+            obj.batch_size is not None and isinstance(obj.sampler, (SequentialSampler, RandomSampler)))
+        if isinstance(dataset, IterableDataset) or not plain:
+            kind = "an IterableDataset" if isinstance(dataset, IterableDataset) else "a loader with its own sampler"
+            raise DataError(f"{where}: data.subset draws samples by index, which {kind} has none of; set "
+                            "data.subset = 0 and limit the samples in the factory")
+        try:
+            n = len(dataset)  # type: ignore[arg-type]
+        except TypeError:
+            raise DataError(f"{where}: data.subset needs the dataset's len(); set data.subset = 0 or give the "
+                            "dataset a __len__") from None
+        dataset = Subset(dataset, _subset_indices(n, spec, split).tolist())
+        if isinstance(obj, DataLoader):  # the loader's settings over the subset (the caller's loader untouched)
+            obj = DataLoader(dataset, batch_size=obj.batch_size, drop_last=obj.drop_last, **_loader_options(obj))
+        else:
+            obj = dataset
+    if isinstance(obj, DataLoader):
+        return stream_loader(obj, split)
+    return Stream(split, DataLoader(obj, batch_size=spec.batch_size, generator=own_generator()))
+
+
+def job_split(spec: DataSpec, split: str) -> "Split | Stream":
+    """One evaluated split of a job file: a :class:`Stream` when ``data.stream`` says the factory's loader or
+    dataset is read batch by batch (never materialised), else host tensors (:func:`load_split`)."""
+    if spec.factory is None:
+        return load_split(spec, split)
+    obj, where = _factory_result(spec, split)
+    if streams(obj, spec.stream):
+        assert isinstance(obj, (DataLoader, Dataset))
+        return _stream_of(obj, spec, split, where)
+    return _as_split(obj, spec, split, where)
+
+
+def load_split(spec: DataSpec, split: str, purpose: str = "") -> Split:
+    """Build one split as host tensors, applying the seeded subset.
+
+    A factory's result that ``data.stream`` streams is refused with a
+    :class:`DataError` naming ``purpose`` (what needs the tensors, e.g. "[train]
+    trains the model") and the fix; with ``data.stream = false`` a loader's
+    batches are read into memory.
+    """
+    if spec.factory is None:
+        inputs, targets = digits_split(split)
+        return _subsetted(inputs, targets, spec, split)
+    obj, where = _factory_result(spec, split)
+    if streams(obj, spec.stream):
+        kind = "a DataLoader" if isinstance(obj, DataLoader) else type(obj).__name__
+        raise DataError(f"{where}: {purpose or 'this step needs the split as tensors in memory'}, but the factory "
+                        f"returns {kind}, which is streamed; set data.stream = false to read it into memory, or "
+                        "return (inputs, targets) tensors for this split")
+    return _as_split(obj, spec, split, where)
+
+
+def _as_split(obj: object, spec: DataSpec, split: str, where: str) -> Split:
+    """A factory's result read into host tensors (a loader's or iterable dataset's batches joined), subset applied."""
+    if isinstance(obj, (DataLoader, IterableDataset)):
+        stream = stream_loader(obj, split) if isinstance(obj, DataLoader) else \
+            Stream(split, DataLoader(obj, batch_size=spec.batch_size, generator=own_generator()))
+        joined = _joined(stream)
+        inputs, targets = joined.inputs, joined.targets
+    else:
+        inputs, targets = _materialise(obj, where)
+    return _subsetted(inputs, targets, spec, split)
+
+
+def _subsetted(inputs: torch.Tensor, targets: torch.Tensor, spec: DataSpec, split: str) -> Split:
+    """The split with the seeded ``data.subset`` applied, as contiguous host tensors."""
+    if spec.subset:
+        idx = _subset_indices(len(targets), spec, split)
         inputs, targets = inputs[idx], targets[idx]
     return Split(split, inputs.contiguous(), targets.contiguous())
 
@@ -273,18 +357,21 @@ def as_tensors(obj: Any, name: str, batch_size: int) -> Split:
     """One split of Python data as whole tensors (a loader's or dataset's batches are concatenated), for
     methods that draw samples at random (curve training, Hessian-vector products)."""
     split = as_split(obj, name, batch_size)
-    if isinstance(split, Split):
-        return split
+    return split if isinstance(split, Split) else _joined(split)
+
+
+def _joined(stream: Stream) -> Split:
+    """A stream's batches concatenated into host tensors."""
     inputs, targets = [], []
-    for x, y in split.batches():
+    for x, y in stream.batches():
         if not isinstance(x, torch.Tensor):
-            raise DataError(f"data split {name!r}: dict batches cannot be joined into tensors here; give "
+            raise DataError(f"data split {stream.name!r}: dict batches cannot be joined into tensors here; give "
                             "(inputs, targets) tensors or a loader of them")
         inputs.append(x)
         targets.append(y)
     if not inputs:
-        raise DataError(f"data split {name!r}: the loader yields no batches; give it a non-empty dataset")
-    return Split(name, torch.cat(inputs), torch.cat(targets))
+        raise DataError(f"data split {stream.name!r}: the loader yields no batches; give it a non-empty dataset")
+    return Split(stream.name, torch.cat(inputs), torch.cat(targets))
 
 
 def bn_inputs(split: Split, batches: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -293,3 +380,46 @@ def bn_inputs(split: Split, batches: int, batch_size: int, seed: int) -> torch.T
     n = min(len(split), batches * batch_size)
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n]
     return split.inputs[order]
+
+
+def stream_samples(stream: Stream, draw: Callable[[int], torch.Tensor], purpose: str) -> Split:
+    """The samples ``draw(n)`` picks (indices into the ``n`` samples of ``stream``, in the order wanted), read
+    from the stream in two passes (one counts, one keeps only the picked rows), so only they are in memory.
+
+    The stream's sample order is the dataset's, so the picks are the samples a
+    materialised split would give for the same indices.
+    """
+    n = 0
+    for _, y in stream.batches():
+        n += int(y.shape[0]) if y.dim() else 1
+    if n == 0:
+        raise DataError(f"data split {stream.name!r}: the loader yields no batches; give it a non-empty dataset")
+    order = draw(n)
+    wanted = torch.zeros(n, dtype=torch.bool)
+    wanted[order] = True
+    xs, ys, seen = [], [], 0
+    for x, y in stream.batches():
+        if not isinstance(x, torch.Tensor):
+            raise DataError(f"data split {stream.name!r}: {purpose} from tensor inputs; the loader yields dict "
+                            "batches: give (inputs, targets) batches for this split")
+        rows = int(y.shape[0]) if y.dim() else 1
+        pick = wanted[seen: seen + rows].nonzero().squeeze(1)
+        if len(pick):
+            xs.append(x[pick].clone())
+            ys.append(y[pick].clone())
+        seen += rows
+    inputs, targets = torch.cat(xs), torch.cat(ys)
+    # rows came in stream order; put them in the order drawn
+    position = torch.full((n,), -1, dtype=torch.long)
+    position[order.sort().values] = torch.arange(len(order))
+    return Split(stream.name, inputs[position[order]], targets[position[order]])
+
+
+def stream_bn_inputs(stream: Stream, batches: int, batch_size: int, seed: int) -> torch.Tensor:
+    """:func:`bn_inputs` of a streamed training split: the same seeded samples, read from the stream without
+    materialising it (only the drawn samples are kept)."""
+    def draw(n: int) -> torch.Tensor:
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:min(n, batches * batch_size)]
+
+    purpose = 'model.bn = "recompute" re-estimates BatchNorm statistics'
+    return stream_samples(stream, draw, purpose).inputs

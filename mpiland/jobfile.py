@@ -221,6 +221,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "seed": _int,
         "batch_size": lambda k, v: _int(k, v, 1),
         "memory_budget_mb": lambda k, v: _num(k, v, positive=True),
+        "stream": _accuracy,  # the same auto/true/false values
     },
     "loss": {
         "name": _loss_name,

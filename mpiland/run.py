@@ -30,7 +30,7 @@ from . import autorange, surface
 from .analysis.measures import DEFAULT_EPSILON, format_number, store_derived
 from .comm import Comm, agree, isolated, mpi_module, world
 from .curves import CurveResult, connect
-from .data import Split, Stream, bn_inputs, load_split
+from .data import Split, Stream, bn_inputs, job_split, load_split, stream_bn_inputs, stream_samples
 from .directions import CurvatureInputs, Directions, make_directions
 from .engine import EngineOptions, Evaluator, resolve_loss
 from .engine.losses import LossFn
@@ -106,7 +106,8 @@ def _train_if_needed(comm: Any, job: Job) -> None:
         if comm.Get_rank() == 0:
             log.info("checkpoint %s is missing: training it as [train] says", ckpt)
             model = build_model(job.model)
-            split = load_split(replace(job.data, subset=0), "train")
+            split = load_split(replace(job.data, subset=0), "train", "[train] trains the model on the train split "
+                               "as tensors in memory")
             train_model(model, job, split)
 
     agree(comm, _train)
@@ -128,7 +129,9 @@ def _bn_inputs(job: Job) -> torch.Tensor | None:
     """Training inputs for ``model.bn = "recompute"``: bn_batches seeded batches of data.batch_size."""
     if job.model.bn != "recompute":
         return None
-    split = load_split(replace(job.data, subset=0), "train")
+    split = job_split(replace(job.data, subset=0), "train")
+    if isinstance(split, Stream):  # only the drawn samples are read into memory
+        return stream_bn_inputs(split, job.model.bn_batches, job.data.batch_size, job.data.seed)
     return bn_inputs(split, job.model.bn_batches, job.data.batch_size, job.data.seed)
 
 
@@ -138,9 +141,23 @@ def _curvature_spec(job: Job) -> HessianSpec | None:
     return job.hessian if used else None
 
 
-def _hessian_directions(job: Job, model: torch.nn.Module, splits: list[Split], placement: Placement) -> Directions:
-    """Rank 0: the top Hessian eigenvectors at θ* (broadcast, so every rank uses the same vectors)."""
-    split = next(s for s in splits if s.name == job.hessian.splits[0])
+def _hessian_directions(job: Job, model: torch.nn.Module, splits: list[Split | Stream],
+                        placement: Placement) -> Directions:
+    """Rank 0: the top Hessian eigenvectors at θ* (broadcast, so every rank uses the same vectors).
+
+    A streamed split gives the ``hessian.subset`` samples it would give as tensors, read from the stream;
+    without a subset it is refused (the Hessian-vector products need the samples in memory)."""
+    found = next(s for s in splits if s.name == job.hessian.splits[0])
+    if isinstance(found, Stream):
+        if not job.hessian.subset:
+            raise SettingsError(f"directions.kind = \"hessian\" needs split {found.name!r} in memory, and "
+                                "data.factory streams it: set hessian.subset = N to draw N samples from the stream, "
+                                "or data.stream = false")
+        subset, seed = job.hessian.subset, job.hessian.seed
+        split = stream_samples(found, lambda n: torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+                               [:subset], "Hessian directions are computed")
+    else:
+        split = found
     inputs = CurvatureInputs(job.hessian, split, resolve_loss(job.loss), job.data.batch_size, placement.device,
                              getattr(torch, job.model.dtype))
     return make_directions(copy.deepcopy(model), job.directions, job.grid.dims, inputs)
@@ -232,7 +249,8 @@ def _from_job(comm: Comm, job: Job, placement: Placement) -> Problem:
     _train_if_needed(comm, job)
     # Each step that can raise on some ranks only runs inside agree(); collectives run between them, on
     # every rank, so a user error anywhere is one agreed error and never a rank left in a broadcast.
-    model, splits = agree(comm, lambda: (_prepare_model(job), [load_split(job.data, s) for s in job.data.splits]))
+    # data.stream decides which splits are read batch by batch (never materialised) rather than as tensors.
+    model, splits = agree(comm, lambda: (_prepare_model(job), [job_split(job.data, s) for s in job.data.splits]))
     if job.directions.kind == "hessian":
         found = agree(comm, lambda: _hessian_directions(job, model, splits, placement) if rank == 0 else None)
         directions: Directions = comm.bcast(found, root=0)
@@ -648,7 +666,8 @@ def run_connect(job: Job, ends: tuple[str, ...] = (), comm: Any = None, progress
         model = build_model(job.model)
         a = read_state_dict(a_path, f"connect end {a_path!r}")
         b = read_state_dict(b_path, f"connect end {b_path!r}")
-        return model, a, b, load_split(replace(job.data, subset=0), "train")
+        return model, a, b, load_split(replace(job.data, subset=0), "train",
+                                       "connect trains the curve on the train split as tensors in memory")
 
     model, a, b, split = agree(ranks, inputs)
     out = _bends_dir(job, (a_path, b_path), job.connect)

@@ -72,6 +72,8 @@ class DataSpec:
     seed: int = 0
     batch_size: int = 512
     memory_budget_mb: float = 1024.0
+    stream: str = "auto"
+    """"auto": a factory's DataLoader or IterableDataset is streamed; "true": any Dataset too; "false": none."""
 
 
 @dataclass(frozen=True)

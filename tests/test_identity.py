@@ -51,6 +51,8 @@ TABLE = {
     "data.seed": (9, "keep", COVERED["data"] + " (counts with bn = recompute)"),
     "data.batch_size": (7, "keep", "built-in losses are per sample (counts for user losses, train mode, recompute)"),
     "data.memory_budget_mb": (1.0, "keep", COVERED["place"]),
+    "data.stream": ("true", "keep", COVERED["data"] + ": a streamed split's digest is of its batches, so reading "
+                    "it another way refuses by the data digest"),
     "loss.name": ("mse", "refuse", "another function"),
     "loss.accuracy": ("false", "refuse", "other metrics"),
     "loss.metrics": ({"top1": "tests/losses.py:mean_ce"}, "refuse", "other metrics (and their source joins the code)"),
