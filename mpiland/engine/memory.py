@@ -12,8 +12,11 @@ The model of docs/memory.md, in bytes per rank for a model of n parameters of
 - the data kept on the device: what fits ``data.memory_budget_mb`` (streamed data
   holds one batch at a time);
 - ``model.bn = "recompute"``: the drawn training inputs;
-- curvature: the Lanczos basis, up to ``hessian.max_iter`` vectors in
-  ``hessian.dtype``, and a few vectors more for the gradient and its product.
+- curvature: the Lanczos basis, two vectors per step up to ``hessian.max_iter``
+  in ``hessian.dtype``, and 26 vectors more for the gradient, its product and the
+  autograd graph (measured, docs/memory.md);
+- activations: K times one point's activations on one batch, where the caller
+  knows them.
 
 :func:`estimate` adds these up; :func:`check_fits` refuses an estimate above what
 :func:`available_bytes` reports (CUDA: the free memory ``torch.cuda.mem_get_info``
@@ -30,8 +33,11 @@ import torch
 
 from ..errors import SettingsError
 
-CURVATURE_EXTRA_VECTORS = 4
-"""Vectors of n beyond the Lanczos basis a Hessian-vector product holds (gradient, product, work vectors)."""
+CURVATURE_VECTORS_PER_STEP = 2
+"""Vectors of n per Lanczos step: the basis row, and the old basis while a grown one is copied over."""
+CURVATURE_EXTRA_VECTORS = 26
+"""Vectors of n beside the basis: the double-backward graph, gradients and the origin's trace probes
+(measured by benchmarks/memory.py: 282 and 437 bytes per parameter at max_iter 20 and 40, docs/memory.md)."""
 
 
 @dataclass(frozen=True)
@@ -55,13 +61,14 @@ class MemoryEstimate:
 
 def estimate(n_params: int, element_size: int, vector_rows: int, *, points_per_pass: int = 1,
              batch_memory_mb: float = 0.0, data_bytes: int = 0, bn_bytes: int = 0, curvature_iter: int = 0,
-             curvature_element_size: int = 4, chain: bool = False) -> MemoryEstimate:
+             curvature_element_size: int = 4, chain: bool = False, activations: int = 0) -> MemoryEstimate:
     """The device bytes of an evaluator (see the module docstring).
 
     ``points_per_pass`` 0 (automatic): the K × n buffer and activations are bounded
     by ``batch_memory_mb``, which is counted instead; ``curvature_iter`` 0: no curvature.
     ``chain``: a Linear chain run by batched products (:mod:`.plan`), whose points
-    sit in the K × n buffer at K = 1 too.
+    sit in the K × n buffer at K = 1 too. ``activations``: bytes of one point's
+    activations on one batch (:func:`~.batching.activation_bytes`), counted K times.
     """
     per_vector = n_params * element_size
     parts = {"weights": per_vector, "origin": per_vector, "directions": vector_rows * per_vector}
@@ -69,10 +76,13 @@ def estimate(n_params: int, element_size: int, vector_rows: int, *, points_per_p
         parts["points per pass"] = int(batch_memory_mb * 2**20)
     elif points_per_pass > 1 or chain:
         parts["points per pass"] = points_per_pass * per_vector
+    if points_per_pass and activations:
+        parts["activations"] = points_per_pass * activations
     parts["data"] = data_bytes
     parts["batchnorm"] = bn_bytes
     if curvature_iter:
-        parts["curvature"] = (curvature_iter + CURVATURE_EXTRA_VECTORS) * n_params * curvature_element_size
+        vectors = CURVATURE_VECTORS_PER_STEP * curvature_iter + CURVATURE_EXTRA_VECTORS
+        parts["curvature"] = vectors * n_params * curvature_element_size
     return MemoryEstimate(parts, n_params, points_per_pass)
 
 
@@ -120,11 +130,12 @@ def split_bytes(splits: Sequence[Any], memory_budget_mb: float) -> int:
 def check_evaluator_memory(model: torch.nn.Module, directions: Any, splits: Sequence[Any], *, dtype: torch.dtype,
                            device: torch.device, points_per_pass: int, batch_memory_mb: float,
                            memory_budget_mb: float, bn_data: torch.Tensor | None = None, hessian: Any = None,
-                           available: int | None = None) -> MemoryEstimate:
+                           activations: int = 0, available: int | None = None) -> MemoryEstimate:
     """Estimate an evaluator's device memory from its constructor's arguments and refuse it up front when
     ``available`` bytes (None: :func:`available_bytes` of ``device``) do not hold it; returns the estimate.
 
-    Call it before the evaluator allocates anything. On a CPU the data and direction
+    ``activations``: one point's activation bytes on one batch where known (0: not counted). Call it before
+    the evaluator allocates anything. On a CPU the data and direction
     tensors the evaluator reads in place are already in memory, so they are not counted."""
     n = sum(p.numel() for p in model.parameters())
     if getattr(directions, "layout", None) is not None:
@@ -143,6 +154,6 @@ def check_evaluator_memory(model: torch.nn.Module, directions: Any, splits: Sequ
                    batch_memory_mb=batch_memory_mb, data_bytes=data,
                    bn_bytes=bn, curvature_iter=curvature,
                    curvature_element_size=torch.empty(0, dtype=getattr(torch, hessian.dtype)).element_size()
-                   if curvature else 4, chain=True)  # an upper bound: whether a plan runs is decided later
+                   if curvature else 4, chain=True, activations=activations)  # an upper bound: whether a plan runs is decided later
     check_fits(est, available_bytes(device) if available is None else available, device)
     return est
