@@ -23,7 +23,7 @@ DIRECTION_KINDS = ("random", "file", "hessian", "interpolation", "plane", "bilin
 PATH_KINDS = {"interpolation": (2, 1), "plane": (3, 2), "bilinear": (4, 2), "bezier": (-3, 1),
               "polychain": (-3, 1), "pca": (-1, 0)}
 BN_MODES = ("eval", "recompute")
-LOSSES = ("cross_entropy", "mse", "nll")
+LOSSES = ("cross_entropy", "mse", "nll", "causal_lm")
 SPLITS = ("train", "test")
 WRITERS = ("auto", "gather", "mpio")
 PROGRESS = ("auto", "bar", "lines", "none")

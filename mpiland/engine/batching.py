@@ -10,6 +10,10 @@ of :data:`MEASURED_SIZES` on the first batch). Either way K is stored in the
 surface file and a resume takes it from there, so it never changes between the
 runs or ranks of one surface. Models vmap cannot run (in-place buffer updates,
 data-dependent control flow) fall back to one point per pass, with the reason logged.
+
+A model may return a structured output (a HuggingFace ``ModelOutput`` such as
+``CausalLMOutputWithPast``, or a tuple): its logits (``.logits``, else the first
+element) are the outputs, everywhere the engine calls the model (:func:`outputs_of`).
 """
 
 from __future__ import annotations
@@ -29,9 +33,23 @@ Forward = Callable[[int, Any], torch.Tensor]
 """``forward(k, x)``: outputs of the k points now set, shape (k, batch, ...); x a tensor or a dict of them."""
 
 
+def outputs_of(result: Any) -> Any:
+    """The outputs in what a model's forward returned: a tensor as it is; a HuggingFace ``ModelOutput`` (or
+    any object with a ``logits`` tensor) its logits; a tuple or list its first element (HF's
+    ``return_dict=False``); anything else as it is, for the checks to name."""
+    if isinstance(result, torch.Tensor):
+        return result
+    logits = getattr(result, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(result, (tuple, list)) and result and isinstance(result[0], torch.Tensor):
+        return result[0]
+    return result
+
+
 def call_model(model: Callable[..., Any], x: Any) -> Any:
-    """``model(x)``, or ``model(**x)`` for a dict batch's keyword inputs."""
-    return model(**x) if isinstance(x, dict) else model(x)
+    """The outputs of ``model(x)``, or of ``model(**x)`` for a dict batch's keyword inputs (:func:`outputs_of`)."""
+    return outputs_of(model(**x) if isinstance(x, dict) else model(x))
 
 
 def activation_bytes(model: nn.Module, x: Any) -> int:
@@ -66,14 +84,18 @@ def vmapped(model: nn.Module, layout: ParamLayout) -> Callable[[dict[str, torch.
 
     def one(params: dict[str, torch.Tensor], x: Any) -> torch.Tensor:
         if isinstance(x, dict):
-            return torch.func.functional_call(model, (params, buffers), (), x)
-        return torch.func.functional_call(model, (params, buffers), (x,))
+            return outputs_of(torch.func.functional_call(model, (params, buffers), (), x))
+        return outputs_of(torch.func.functional_call(model, (params, buffers), (x,)))
 
     return torch.func.vmap(one, in_dims=(0, None))
 
 
 def check_vmap(model: nn.Module, layout: ParamLayout, theta: torch.Tensor, x: Any) -> None:
-    """Raise unless vmap runs ``model`` and reproduces its plain output at ``theta`` (the flat parameters)."""
+    """Raise unless vmap runs ``model`` and reproduces its plain output at ``theta`` (the flat parameters, taken
+    to the model's own dtype: float32 for bf16 weights, see :class:`~.params.FlatParameters`)."""
+    own = next(model.parameters(), None)
+    if own is not None and own.is_floating_point() and theta.dtype != own.dtype:
+        theta = theta.to(own.dtype)
     params = {n: v.unsqueeze(0).expand(2, *v.shape) for n, v in zip(layout.names, layout.views(theta))}
     with torch.inference_mode():
         out = vmapped(model, layout)(params, x)

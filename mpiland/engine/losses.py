@@ -5,7 +5,9 @@ sample (or per token), or one mean per batch, as most code writes
 ``F.cross_entropy(outputs, targets)``. Per-unit losses count each unit once; a
 batch mean counts as many times as the batch has samples, so the mean loss over a
 split is the same whether the last batch is smaller or not, and agrees with the
-sample-weighted loss whose Hessian :mod:`mpiland.curvature` takes.
+sample-weighted loss whose Hessian :mod:`mpiland.curvature` takes. A token loss
+(``causal_lm``) counts tokens: one loss per counted token, accuracy per counted
+token, and perplexity exp(mean loss) from the split's summed loss.
 
 Standard errors: per unit, that of the mean over units; for batch means, the
 standard error of the ratio estimator Σ wᵢ mᵢ / Σ wᵢ over batches (wᵢ the batch
@@ -20,15 +22,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..lossfns import BUILTIN_LOSSES, CLASS_INDEX_LOSSES, LossFn, resolve_loss
+from ..lossfns import BUILTIN_LOSSES, CLASS_INDEX_LOSSES, TOKEN_LOSSES, LossFn, causal_lm, causal_lm_correct, resolve_loss
 from ..spec import LossSpec
 
-__all__ = ["BUILTIN_LOSSES", "CLASS_INDEX_LOSSES", "LossFn", "LossSums", "mean_and_stderr", "metric_names",
-           "resolve_loss", "split_metrics", "wants_accuracy"]
+__all__ = ["BUILTIN_LOSSES", "CLASS_INDEX_LOSSES", "TOKEN_LOSSES", "LossFn", "LossSums", "mean_and_stderr",
+           "metric_names", "resolve_loss", "split_metrics", "wants_accuracy", "wants_perplexity"]
 
 SUMS = 7
 """Sums kept per split and point on the device: Σl, Σl² over units; Σw·m, Σw²·m², Σw²·m, Σw² over batch
-means m of weight w (the batch size); correct predictions. Unit, batch and sample counts are kept on the host."""
+means m of weight w (the batch size); correct predictions. Unit, batch and sample counts are kept on the host
+(for a token loss the "samples" are the counted tokens, the denominator of its accuracy)."""
 
 
 ORDERED_BLOCK = 32768
@@ -46,19 +49,29 @@ def ordered_sum(t: torch.Tensor) -> torch.Tensor:
     return padded.view(k, blocks, ORDERED_BLOCK).sum(dim=2).sum(dim=1)
 
 
-def metric_names(splits: list[str], accuracy: bool) -> list[str]:
-    """Dataset names of the metrics the engine produces, in a fixed order."""
+def metric_names(splits: list[str], accuracy: bool, perplexity: bool = False) -> list[str]:
+    """Dataset names of the metrics the engine produces, in a fixed order (``perplexity``: a token loss's
+    ``{split}_perplexity`` after the standard error)."""
     names = []
     for s in splits:
-        names += [f"{s}_loss", f"{s}_loss_stderr"] + ([f"{s}_acc"] if accuracy else [])
+        names += ([f"{s}_loss", f"{s}_loss_stderr"] + ([f"{s}_perplexity"] if perplexity else [])
+                  + ([f"{s}_acc"] if accuracy else []))
     return names
 
 
 def wants_accuracy(spec: LossSpec, targets: torch.Tensor) -> bool:
-    """Accuracy applies to classification: integer class targets, one per sample (``loss.accuracy = "auto"``)."""
+    """Accuracy applies to classification: integer class targets, one per sample, or a token loss's integer
+    labels, one per token (``loss.accuracy = "auto"``)."""
     if spec.accuracy != "auto":
         return spec.accuracy == "true"
+    if spec.name in TOKEN_LOSSES:
+        return not targets.is_floating_point()
     return not targets.is_floating_point() and targets.dim() == 1
+
+
+def wants_perplexity(spec: LossSpec, builtin: bool) -> bool:
+    """Whether the loss is a built-in token loss, whose metrics include the perplexity exp(mean loss)."""
+    return builtin and spec.name in TOKEN_LOSSES
 
 
 def predictions(out: torch.Tensor) -> torch.Tensor:
@@ -128,16 +141,24 @@ class LossSums:
     """Per-point sums of one split's losses over its batches, kept on the device (no synchronisation).
 
     ``fused``: the loss is the built-in cross-entropy and every target is a class index in
-    range, so losses and accuracy come from :func:`cross_entropy_terms`.
+    range, so losses and accuracy come from :func:`cross_entropy_terms`. The built-in
+    ``causal_lm`` counts tokens: its losses are one per counted token (the same count for
+    every point, which share the labels), its accuracy is per counted token and its
+    "samples" are the counted tokens. Half-precision outputs (bf16 weights) are taken to
+    float32 before any loss, and every sum is float64.
     """
 
     def __init__(self, loss_fn: LossFn, builtin: bool, accuracy: bool, k: int, device: torch.device,
-                 fused: bool = False, work: dict[Any, torch.Tensor] | None = None) -> None:
-        """``work``: intermediates kept between calls of the fused loss (:func:`cross_entropy_terms`)."""
+                 fused: bool = False, work: dict[Any, torch.Tensor] | None = None, batch_means: bool = False) -> None:
+        """``work``: intermediates kept between calls of the fused loss (:func:`cross_entropy_terms`);
+        ``batch_means``: earlier batches of the split (summed elsewhere) gave batch means, so a one-sample
+        batch's single loss is a batch mean too (as :meth:`add` decides for batches it has seen itself)."""
+        self.batch_means = batch_means
         self.work = work
         self.loss_fn = loss_fn
         self.fused = fused
         self.builtin = builtin
+        self.tokens = builtin and loss_fn is causal_lm
         self.accuracy = accuracy
         self.k = k
         self.acc = torch.zeros(SUMS, k, device=device, dtype=torch.float64)
@@ -156,11 +177,21 @@ class LossSums:
     def add(self, out: torch.Tensor, y: torch.Tensor) -> None:
         """Add one batch of k points' outputs (k, batch, ...) with its targets."""
         batch = int(y.shape[0])
+        if out.is_floating_point() and out.element_size() < 4:
+            out = out.float()
         if self.fused:
             self._add_fused(out, y)
             return
         losses = self._losses(out, y).to(torch.float64)
-        if losses.shape[1] == 1 and (batch > 1 or self.batches):
+        if self.tokens:
+            self.acc[:2] += torch.stack([ordered_sum(losses), ordered_sum(losses.square())])
+            self.units += losses.shape[1]
+            correct, counted = causal_lm_correct(out, y)
+            if self.accuracy:
+                self.acc[6] += correct
+            self.samples += counted
+            return
+        if losses.shape[1] == 1 and (batch > 1 or self.batches or self.batch_means):
             m, w = losses[:, 0], float(batch)
             self.acc[2:6] += torch.stack([m * w, (m * w).square(), m * (w * w), torch.full_like(m, w * w)])
             self.batches += 1
@@ -206,10 +237,14 @@ def mean_and_stderr(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, stderr
 
 
-def split_metrics(name: str, sums: np.ndarray, accuracy: bool) -> dict[str, np.ndarray]:
-    """Loss, standard error and accuracy of one split from :meth:`LossSums.result` rows (k × SUMS+3)."""
+def split_metrics(name: str, sums: np.ndarray, accuracy: bool, perplexity: bool = False) -> dict[str, np.ndarray]:
+    """Loss, standard error, accuracy and (``perplexity``, a token loss) exp(mean loss) of one split from
+    :meth:`LossSums.result` rows (k × SUMS+3)."""
     mean, stderr = mean_and_stderr(sums)
     out: dict[str, np.ndarray] = {f"{name}_loss": mean, f"{name}_loss_stderr": stderr}
+    if perplexity:
+        with np.errstate(over="ignore", invalid="ignore"):
+            out[f"{name}_perplexity"] = np.exp(mean)
     if accuracy:
         with np.errstate(invalid="ignore", divide="ignore"):
             out[f"{name}_acc"] = sums[:, 6] / sums[:, 9]
