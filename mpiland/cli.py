@@ -101,6 +101,9 @@ def cli() -> None:
 @click.option("--threads", type=int, help="Torch threads per rank; 0 = the cores given to the rank (run.threads).")
 @click.option("--progress", type=click.Choice(["auto", "bar", "lines", "none"]), help="Progress display (run.progress).")
 @click.option("--points-per-pass", type=int, help="Grid points per forward pass; 0 = automatic (run.points_per_pass).")
+@click.option("--group-size", type=int,
+              help="Ranks per point group, which evaluate the same points on shards of the data; 0 = automatic "
+                   "(run.group_size).")
 @click.option("--autocast", type=click.Choice(["none", "bf16", "fp16"]), help="Mixed precision (run.autocast).")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the forward pass (run.compile).")
 @click.option("--channels-last/--no-channels-last", default=None, help="channels_last activations (run.channels_last).")
@@ -113,12 +116,12 @@ def cli() -> None:
 def run(job_file: str, output: str | None, overwrite: bool | None, overrides: tuple[str, ...], unset: tuple[str, ...],
         device: str | None,
         chunk_size: int | None, writer: str | None, threads: int | None, progress: str | None,
-        points_per_pass: int | None, autocast: str | None, compile_: bool | None, channels_last: bool | None,
-        bn: str | None, hessian: bool | None, verbose: bool, debug: bool) -> None:
+        points_per_pass: int | None, group_size: int | None, autocast: str | None, compile_: bool | None,
+        channels_last: bool | None, bn: str | None, hessian: bool | None, verbose: bool, debug: bool) -> None:
     """Evaluate the landscape JOB_FILE describes (single process, mpiexec or srun alike)."""
     flags = {"output.path": output, "run.device": device, "run.chunk_size": chunk_size,
              "run.writer": writer, "run.threads": threads, "output.overwrite": overwrite,
-             "run.points_per_pass": points_per_pass, "run.autocast": autocast, "run.compile": compile_,
+             "run.points_per_pass": points_per_pass, "run.group_size": group_size, "run.autocast": autocast, "run.compile": compile_,
              "run.channels_last": channels_last, "model.bn": bn,
              "hessian.enabled": hessian}
     values = {key: value for key, value in flags.items() if value is not None}

@@ -61,6 +61,10 @@ class Comm(Protocol):
 
     def isend(self, obj: Any, dest: int, tag: int = ...) -> Any: ...
 
+    def send(self, obj: Any, dest: int, tag: int = ...) -> None: ...
+
+    def Split(self, color: int = ..., key: int = ...) -> Any: ...
+
     def Dup(self) -> Any: ...
 
     def Free(self) -> None: ...
@@ -104,6 +108,12 @@ class SelfComm:
 
     def isend(self, obj: Any, dest: int, tag: int = 0) -> Any:
         raise RuntimeError("SelfComm.isend: a size-1 communicator has nobody to send to")
+
+    def send(self, obj: Any, dest: int, tag: int = 0) -> None:
+        raise RuntimeError("SelfComm.send: a size-1 communicator has nobody to send to")
+
+    def Split(self, color: int = 0, key: int = 0) -> "SelfComm":
+        return self  # one process: its only group is itself
 
     def Dup(self) -> "SelfComm":
         return self  # stateless: nothing to isolate

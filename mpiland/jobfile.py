@@ -290,6 +290,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "threads": lambda k, v: _int(k, v, 0),
         "progress": _choice(PROGRESS),
         "points_per_pass": lambda k, v: _int(k, v, 0),
+        "group_size": lambda k, v: _int(k, v, 0),
         "batch_memory_mb": lambda k, v: _num(k, v, positive=True),
         "autocast": _choice(AUTOCASTS),
         "channels_last": _bool,

@@ -40,6 +40,7 @@ from .launch import Placement, check_launch, place
 from .layout import ParamLayout, state_vector
 from .models import base_checkpoint, build_model, load_checkpoint, read_state_dict, save_checkpoint
 from .progress import Progress
+from .groups import PointGroups, make_groups, ranks_per_group
 from .protocol import ChunkResult, Outcome, run_protocol
 from .refine import SKIPPED, Plan, anchors
 from .rebasin import aligned_state, weight_matching
@@ -416,6 +417,35 @@ def _mark_skipped(path: Path, skipped: np.ndarray) -> None:
                 f[name][...] = values
 
 
+def _first_points(plan: Plan | None, losses: np.ndarray | None, have: np.ndarray | None) -> int:
+    """Rank 0: the points the first round evaluates (what an automatic group size is chosen for)."""
+    if have is None:
+        return 0
+    if plan is None:
+        return int((~have).sum())
+    assert losses is not None
+    levels, complete = plan.walk(losses, have)
+    return 0 if complete else int((~have[levels[-1]]).sum())
+
+
+def _point_groups(comm: Comm, job: Job, evaluator: Evaluator, points: int) -> tuple[int, PointGroups | None]:
+    """The number of groups the coordinator hands chunks to, and this rank's point group (None for groups of
+    one rank), with the engine set to evaluate its shard (:mod:`mpiland.groups`)."""
+    size = comm.Get_size()
+    requested = job.run.group_size
+    g = comm.bcast(agree(comm, lambda: ranks_per_group(requested, size, points)
+                         if comm.Get_rank() == 0 else None), root=0)
+    groups = make_groups(comm, g)
+    if groups is not None:
+        agree(comm, lambda: evaluator.use_shard(groups.shard))
+    if comm.Get_rank() == 0 and (g > 1 or requested == 0):
+        log.info("point groups: %d group(s) of %d rank(s)%s%s", size // g, g,
+                 f" (automatic: the smallest size that leaves no group without one of the {points} point(s))"
+                 if requested == 0 else "",
+                 f"; rank r of a group evaluates the batches b with b mod {g} = r at the group's points" if g > 1 else "")
+    return size // g, groups
+
+
 def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopFlag) -> RunSummary:
     rank, size = comm.Get_rank(), comm.Get_size()
     t_start = time.perf_counter()
@@ -466,6 +496,7 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
     # Rank 0's view of the refinement metric, from the file and then from every delivered chunk.
     losses = _stored_losses(path, done, metric) if plan is not None and rank == 0 else None
     have = (done.reshape(-1) == 1) if rank == 0 else None
+    n_groups, groups = _point_groups(comm, job, evaluator, _first_points(plan, losses, have))
     if rank == 0:
         log.info("%d rank(s); rank 0 on %s with %d thread(s); writer %s; data %s; %d point(s) per pass%s",
                  size, placement.device, placement.threads, writer_kind,
@@ -500,7 +531,7 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
         result = ChunkResult(chunk, points[:n], {m: values[m] for m in metrics}, seconds, n < len(points))
         if plan is not None:
             result.loss = values[metric]
-        if writer_kind == "mpio" and n:
+        if writer_kind == "mpio" and n and (groups is None or groups.leader):
             # every rank has an MPI-IO writer, and the values were just set
             assert writer is not None and result.values is not None and result.seconds is not None
             writer.write(result.points, result.values, result.seconds)
@@ -547,12 +578,19 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
             pending, round_label = todo
             mask = np.ones(grid.size, dtype=np.uint8)
             mask[pending] = 0
-            chunks = make_chunks(mask.reshape(grid.shape), size, job.run.chunk_size, block=evaluator.points_per_pass)
+            chunks = make_chunks(mask.reshape(grid.shape), n_groups, job.run.chunk_size,
+                                 block=evaluator.points_per_pass)
             if rank == 0:
                 log.info("%d points pending in %d chunks of %d", len(chunks.pending), len(chunks), chunks.size)
                 total = grid.size if plan is None else len(pending)
                 bar = Progress(total, total - len(pending), progress or job.run.progress, label=round_label)
-            part = run_protocol(comm, len(chunks), evaluate_chunk, deliver, stop)
+            if groups is None:
+                part = run_protocol(comm, len(chunks), evaluate_chunk, deliver, stop)
+            elif groups.leaders is not None:
+                part = run_protocol(groups.leaders, len(chunks), groups.leading(evaluate_chunk), deliver, stop)
+                groups.release()
+            else:
+                part = groups.follow(evaluate_chunk, stop)
             outcome = Outcome(outcome.chunks_evaluated + part.chunks_evaluated,
                               outcome.points_evaluated + part.points_evaluated, part.stopped)
             if bar is not None:
@@ -570,6 +608,9 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
             surface.release_output(path)
         raise
     eval_seconds = time.perf_counter() - t_eval
+    if groups is not None:
+        evaluator.use_shard(None)
+        groups.free()
     if writer is not None:
         writer.close(release=False)
     interrupted = bool(comm.allreduce(int(outcome.stopped or stop()))) if size > 1 else outcome.stopped or stop()

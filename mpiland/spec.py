@@ -219,6 +219,7 @@ class RunSpec:
     threads: int = 0
     progress: str = "auto"
     points_per_pass: int = 0
+    group_size: int = 1
     batch_memory_mb: float = 512.0
     autocast: str = "none"
     channels_last: bool = False

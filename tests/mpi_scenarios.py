@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -160,7 +161,59 @@ def scenario_batched(out: Path) -> dict:
     return {"rank": MPI.COMM_WORLD.Get_rank(), "here": summary.points_evaluated_here}
 
 
-SCENARIOS = {"self_comm": scenario_self_comm, "pending": scenario_pending, "stop_rank0": scenario_stop_rank0,
+class _Lazy(torch.utils.data.Dataset):
+    """Digits samples read one at a time (a map-style dataset that is never materialised)."""
+
+    def __init__(self, n: int) -> None:
+        from mpiland.data import digits_split
+
+        self.x, self.y = (t[:n] for t in digits_split("test"))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i]
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """The same samples as an iterable stream."""
+
+    def __init__(self, n: int) -> None:
+        self.data = _Lazy(n)
+
+    def __iter__(self):
+        return (self.data[i] for i in range(len(self.data)))
+
+
+def scenario_groups_stream(out: Path) -> dict:
+    """ml.landscape on streamed data (a map-style loader, an iterable stream, batches of unequal size) in point
+    groups of the whole world, against the same call at one rank: the arrays must be equal bit for bit."""
+    from mpi4py import MPI
+
+    import mpiland as ml
+    from mpiland.demo import digits_mlp
+
+    torch.manual_seed(0)
+    model = digits_mlp(hidden=16)
+    size, rank = MPI.COMM_WORLD.Get_size(), MPI.COMM_WORLD.Get_rank()
+    data = {"lazy": torch.utils.data.DataLoader(_Lazy(150), batch_size=40),
+            "stream": torch.utils.data.DataLoader(_Stream(130), batch_size=30)}
+    settings = {"run.threads": 1, "run.group_size": size, "data.memory_budget_mb": 0.01, "run.points_per_pass": 1}
+    common = dict(directions=ml.directions.random(model, seed=3), x=(-1, 1, 3), y=(-1, 1, 2), progress="none")
+    grouped = ml.landscape(model, data=data, comm=MPI.COMM_WORLD, settings=settings, **common)
+    result: dict = {"rank": rank}
+    if rank == 0:
+        alone = ml.landscape(model, data=data, comm=MPI.COMM_SELF, settings={**settings, "run.group_size": 1},
+                             **common)
+        names = [m for m in alone.metrics if m.startswith(("lazy", "stream"))]
+        result["metrics"] = names
+        result["equal"] = {m: bool(np.array_equal(grouped.metrics[m], alone.metrics[m], equal_nan=True))
+                           for m in names}
+    return result
+
+
+SCENARIOS = {"groups_stream": scenario_groups_stream, "self_comm": scenario_self_comm, "pending": scenario_pending, "stop_rank0": scenario_stop_rank0,
              "comm": scenario_comm, "different_models": scenario_different_models, "batched": scenario_batched}
 
 if __name__ == "__main__":

@@ -109,6 +109,7 @@ TABLE = {
     "run.threads": (2, "keep", COVERED["place"]),
     "run.progress": ("bar", "keep", COVERED["place"]),
     "run.points_per_pass": (3, "keep", COVERED["rounding"]),
+    "run.group_size": (2, "keep", "which ranks share a point; values are bit-identical for any group size"),
     "run.batch_memory_mb": (64.0, "keep", COVERED["place"]),
     "run.autocast": ("bf16", "refuse", "mixed precision changes values beyond rounding"),
     "run.channels_last": (True, "keep", "memory layout: rounding level"),

@@ -51,6 +51,7 @@ import math
 import torch
 
 from ..layout import ParamLayout
+from ..shard import Shard
 from ..spec import HessianSpec
 from .linalg import directional_curvature, extreme_eigenvalues, hutchinson_trace, warm_start
 from .operator import HessianOperator, LossFn
@@ -105,6 +106,12 @@ class Curvature:
         self.warm_start = warm_start
         self.starts: dict[str, torch.Tensor] = {}
         self.setup_hvps = 0
+
+    def use_shard(self, shard: Shard | None) -> None:
+        """Sum every HVP over a point group's shards of the batches (:mod:`mpiland.shard`): each rank
+        takes its own batches, all ranks get the same product, bit for bit the one rank's sum over all."""
+        for op in self.ops.values():
+            op.shard = shard
 
     def theta(self, flat: torch.Tensor) -> torch.Tensor:
         """The parameter part of the flat buffer (buffers of a states layout follow it)."""

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ..shard import Shard
 from ..layout import ParamLayout
 
 log = logging.getLogger("mpiland")
@@ -97,6 +98,8 @@ class HessianOperator:
         self._leaf: torch.Tensor | None = None
         self._graphs: dict[int, _Graph] = {}
         self._cached = 0
+        self.shard: Shard | None = None
+        """A point group's place (:mod:`mpiland.shard`): this rank's batches only, summed over the group."""
 
     @property
     def n(self) -> int:
@@ -193,15 +196,28 @@ class HessianOperator:
             if v.shape != leaf.shape:
                 raise ValueError(f"v must have shape {tuple(leaf.shape)}, got {tuple(v.shape)}")
             out = torch.zeros_like(v)
-            for i in range(len(self.batches)):
+            parts = []
+            for i in self._own():
                 graph = self._graph(i, leaf)
                 if graph.grad.requires_grad:
                     (hv,) = torch.autograd.grad(graph.grad, leaf, v, retain_graph=i in self._graphs,
                                                 allow_unused=True)
                     if hv is not None:
-                        out += hv
+                        if self.shard is None:
+                            out += hv
+                        else:
+                            parts.append((i, hv.detach().cpu()))
+            if self.shard is not None:
+                for hv in self.shard.in_order(parts):  # the one-rank sum's additions, in batch order
+                    out += hv.to(self.device)
         self.hvps += 1
         return out
+
+    def _own(self) -> range:
+        """The batches this rank differentiates: all of them, or its shard's in a point group."""
+        if self.shard is None:
+            return range(len(self.batches))
+        return range(self.shard.rank, len(self.batches), self.shard.size)
 
     def loss_and_grad(self, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
         """Mean loss and its gradient at θ (free after HVPs at the same θ whose graphs are cached)."""
@@ -209,10 +225,13 @@ class HessianOperator:
             leaf = self._point(theta)
             loss = 0.0
             grad = torch.zeros_like(leaf, requires_grad=False)
-            for i in range(len(self.batches)):
-                graph = self._graph(i, leaf)
-                loss += float(graph.loss.detach())
-                grad += graph.grad.detach()
+            parts = [(i, self._graph(i, leaf)) for i in self._own()]
+            terms = [(float(g.loss.detach()), g.grad.detach()) for _, g in parts]
+            if self.shard is not None:
+                terms = self.shard.in_order([(i, (lo, gr.cpu())) for (i, _), (lo, gr) in zip(parts, terms)])
+            for lo, gr in terms:
+                loss += lo
+                grad += gr.to(self.device)
         return loss, grad
 
 

@@ -36,7 +36,7 @@ from ..curvature import Curvature, HessianSpectrum, axis_labels
 from ..curvature import metric_names as curvature_metrics
 from ..data import Split, Stream
 from ..directions import Directions
-from ..errors import DataError, ModelError
+from ..errors import DataError, ModelError, SettingsError
 from ..layout import ParamLayout
 from ..spec import HessianSpec, LossSpec
 from ..surface.names import SPECTRUM, SPECTRUM_ORIGIN, spectrum_model
@@ -45,13 +45,15 @@ from .batching import (MAX_POINTS_PER_PASS, MEASURED_SIZES, Forward, activation_
                        choose_points_per_pass, make_forward, memory_bound, vmap_failure)
 from .bn import BatchNormRecompute, batchnorm_modules
 from .checks import check_data_fits
-from .losses import (BUILTIN_LOSSES, LossFn, LossSums, mean_and_stderr, metric_names, resolve_loss, split_metrics,
-                     wants_accuracy)
+from .losses import (BUILTIN_LOSSES, SUMS, LossFn, LossSums, mean_and_stderr, metric_names, resolve_loss,
+                     split_metrics, wants_accuracy)
 from .metrics import Metric, checked, computed, fresh, resolve_metrics, updated
 from .metrics import metric_names as user_metric_names
 from .params import FlatParameters, coefficient_columns
-from .placement import BatchSplit, DeviceSplit, batch_bytes, fits, place_split, place_stream, synchronize
+from .placement import (BatchSplit, DeviceSplit, batch_bytes, fits, indexed_batches, place_split, place_stream,
+                        shard_stream, synchronize)
 from .plan import ChainPlan
+from ..shard import Shard, ordered_total
 
 Placed = DeviceSplit | BatchSplit
 T = TypeVar("T")
@@ -61,6 +63,8 @@ __all__ = ["AUTOCAST", "BUILTIN_LOSSES", "MAX_POINTS_PER_PASS", "EngineOptions",
 
 log = logging.getLogger("mpiland")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+SUM_COLUMNS = SUMS + 3
+"""Columns of :meth:`~.losses.LossSums.result`: the sums, then the unit, batch and sample counts."""
 EPILOGUE_POINTS = 16
 """At most this many points' outputs wait for one loss epilogue (:meth:`Evaluator._evaluate`)."""
 
@@ -139,6 +143,8 @@ class Evaluator:
                                        self.loss_fn, hessian, batch_size, device, dtype,
                                        warm_start=hessian.warm_start)
         self.autocast = AUTOCAST.get(self.options.autocast)
+        self.shard: Shard | None = None
+        self._batch_means: dict[str, list[bool]] = {}
         self.fallback_reason = ""
         self._epilogue_points: int | None = None
         self.points_per_pass = 1
@@ -168,6 +174,37 @@ class Evaluator:
         log.debug("Linear chain of %d layers run by batched products; first layer precomputed for %.1f MiB of "
                   "batches", len(plan.layers), used / 2**20)
         return plan
+
+    def use_shard(self, shard: Shard | None) -> None:
+        """Evaluate only this rank's batches of every split from now on, as rank ``shard.rank`` of a point
+        group whose ranks all set the same points (:mod:`mpiland.shard`; collective over the group at every pass).
+        None: every batch again. Streamed splits of map-style datasets get a loader over their own batches."""
+        if shard is not None and shard.size > 1:
+            if self._stateful:
+                raise SettingsError(f"metric {self._stateful[0].name!r} is an update/compute object, whose state "
+                                    "a point group cannot split over its ranks; use run.group_size = 1 or give it "
+                                    "as a callable (outputs, targets) -> values")
+            for d in self.data:
+                if isinstance(d, BatchSplit):
+                    shard_stream(d, shard)
+            self._batch_means = {d.name: self._gives_batch_means(d) for d in self.data}
+        else:
+            shard = None
+        self.shard = shard
+        if self.curvature is not None:
+            self.curvature.use_shard(shard)
+
+    def _gives_batch_means(self, d: Placed) -> list[bool]:
+        """Per loss function (the loss, then callable metrics): whether it returns one mean per batch on this
+        split's first batch, so that a later one-sample batch summed alone counts as a batch mean too."""
+        fns = ([] if self.builtin_loss else [self.loss_fn]) + list(self._metric_fns)
+        if not fns:
+            return [False] * (1 + len(self._metric_fns))
+        x, y = d.first_batch(self.batch_size, self.device)
+        with torch.inference_mode():
+            out = call_model(self.model, x)
+            means = [torch.as_tensor(fn(out, y)).numel() == 1 and int(y.shape[0]) > 1 for fn in fns]
+        return ([False] if self.builtin_loss else []) + means
 
     def _check_metric_objects(self) -> None:
         """Try every update/compute metric on one batch at set-up, so a broken one is a MetricError on every
@@ -362,7 +399,7 @@ class Evaluator:
         sums: list[list[torch.Tensor]] = [[] for _ in sets]
         objects: list[list[list[np.ndarray]]] = [[] for _ in sets]
         curv: list[list[dict[str, np.ndarray]]] = [[] for _ in sets]
-        waiting: list[list[tuple[int, list[list[tuple[torch.Tensor, torch.Tensor]]]]]] = [[] for _ in sets]
+        waiting: list[list[tuple[int, list[tuple[str, list[Outputs]]]]]] = [[] for _ in sets]
         seconds = np.zeros(n)
         start = done = 0
         t0 = t_start = time.perf_counter()
@@ -562,25 +599,30 @@ def _forward(ev: Evaluator, k: int, x: Any) -> torch.Tensor:
     return ev.forward(k, x)
 
 
-def _outputs(ev: Evaluator, d: Placed, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The outputs of the k points now set on every batch of a split, with the batch's targets."""
-    return [(_forward(ev, k, x), y) for x, y in d.batches(ev.batch_size, ev.device)]
+Outputs = tuple[int, torch.Tensor, torch.Tensor]
+"""One batch's number in its split, the outputs (k, batch, ...) of the points set, and its targets."""
+
+
+def _outputs(ev: Evaluator, d: Placed, k: int) -> tuple[str, list[Outputs]]:
+    """The outputs of the k points now set on every batch of a split this rank evaluates, with the targets."""
+    return d.name, [(i, _forward(ev, k, x), y) for i, x, y in indexed_batches(d, ev.batch_size, ev.device, ev.shard)]
 
 
 def _split_sums(ev: Evaluator, d: Placed, k: int) -> tuple[torch.Tensor, np.ndarray]:
     """Per point the loss and metric sums over one split, each batch's outputs consumed as it comes."""
-    return _sums(ev, ((_forward(ev, k, x), y) for x, y in d.batches(ev.batch_size, ev.device)), k)
+    batches = ((i, _forward(ev, k, x), y) for i, x, y in indexed_batches(d, ev.batch_size, ev.device, ev.shard))
+    return _sums(ev, d.name, batches, k)
 
 
-def _window_sums(ev: Evaluator, passes: list[tuple[int, list[list[tuple[torch.Tensor, torch.Tensor]]]]]
+def _window_sums(ev: Evaluator, passes: list[tuple[int, list[tuple[str, list[Outputs]]]]]
                  ) -> tuple[torch.Tensor, list[np.ndarray]]:
     """Sums (splits × 1+metrics × points × sums) and update/compute metric values of several passes at once:
     each batch's outputs of all their points, stacked, go through the epilogue once."""
     k = sum(n for n, _ in passes)
     parts = []
-    for j in range(len(ev.data)):
-        batches = zip(*(outs[j] for _, outs in passes))
-        parts.append(_sums(ev, ((_stack_points([o for o, _ in b]), b[0][1]) for b in batches), k))
+    for j, d in enumerate(ev.data):
+        batches = zip(*(outs[j][1] for _, outs in passes))
+        parts.append(_sums(ev, d.name, ((b[0][0], _stack_points([o for _, o, _ in b]), b[0][2]) for b in batches), k))
     return torch.stack([p[0] for p in parts]), [p[1] for p in parts]
 
 
@@ -595,13 +637,15 @@ def _stack_points(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def _sums(ev: Evaluator, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], k: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Per point the loss and metric sums over a split's batches (outputs (k, batch, ...), targets) (see
+def _sums(ev: Evaluator, split: str, batches: Iterable[Outputs], k: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Per point the loss and metric sums over a split's batches (number, outputs (k, batch, ...), targets) (see
     :class:`~mpiland.engine.losses.LossSums`), and the values of the update/compute metrics (metrics × k)."""
+    if ev.shard is not None:
+        return _group_sums(ev, ev.shard, split, batches, k)
     sums = [LossSums(ev.loss_fn, ev.builtin_loss, ev.accuracy, k, ev.device, ev.fused_loss, ev.epilogue_work)]
     sums += [LossSums(fn, False, False, k, ev.device) for fn in ev._metric_fns]
     objects = [[fresh(m, ev.device) for _ in range(k)] for m in ev._stateful]
-    for out, y in batches:
+    for _, out, y in batches:
         for s in sums:
             s.add(out, y)
         for m, copies in zip(ev._stateful, objects):
@@ -609,3 +653,23 @@ def _sums(ev: Evaluator, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], k
                 updated(m, obj, out[i], y)
     values = np.array([[computed(m, obj) for obj in copies] for m, copies in zip(ev._stateful, objects)])
     return torch.stack([s.result() for s in sums]), values.reshape(len(objects), k)
+
+
+def _group_sums(ev: Evaluator, shard: Shard, split: str, batches: Iterable[Outputs], k: int
+                ) -> tuple[torch.Tensor, np.ndarray]:
+    """:func:`_sums` in a point group: each of this rank's batches summed on its own, the group's per-batch
+    sums gathered and added in batch order (:mod:`mpiland.shard`), so every rank of the group holds the sums one
+    rank makes over all batches, bit for bit (update/compute metrics are refused by :meth:`Evaluator.use_shard`)."""
+    means = ev._batch_means[split]
+    parts = []
+    for i, out, y in batches:
+        sums = [LossSums(ev.loss_fn, ev.builtin_loss, ev.accuracy, k, ev.device, ev.fused_loss, ev.epilogue_work,
+                         batch_means=i > 0 and means[0])]
+        sums += [LossSums(fn, False, False, k, ev.device, batch_means=i > 0 and m)
+                 for fn, m in zip(ev._metric_fns, means[1:])]
+        for s in sums:
+            s.add(out, y)
+        parts.append((i, torch.stack([s.result() for s in sums])))
+    host = [(i, p.cpu().numpy()) for i, p in parts]
+    total = ordered_total(shard.in_order(host), (1 + len(ev._metric_fns), k, SUM_COLUMNS))
+    return torch.from_numpy(total).to(ev.device), np.zeros((0, k))

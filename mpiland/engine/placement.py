@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
+from torch.utils.data import DataLoader, IterableDataset
 
-from ..data import Inputs, Split, Stream
+from ..data import Inputs, Split, Stream, own_generator
 from ..digest import update_batch
 from ..errors import DataError
+from ..shard import Shard
 
 
 @dataclass
@@ -108,6 +110,10 @@ class BatchSplit:
     """The smallest and largest integer target over all batches (None for floating targets)."""
     dtype: torch.dtype = torch.float32
     channels_last: bool = False
+    own: Stream | None = None
+    """In a point group, a loader over this rank's batches alone (map-style datasets; None: read them all)."""
+    own_indices: list[int] = field(default_factory=list)
+    """The batch numbers ``own`` yields, in order."""
 
     @property
     def resident(self) -> bool:
@@ -129,6 +135,60 @@ class BatchSplit:
     def first_inputs(self, n: int, _device: torch.device) -> Inputs:
         """The first ``n`` inputs of the first batch, on the device."""
         return first_rows(self.first[0], n)
+
+
+def indexed_batches(d: "DeviceSplit | BatchSplit", batch_size: int, device: torch.device,
+                    shard: Shard | None = None) -> Iterator[tuple[int, Inputs, torch.Tensor]]:
+    """``(batch number, inputs, targets)`` of the batches this rank evaluates, in order: every batch, or in a
+    point group those of its shard (:mod:`mpiland.shard`), never copying or reading another rank's batch where it can
+    be skipped (a streamed iterable dataset is read whole, and the other ranks' batches dropped unused)."""
+    if shard is None:
+        for i, (x, y) in enumerate(d.batches(batch_size, device)):
+            yield i, x, y
+        return
+    if isinstance(d, DeviceSplit) and not d.resident:
+        for i, start in enumerate(range(0, int(d.inputs.shape[0]), batch_size)):
+            if shard.mine(i):
+                x = d.inputs[start: start + batch_size].to(device, non_blocking=True)
+                yield i, x, d.targets[start: start + batch_size].to(device, non_blocking=True)
+        return
+    if isinstance(d, BatchSplit) and not d.kept and d.own is not None:
+        for i, (x, y) in zip(d.own_indices, d.own.batches()):
+            x = _cast(x, d.dtype, d.channels_last)
+            yield i, to_device(x, device, non_blocking=True), y.to(device, non_blocking=True)
+        return
+    if isinstance(d, BatchSplit) and not d.kept:
+        for i, (x, y) in enumerate(d.stream.batches()):
+            if shard.mine(i):
+                x = _cast(x, d.dtype, d.channels_last)
+                yield i, to_device(x, device, non_blocking=True), y.to(device, non_blocking=True)
+        return
+    for i, (x, y) in enumerate(d.batches(batch_size, device)):
+        if shard.mine(i):
+            yield i, x, y
+
+
+def shard_stream(d: BatchSplit, shard: Shard) -> None:
+    """Give a streamed split of a map-style dataset a loader over this rank's batches alone (batch b when
+    b mod G = r: the batches of the split's own loader, drawn once), so each rank of a point group reads only
+    its shard; an iterable dataset has no batch to skip to and is read whole."""
+    loader = d.stream.loader
+    if d.kept or isinstance(loader.dataset, IterableDataset):
+        return
+    options: dict[str, Any] = {"num_workers": loader.num_workers, "collate_fn": loader.collate_fn,
+                               "generator": own_generator(), "pin_memory": loader.pin_memory,
+                               "timeout": loader.timeout, "worker_init_fn": loader.worker_init_fn,
+                               "multiprocessing_context": loader.multiprocessing_context}
+    if loader.num_workers:
+        options.update(persistent_workers=True, prefetch_factor=loader.prefetch_factor)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # as Stream.batches reads it: the same batches the whole split has
+        batches = list(loader.batch_sampler) if loader.batch_sampler is not None else list(loader.sampler)
+    indices = [i for i in range(len(batches)) if shard.mine(i)]
+    mine = [batches[i] for i in indices]
+    own = (DataLoader(loader.dataset, batch_sampler=mine, **options) if loader.batch_sampler is not None
+           else DataLoader(loader.dataset, batch_size=None, sampler=mine, **options))
+    d.own, d.own_indices = Stream(d.stream.name, own), indices
 
 
 def place_stream(stream: Stream, device: torch.device, dtype: torch.dtype, budget_bytes: float,
