@@ -4,7 +4,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from mpiland.data import Split, Stream, bn_inputs, job_split, load_split, stream_bn_inputs, stream_samples
 from mpiland.errors import DataError
