@@ -46,7 +46,7 @@ from .batching import (MAX_POINTS_PER_PASS, MEASURED_SIZES, Forward, activation_
 from .bn import BatchNormRecompute, batchnorm_modules
 from .checks import check_data_fits
 from .losses import (BUILTIN_LOSSES, SUMS, LossFn, LossSums, mean_and_stderr, metric_names, resolve_loss,
-                     split_metrics, wants_accuracy)
+                     split_metrics, wants_accuracy, wants_perplexity)
 from .metrics import Metric, checked, computed, fresh, resolve_metrics, updated
 from .metrics import metric_names as user_metric_names
 from .params import FlatParameters, coefficient_columns
@@ -106,7 +106,9 @@ class Evaluator:
         self._stateful = [m for m in self.user_metrics if m.stateful]
         self.split_names = [s.name for s in splits]
         self.directions = directions
-        self.model = (copy.deepcopy(model) if copy_model else model).to(device=device, dtype=dtype)
+        # Half-precision weights: θ* is read in float32 (FlatParameters rounds each point into the model).
+        self.model = (copy.deepcopy(model) if copy_model else model).to(
+            device=device, dtype=torch.float32 if dtype.itemsize < 4 else dtype)
         self.model.train(mode == "train")
         self.layout = ParamLayout.from_model(self.model, directions.layout.states)
         if self.layout != directions.layout:
@@ -130,7 +132,8 @@ class Evaluator:
         self.epilogue_work: dict[Any, torch.Tensor] = {}
         """The fused loss's intermediates, kept from pass to pass (:func:`~.losses.cross_entropy_terms`)."""
         self.plan = self._make_plan(mode, memory_budget_mb)
-        self.base_metrics = metric_names(self.split_names, self.accuracy)
+        self.perplexity = wants_perplexity(loss, self.builtin_loss)
+        self.base_metrics = metric_names(self.split_names, self.accuracy, self.perplexity)
         self.base_metrics += user_metric_names(self.split_names, self._ordered_metrics())
         if hessian is not None:
             self.base_metrics += curvature_metrics(hessian)
@@ -154,7 +157,8 @@ class Evaluator:
         """The batched-product plan of a plain Linear chain (:mod:`.plan`), checked against the model at the
         origin, with the first layer's products for the data kept on the device in what the budget leaves;
         None for other models, and under autocast, compile or per-point BatchNorm statistics."""
-        if mode != "eval" or self.bn is not None or self.options.autocast != "none" or self.options.compile:
+        if (mode != "eval" or self.bn is not None or self.options.autocast != "none" or self.options.compile
+                or self.dtype.itemsize < 4):  # the plan's float32 products do not take bf16/fp16 inputs
             return None
         plan = ChainPlan.build(self.model, self.layout)
         if plan is None:
@@ -443,7 +447,8 @@ class Evaluator:
             if done:
                 host = torch.cat(sums[i], dim=2).cpu().numpy()
                 per_split = [np.concatenate([o[j] for o in objects[i]], axis=1) for j in range(len(self.data))]
-                metrics = _metrics(self.split_names, host, self.accuracy, self._ordered_metrics(), per_split)
+                metrics = _metrics(self.split_names, host, self.accuracy, self._ordered_metrics(), per_split,
+                                   self.perplexity)
                 for c in curv[i][:1]:
                     metrics.update({m: np.concatenate([part[m] for part in curv[i]]) for m in c})
             out.append({m: np.asarray(metrics.get(m, np.zeros(0)), dtype=np.float64) for m in self.base_metrics})
@@ -577,11 +582,11 @@ def _tensors(d: Placed) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _metrics(split_names: list[str], sums: np.ndarray, accuracy: bool, user: list[Metric],
-             objects: list[np.ndarray]) -> dict[str, np.ndarray]:
+             objects: list[np.ndarray], perplexity: bool = False) -> dict[str, np.ndarray]:
     """Metric arrays of every split from one pass's sums (splits × 1+metrics × k × sums) and object values."""
     out: dict[str, np.ndarray] = {}
     for name, split, values in zip(split_names, sums, objects):
-        out.update(split_metrics(name, split[0], accuracy))
+        out.update(split_metrics(name, split[0], accuracy, perplexity))
         callables = [m for m in user if not m.stateful]
         for m, rows in zip(callables, split[1:]):
             out[f"{name}_{m.name}"], out[f"{name}_{m.name}_stderr"] = mean_and_stderr(rows)
