@@ -135,3 +135,28 @@ def test_hessian_directions_from_a_stream_need_a_subset(tmp_path):
     assert proc.returncode == 2
     assert "set hessian.subset = N to draw N samples from the stream" in proc.stderr.strip().splitlines()[-1]
     assert cli("run", str(job), "--set", "hessian.subset=60").returncode == 0
+
+
+def test_batchnorm_recompute_from_a_streamed_train_split_matches_tensors(tmp_path):
+    factories = _factories(tmp_path)
+    model = 'factory = "mpiland.demo:digits_cnn"\nbn = "recompute"\nbn_batches = 2'
+    values = []
+    for name in ("tensors", "loader"):
+        job = write_job(tmp_path, grid="x = [-1.0, 1.0, 3]", model=model, output=f"{name}.h5", name=f"{name}.toml",
+                        data=f'factory = "{factories}:{name}"\nsplits = ["test"]\nbatch_size = 50')
+        proc = cli("run", str(job))
+        assert proc.returncode == 0, proc.stderr
+        values.append(_values(tmp_path / f"{name}.h5")[0])
+    np.testing.assert_allclose(values[1], values[0], rtol=1e-5)
+
+
+def test_training_on_a_streamed_split_is_refused_at_the_cli(tmp_path):
+    factories = _factories(tmp_path)
+    model = f'factory = "mpiland.demo:digits_mlp"\ncheckpoint = "{tmp_path}/missing.pt"'
+    job = write_job(tmp_path, grid="x = [-1.0, 1.0, 3]", model=model, extra="[train]\nepochs = 1\n",
+                    data=f'factory = "{factories}:loader"\nsplits = ["test"]\nbatch_size = 50')
+    proc = cli("run", str(job))
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "[train] trains the model on the train split as tensors in memory" in line
+    assert "set data.stream = false" in line and "Traceback" not in proc.stderr
