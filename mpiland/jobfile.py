@@ -258,7 +258,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "subset": lambda k, v: _int(k, v, 0),
         "tol": lambda k, v: _num(k, v, positive=True),
         "max_iter": lambda k, v: _int(k, v, 2),
-        "dtype": _choice(DTYPES),
+        "dtype": _choice(tuple(d for d in DTYPES if d != "bfloat16")),  # Lanczos in bf16 cannot converge
         "seed": _int,
         "trace_samples": lambda k, v: _int(k, v, 0),
         "warm_start": _bool,
@@ -423,6 +423,9 @@ def job_from_table(raw: dict[str, Any], text: str = "", source: str = "<job>", d
                     'directions have none: use "origin"')
     if curvature and sections["model"]["mode"] == "train":
         raise _fail("hessian.enabled", 'curvature is taken in eval mode; it cannot be combined with model.mode = "train"')
+    if curvature and sections["model"]["dtype"] == "bfloat16":
+        raise _fail("model.dtype", 'bfloat16 weights are for loss values; curvature (hessian.enabled, Hessian directions, '
+                    'a spectrum) needs float32 or float64 weights: set model.dtype = "float32"')
     return Job(
         model=ModelSpec(**sections["model"]),
         train=TrainSpec(**sections["train"]) if "train" in sections else None,
