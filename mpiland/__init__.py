@@ -27,8 +27,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import (CheckpointError, DataError, DependencyError, GridError, JobFileError, LaunchError, MetricError,
-                     ModelError, MpilandError, SettingsError, SurfaceFileError, WorldTooSmallError)
+from .errors import (CheckpointError, DataError, DependencyError, DeviceMemoryError, GridError, JobFileError,
+                     LaunchError, MetricError, ModelError, MpilandError, SettingsError, SurfaceFileError, WorldTooSmallError)
 from .launch import choose_wait_policy as _choose_wait_policy
 from .version import SCHEMA_VERSION, __version__
 
@@ -46,7 +46,7 @@ _LAZY = {"landscape": ("mpiland.api", "landscape"), "connect": ("mpiland.api", "
          "Surface": ("mpiland.result", "Surface"), "directions": ("mpiland.directions", "")}
 """Public name -> (module, attribute; "" for the module itself), imported on first access."""
 
-__all__ = ["SCHEMA_VERSION", "CheckpointError", "DataError", "DependencyError", "GridError", "JobFileError",
+__all__ = ["SCHEMA_VERSION", "CheckpointError", "DataError", "DependencyError", "DeviceMemoryError", "GridError", "JobFileError",
            "LaunchError", "MetricError", "ModelError", "MpilandError", "SettingsError", "Surface",
            "SurfaceFileError", "WorldTooSmallError", "__version__", "align", "connect", "directions", "landscape",
            "open", "plot_surfaces"]

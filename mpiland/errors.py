@@ -53,6 +53,10 @@ class WorldTooSmallError(LaunchError):
     """The job needs more ranks than were launched."""
 
 
+class DeviceMemoryError(SettingsError):
+    """The job cannot fit the device's (or host's) free memory; the message names what to lower."""
+
+
 class MetricError(MpilandError):
     """A user loss or metric cannot be used: wrong output shape, not a number, or it raised."""
 

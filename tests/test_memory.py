@@ -8,7 +8,7 @@ from mpiland.data import Split
 from mpiland.directions import make_directions
 from mpiland.engine import EngineOptions, Evaluator
 from mpiland.engine.memory import available_bytes, check_evaluator_memory, estimate
-from mpiland.errors import SettingsError
+from mpiland.errors import DeviceMemoryError
 from mpiland.spec import DirectionsSpec, LossSpec
 
 
@@ -43,12 +43,12 @@ def test_a_job_that_cannot_fit_is_refused_in_one_sentence_naming_the_fix():
     kw = dict(dtype=torch.float32, points_per_pass=16, batch_memory_mb=512.0, memory_budget_mb=1024.0)
     need = check_evaluator_memory(model, directions, [_split()], device=torch.device("cpu"),
                                   available=10**9, **kw).total
-    with pytest.raises(SettingsError) as err:
+    with pytest.raises(DeviceMemoryError) as err:
         check_evaluator_memory(model, directions, [_split()], device=torch.device("cpu"), available=need - 1, **kw)
     line = str(err.value)
     assert "\n" not in line and f"needs about {need / 2**20:.0f} MiB of host memory" in line
     assert "fewer points per pass (run.points_per_pass)" in line and "a node with more memory" in line
-    with pytest.raises(SettingsError, match="a GPU with more memory"):
+    with pytest.raises(DeviceMemoryError, match="a GPU with more memory"):
         check_evaluator_memory(model, directions, [_split()], device=torch.device("cuda"), available=need - 1, **kw)
 
 

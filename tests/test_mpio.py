@@ -92,3 +92,15 @@ def test_refinement_through_mpio_matches_one_process(tmp_path):
     got = values(tmp_path / "two.h5")
     for k in METRICS:
         np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+
+
+def test_mpio_writer_in_point_groups_writes_from_the_leaders_only(reference):
+    """Two groups of two ranks with the MPI-IO writer: only leaders hold results; the file is the one-rank file."""
+    tmp, job, ref = reference
+    out = tmp / "groups.h5"
+    proc = run_mpio(4, str(job), "--output", str(out), "--writer", "mpio", "--group-size", "2", "--chunk-size", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "point groups: 2 group(s) of 2 rank(s)" in proc.stderr and "writer mpio" in proc.stderr
+    got = values(out)
+    for k in METRICS:
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)

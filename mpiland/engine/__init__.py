@@ -47,6 +47,7 @@ from .bn import BatchNormRecompute, batchnorm_modules
 from .checks import check_data_fits
 from .losses import (BUILTIN_LOSSES, SUMS, LossFn, LossSums, mean_and_stderr, metric_names, resolve_loss,
                      split_metrics, wants_accuracy, wants_perplexity)
+from .memory import check_evaluator_memory
 from .metrics import Metric, checked, computed, fresh, resolve_metrics, updated
 from .metrics import metric_names as user_metric_names
 from .params import FlatParameters, coefficient_columns
@@ -106,6 +107,11 @@ class Evaluator:
         self._stateful = [m for m in self.user_metrics if m.stateful]
         self.split_names = [s.name for s in splits]
         self.directions = directions
+        # Before anything is allocated: a job the device cannot hold is refused in one sentence.
+        self.memory = check_evaluator_memory(model, directions, splits, dtype=dtype, device=device,
+                                             points_per_pass=self.options.points_per_pass,
+                                             batch_memory_mb=self.options.batch_memory_mb,
+                                             memory_budget_mb=memory_budget_mb, bn_data=bn_data, hessian=hessian)
         # Half-precision weights: θ* is read in float32 (FlatParameters rounds each point into the model).
         self.model = (copy.deepcopy(model) if copy_model else model).to(
             device=device, dtype=torch.float32 if dtype.itemsize < 4 else dtype)
@@ -675,6 +681,7 @@ def _group_sums(ev: Evaluator, shard: Shard, split: str, batches: Iterable[Outpu
         for s in sums:
             s.add(out, y)
         parts.append((i, torch.stack([s.result() for s in sums])))
-    host = [(i, p.cpu().numpy()) for i, p in parts]
+    stacked = torch.stack([p for _, p in parts]).cpu().numpy() if parts else np.zeros(0)  # one copy
+    host = [(i, h) for (i, _), h in zip(parts, stacked)]
     total = ordered_total(shard.in_order(host), (1 + len(ev._metric_fns), k, SUM_COLUMNS))
     return torch.from_numpy(total).to(ev.device), np.zeros((0, k))

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import SettingsError
+from ..errors import DeviceMemoryError
 
 CURVATURE_VECTORS_PER_STEP = 2
 """Vectors of n per Lanczos step: the basis row, and the old basis while a grown one is copied over."""
@@ -102,7 +102,7 @@ def available_bytes(device: torch.device, meminfo: str | Path = "/proc/meminfo")
 
 
 def check_fits(est: MemoryEstimate, available: int | None, device: torch.device) -> None:
-    """Raise :class:`SettingsError` (one sentence naming the fix) when ``est`` exceeds ``available`` bytes."""
+    """Raise :class:`~mpiland.errors.DeviceMemoryError` (one sentence naming the fix) when ``est`` exceeds ``available`` bytes."""
     if available is None or est.total <= available:
         return
     where = "GPU" if device.type == "cuda" else "host"
@@ -114,7 +114,7 @@ def check_fits(est: MemoryEstimate, available: int | None, device: torch.device)
     if est.parts.get("curvature"):
         fixes.append("a smaller hessian.max_iter")
     fixes.append("a GPU with more memory" if device.type == "cuda" else "a node with more memory")
-    raise SettingsError(f"this job needs about {est.total / 2**20:.0f} MiB of {where} memory per rank "
+    raise DeviceMemoryError(f"this job needs about {est.total / 2**20:.0f} MiB of {where} memory per rank "
                         f"({est.describe()}) but {device} has {available / 2**20:.0f} MiB free: use "
                         f"{', '.join(fixes)}")
 
