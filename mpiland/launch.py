@@ -332,6 +332,8 @@ class Placement:
     local_size: int
     device: Any
     threads: int
+    sharing: int = 1
+    """Ranks of this node bound to the same device (all of them on a CPU): they share its memory."""
 
 
 def place(comm: Comm, device_request: str, threads_request: int) -> Placement:
@@ -345,4 +347,5 @@ def place(comm: Comm, device_request: str, threads_request: int) -> Placement:
     threads = threads_per_rank(threads_request, local_size)
     torch.set_num_threads(threads)
     log_waiting(threads)
-    return Placement(comm.Get_rank(), comm.Get_size(), local_rank, local_size, device, threads)
+    sharing = sum(resolve_device(device_request, r) == device for r in range(local_size))
+    return Placement(comm.Get_rank(), comm.Get_size(), local_rank, local_size, device, threads, max(sharing, 1))

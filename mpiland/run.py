@@ -461,7 +461,8 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
                          dtype=getattr(torch, job.model.dtype), batch_size=job.data.batch_size,
                          memory_budget_mb=job.data.memory_budget_mb, mode=job.model.mode,
                          options=engine_options(job), bn_data=problem.bn_data, hessian=_curvature_spec(job),
-                         copy_model=False, loss_fn=problem.loss_fn, metrics=problem.metrics)
+                         copy_model=False, loss_fn=problem.loss_fn, metrics=problem.metrics,
+                         sharing=placement.sharing)
 
     def identity(of: Job) -> surface.Identity:
         ident = surface.job_identity(of, model, directions, splits)

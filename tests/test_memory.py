@@ -52,6 +52,19 @@ def test_a_job_that_cannot_fit_is_refused_in_one_sentence_naming_the_fix():
         check_evaluator_memory(model, directions, [_split()], device=torch.device("cuda"), available=need - 1, **kw)
 
 
+def test_ranks_sharing_a_device_are_counted_together():
+    model = _model()
+    directions = make_directions(model, DirectionsSpec(), 2)
+    kw = dict(dtype=torch.float32, points_per_pass=4, batch_memory_mb=64.0, memory_budget_mb=1024.0)
+    need = check_evaluator_memory(model, directions, [_split()], device=torch.device("cpu"),
+                                  available=10**9, **kw).total
+    check_evaluator_memory(model, directions, [_split()], device=torch.device("cpu"), available=4 * need,
+                           sharing=4, **kw)
+    with pytest.raises(DeviceMemoryError, match="4 ranks share it.*fewer ranks per node"):
+        check_evaluator_memory(model, directions, [_split()], device=torch.device("cpu"), available=4 * need - 1,
+                               sharing=4, **kw)
+
+
 def test_available_host_memory_is_read_from_meminfo(tmp_path):
     info = tmp_path / "meminfo"
     info.write_text("MemTotal:       16000000 kB\nMemAvailable:    1234 kB\n")

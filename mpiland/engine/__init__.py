@@ -89,11 +89,12 @@ class Evaluator:
                  memory_budget_mb: float = 1024.0, mode: str = "eval", options: EngineOptions | None = None,
                  bn_data: torch.Tensor | None = None, hessian: HessianSpec | None = None,
                  copy_model: bool = True, loss_fn: LossFn | None = None,
-                 metrics: Mapping[str, Any] | None = None) -> None:
+                 metrics: Mapping[str, Any] | None = None, sharing: int = 1) -> None:
         """``bn_data``: training inputs for ``bn = "recompute"``; ``hessian``: curvature at the origin and,
         with ``enabled``, at every point; ``copy_model`` False hands the model over instead of copying it;
         ``loss_fn``: a user loss callable (else ``loss.name`` names it); ``metrics``: name -> user metric
-        (:mod:`.metrics`; None: ``loss.metrics``)."""
+        (:mod:`.metrics`; None: ``loss.metrics``); ``sharing``: ranks whose evaluators share the device's memory
+        (checked up front, :mod:`.memory`)."""
         self.options = options or EngineOptions()
         self.device = device
         self.dtype = dtype
@@ -111,7 +112,8 @@ class Evaluator:
         self.memory = check_evaluator_memory(model, directions, splits, dtype=dtype, device=device,
                                              points_per_pass=self.options.points_per_pass,
                                              batch_memory_mb=self.options.batch_memory_mb,
-                                             memory_budget_mb=memory_budget_mb, bn_data=bn_data, hessian=hessian)
+                                             memory_budget_mb=memory_budget_mb, bn_data=bn_data, hessian=hessian,
+                                             sharing=sharing)
         # Half-precision weights: θ* is read in float32 (FlatParameters rounds each point into the model).
         self.model = (copy.deepcopy(model) if copy_model else model).to(
             device=device, dtype=torch.float32 if dtype.itemsize < 4 else dtype)

@@ -101,9 +101,10 @@ def available_bytes(device: torch.device, meminfo: str | Path = "/proc/meminfo")
     return None
 
 
-def check_fits(est: MemoryEstimate, available: int | None, device: torch.device) -> None:
-    """Raise :class:`~mpiland.errors.DeviceMemoryError` (one sentence naming the fix) when ``est`` exceeds ``available`` bytes."""
-    if available is None or est.total <= available:
+def check_fits(est: MemoryEstimate, available: int | None, device: torch.device, sharing: int = 1) -> None:
+    """Raise :class:`~mpiland.errors.DeviceMemoryError` (one sentence naming the fix) when ``sharing`` ranks
+    that each need ``est`` exceed ``available`` bytes."""
+    if available is None or est.total * sharing <= available:
         return
     where = "GPU" if device.type == "cuda" else "host"
     fixes = []
@@ -113,9 +114,11 @@ def check_fits(est: MemoryEstimate, available: int | None, device: torch.device)
         fixes.append("a smaller data.memory_budget_mb")
     if est.parts.get("curvature"):
         fixes.append("a smaller hessian.max_iter")
+    if sharing > 1:
+        fixes.append(f"fewer ranks per {'GPU' if device.type == 'cuda' else 'node'}")
     fixes.append("a GPU with more memory" if device.type == "cuda" else "a node with more memory")
     raise DeviceMemoryError(f"this job needs about {est.total / 2**20:.0f} MiB of {where} memory per rank "
-                        f"({est.describe()}) but {device} has {available / 2**20:.0f} MiB free: use "
+                        f"({est.describe()}){f', {sharing} ranks share it,' if sharing > 1 else ''} but {device} has {available / 2**20:.0f} MiB free: use "
                         f"{', '.join(fixes)}")
 
 
@@ -130,10 +133,11 @@ def split_bytes(splits: Sequence[Any], memory_budget_mb: float) -> int:
 def check_evaluator_memory(model: torch.nn.Module, directions: Any, splits: Sequence[Any], *, dtype: torch.dtype,
                            device: torch.device, points_per_pass: int, batch_memory_mb: float,
                            memory_budget_mb: float, bn_data: torch.Tensor | None = None, hessian: Any = None,
-                           activations: int = 0, available: int | None = None) -> MemoryEstimate:
+                           activations: int = 0, available: int | None = None, sharing: int = 1) -> MemoryEstimate:
     """Estimate an evaluator's device memory from its constructor's arguments and refuse it up front when
     ``available`` bytes (None: :func:`available_bytes` of ``device``) do not hold it; returns the estimate.
 
+    ``sharing``: ranks whose evaluators share the device (the node's ranks on a CPU).
     ``activations``: one point's activation bytes on one batch where known (0: not counted). Call it before
     the evaluator allocates anything. On a CPU the data and direction
     tensors the evaluator reads in place are already in memory, so they are not counted."""
@@ -155,5 +159,5 @@ def check_evaluator_memory(model: torch.nn.Module, directions: Any, splits: Sequ
                    bn_bytes=bn, curvature_iter=curvature,
                    curvature_element_size=torch.empty(0, dtype=getattr(torch, hessian.dtype)).element_size()
                    if curvature else 4, chain=True, activations=activations)  # an upper bound: whether a plan runs is decided later
-    check_fits(est, available_bytes(device) if available is None else available, device)
+    check_fits(est, available_bytes(device) if available is None else available, device, sharing)
     return est
