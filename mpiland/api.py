@@ -88,7 +88,8 @@ def _metrics(metrics: Mapping[str, Any] | None) -> tuple[dict[str, str], dict[st
 
 def _dtype(model: nn.Module) -> str:
     first = next(iter(model.parameters()), None)
-    return "float64" if first is not None and first.dtype == torch.float64 else "float32"
+    names = {torch.float64: "float64", torch.bfloat16: "bfloat16"}
+    return names.get(first.dtype, "float32") if first is not None else "float32"
 
 
 def _job(model: nn.Module, directions: Directions, split_names: list[str], x: Any, y: Any, loss_name: str,

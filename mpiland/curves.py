@@ -45,6 +45,7 @@ from torch import nn
 from .comm import Comm, agree, world
 from .data import Split
 from .digest import tensors_digest
+from .models import outputs_of
 from .errors import CheckpointError, SettingsError
 from .layout import ParamLayout, state_vector
 from .models import save_checkpoint
@@ -237,7 +238,8 @@ class _Training:
         self.work.train()
         if len(mine):
             x = self.split.inputs[mine].to(self.bends.device)
-            out = torch.func.functional_call(self.work, dict(zip(self.layout.names, self.layout.views(theta))), (x,))
+            out = outputs_of(torch.func.functional_call(self.work, dict(zip(self.layout.names,
+                                                                            self.layout.views(theta))), (x,)))
             # a mean over the slice's units (samples, tokens, or one batch mean) weighted by its samples
             values = torch.as_tensor(self.loss_fn(out, self.split.targets[mine].to(self.bends.device)))
             loss_sum = values.to(self.bends.dtype).mean() * len(mine)

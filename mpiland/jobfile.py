@@ -131,8 +131,8 @@ def _metrics(key: str, v: Any) -> dict[str, str]:
     table = _table(key, v)
     out = {}
     for name, target in table.items():
-        if not name.isidentifier() or name in ("loss", "loss_stderr", "acc") or name.endswith("_stderr"):
-            raise _fail(f"{key}.{name}", "a metric name must be an identifier other than loss, acc and *_stderr "
+        if not name.isidentifier() or name in ("loss", "loss_stderr", "acc", "perplexity") or name.endswith("_stderr"):
+            raise _fail(f"{key}.{name}", "a metric name must be an identifier other than loss, acc, perplexity and *_stderr "
                         "(it names datasets such as test_<name>)")
         out[name] = _factory(f"{key}.{name}", target)
     return out

@@ -208,3 +208,17 @@ def save_checkpoint(obj: Any, path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def outputs_of(result: Any) -> Any:
+    """The outputs in what a model's forward returned: a tensor as it is; a HuggingFace ``ModelOutput`` (or
+    any object with a ``logits`` tensor) its logits; a tuple or list its first element (HF's
+    ``return_dict=False``); anything else as it is, for the checks to name."""
+    if isinstance(result, torch.Tensor):
+        return result
+    logits = getattr(result, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(result, (tuple, list)) and result and isinstance(result[0], torch.Tensor):
+        return result[0]
+    return result

@@ -21,6 +21,7 @@ import torch
 
 from .data import Split
 from .engine import resolve_loss
+from .models import outputs_of
 from .models import save_checkpoint
 from .spec import Job
 
@@ -58,7 +59,7 @@ def _train(model: torch.nn.Module, job: Job, split: Split) -> list[Path]:
         for start in range(0, n, spec.batch_size):
             idx = order[start: start + spec.batch_size]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(split.inputs[idx]), split.targets[idx]).mean()
+            loss = loss_fn(outputs_of(model(split.inputs[idx])), split.targets[idx]).mean()
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)

@@ -231,3 +231,31 @@ def test_lora_directions_move_only_the_adapter():
     want = by_hand(model, ids, labels, 512)
     assert s.metrics["data_loss"][1, 1] == pytest.approx(want["loss"], rel=1e-6)
     assert np.ptp(s.metrics["data_loss"]) > 1e-4
+
+
+def test_hessian_vector_products_of_a_causal_lm_are_token_weighted():
+    """Curvature of a token loss: H·v over batches of unequal token counts equals the HVP of the split's
+    token-weighted mean cross-entropy, computed over all tokens at once."""
+    from torch.func import functional_call
+
+    from mpiland.curvature.operator import HessianOperator
+    from mpiland.lossfns import BUILTIN_LOSSES
+
+    model = tiny_gpt2()
+    layout = ParamLayout.from_model(model)
+    ids, labels = token_data()
+    batches = [(ids[i:i + 4], labels[i:i + 4]) for i in range(0, len(ids), 4)]
+    op = HessianOperator(model, layout, batches, BUILTIN_LOSSES["causal_lm"])
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    v = torch.randn(theta.shape, generator=torch.Generator().manual_seed(0))
+
+    def mean_loss(t: torch.Tensor) -> torch.Tensor:
+        params = dict(zip(layout.names, layout.views(t)))
+        logits = functional_call(model, params, (ids,)).logits
+        return F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1), ignore_index=-100)
+
+    _, want = torch.autograd.functional.hvp(mean_loss, theta, v)
+    got = op.matvec(theta, v)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)
+    loss, _ = op.loss_and_grad(theta)
+    assert loss == pytest.approx(float(mean_loss(theta)), rel=1e-6)

@@ -19,7 +19,9 @@ from torch import nn
 from torch.func import functional_call
 
 from ..shard import Shard
+from ..models import outputs_of
 from ..layout import ParamLayout
+from ..lossfns import BUILTIN_LOSSES, IGNORE_INDEX, TOKEN_LOSSES
 
 log = logging.getLogger("mpiland")
 
@@ -92,6 +94,9 @@ class HessianOperator:
             self.buffers = {name: self._cast(b) for name, b in model.named_buffers()}
         self._versions: tuple[tuple[int, int], ...] = ()
         self.samples = sum(int(x.shape[0]) for x, _ in self.batches)
+        self.tokens = (sum(int((y[:, 1:] != IGNORE_INDEX).sum()) for _, y in self.batches)
+                       if loss_fn is BUILTIN_LOSSES[TOKEN_LOSSES[0]] else 0)
+        """Counted tokens of all batches, for the built-in token loss (0 for other losses)."""
         self.cache_bytes = int(cache_mb * 2**20)
         self.hvps = 0
         self._key: torch.Tensor | None = None
@@ -155,9 +160,12 @@ class HessianOperator:
         return self._leaf
 
     def _batch_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The batch's mean loss weighted by its share of all samples."""
+        """The batch's mean loss weighted by its share of all samples (for a token loss, its token losses'
+        sum over all counted tokens: the split's mean is token-weighted, as the engine's is)."""
         params = dict(zip(self.layout.names, self.layout.views(theta)))
-        out = functional_call(self.model, (params, self.buffers), (x,))
+        out = outputs_of(functional_call(self.model, (params, self.buffers), (x,)))
+        if self.tokens:
+            return self.loss_fn(out, y).sum() / self.tokens
         return self.loss_fn(out, y).mean() * (x.shape[0] / self.samples)
 
     def _graph(self, i: int, leaf: torch.Tensor) -> _Graph:

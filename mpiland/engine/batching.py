@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..layout import ParamLayout
+from ..models import outputs_of
 
 MAX_POINTS_PER_PASS = 64
 MEASURED_SIZES = (1, 4, 16, 64)
@@ -31,20 +32,6 @@ MEASURED_SIZES = (1, 4, 16, 64)
 
 Forward = Callable[[int, Any], torch.Tensor]
 """``forward(k, x)``: outputs of the k points now set, shape (k, batch, ...); x a tensor or a dict of them."""
-
-
-def outputs_of(result: Any) -> Any:
-    """The outputs in what a model's forward returned: a tensor as it is; a HuggingFace ``ModelOutput`` (or
-    any object with a ``logits`` tensor) its logits; a tuple or list its first element (HF's
-    ``return_dict=False``); anything else as it is, for the checks to name."""
-    if isinstance(result, torch.Tensor):
-        return result
-    logits = getattr(result, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(result, (tuple, list)) and result and isinstance(result[0], torch.Tensor):
-        return result[0]
-    return result
 
 
 def call_model(model: Callable[..., Any], x: Any) -> Any:

@@ -71,7 +71,11 @@ def estimate(n_params: int, element_size: int, vector_rows: int, *, points_per_p
     activations on one batch (:func:`~.batching.activation_bytes`), counted K times.
     """
     per_vector = n_params * element_size
-    parts = {"weights": per_vector, "origin": per_vector, "directions": vector_rows * per_vector}
+    # Half-precision weights: θ*, the directions and each point are kept in float32 (engine/params.py).
+    master = n_params * max(element_size, 4)
+    parts = {"weights": per_vector, "origin": master, "directions": vector_rows * master}
+    if element_size < 4:
+        parts["float32 point"] = master * max(points_per_pass, 1)
     if points_per_pass == 0:
         parts["points per pass"] = int(batch_memory_mb * 2**20)
     elif points_per_pass > 1 or chain:

@@ -28,7 +28,7 @@ import torch
 from ..errors import JobFileError, MetricError
 from ..userimport import resolve_callable
 
-RESERVED = ("loss", "loss_stderr", "acc")
+RESERVED = ("loss", "loss_stderr", "acc", "perplexity")
 """Metric names that would clash with the datasets of the loss."""
 
 
