@@ -417,15 +417,17 @@ def _mark_skipped(path: Path, skipped: np.ndarray) -> None:
                 f[name][...] = values
 
 
-def _first_points(plan: Plan | None, losses: np.ndarray | None, have: np.ndarray | None) -> int:
-    """Rank 0: the points the first round evaluates (what an automatic group size is chosen for)."""
+def _first_points(plan: Plan | None, losses: np.ndarray | None, have: np.ndarray | None, k: int) -> int:
+    """Rank 0: the passes of ``k`` points the first round needs at least (chunks hold whole blocks of k
+    consecutive points, :func:`~mpiland.grid.make_chunks`): what an automatic group size is chosen for."""
     if have is None:
         return 0
-    if plan is None:
-        return int((~have).sum())
-    assert losses is not None
-    levels, complete = plan.walk(losses, have)
-    return 0 if complete else int((~have[levels[-1]]).sum())
+    pending = np.flatnonzero(~have)
+    if plan is not None:
+        assert losses is not None
+        levels, complete = plan.walk(losses, have)
+        pending = np.zeros(0, dtype=np.int64) if complete else levels[-1][~have[levels[-1]]]
+    return len(np.unique(np.asarray(pending) // max(k, 1)))
 
 
 def _point_groups(comm: Comm, job: Job, evaluator: Evaluator, points: int) -> tuple[int, PointGroups | None]:
@@ -440,7 +442,8 @@ def _point_groups(comm: Comm, job: Job, evaluator: Evaluator, points: int) -> tu
         agree(comm, lambda: evaluator.use_shard(groups.shard))
     if comm.Get_rank() == 0 and (g > 1 or requested == 0):
         log.info("point groups: %d group(s) of %d rank(s)%s%s", size // g, g,
-                 f" (automatic: the smallest size that leaves no group without one of the {points} point(s))"
+                 f" (automatic: the smallest size that leaves no group without one of the {points} pass(es) "
+                 f"of {evaluator.points_per_pass} point(s) to evaluate)"
                  if requested == 0 else "",
                  f"; rank r of a group evaluates the batches b with b mod {g} = r at the group's points" if g > 1 else "")
     return size // g, groups
@@ -497,7 +500,8 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
     # Rank 0's view of the refinement metric, from the file and then from every delivered chunk.
     losses = _stored_losses(path, done, metric) if plan is not None and rank == 0 else None
     have = (done.reshape(-1) == 1) if rank == 0 else None
-    n_groups, groups = _point_groups(comm, job, evaluator, _first_points(plan, losses, have))
+    passes = _first_points(plan, losses, have, evaluator.points_per_pass)
+    n_groups, groups = _point_groups(comm, job, evaluator, passes)
     if rank == 0:
         log.info("%d rank(s); rank 0 on %s with %d thread(s); writer %s; data %s; %d point(s) per pass%s",
                  size, placement.device, placement.threads, writer_kind,
