@@ -128,3 +128,23 @@ def test_sigterm_to_a_group_then_resume_at_another_group_size(tmp_path):
     resumed = values(tmp_path / "surface.h5")
     for k in resumed:
         np.testing.assert_array_equal(resumed[k], values(ref)[k], err_msg=k)
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+def test_batch_mean_losses_and_metrics_with_a_one_sample_last_batch_match_one_rank(tmp_path):
+    """A user loss and metric returning one mean per batch; batches of 43, 43, 43 and 1 sample: the last batch,
+    summed on its own by another rank, still counts as a batch mean (its weight 1), as one rank counts it."""
+    import h5py
+
+    data = 'splits = ["test"]\nsubset = 130\nbatch_size = 43'
+    job = write_job(tmp_path, data=data, grid="x = [-1.0, 1.0, 3]\ny = [-1.0, 1.0, 2]",
+                    extra='points_per_pass = 1\n[loss]\nname = "tests/losses.py:batch_mean_ce"\n'
+                          'metrics = { bm = "tests/losses.py:batch_mean_ce" }\n')
+    assert cli("run", str(job), "--output", str(tmp_path / "one.h5")).returncode == 0
+    for n in (2, 3):
+        proc = mpirun(n, "run", str(job), "--output", str(tmp_path / f"g{n}.h5"), "--group-size", str(n))
+        assert proc.returncode == 0, proc.stderr
+        with h5py.File(tmp_path / "one.h5", "r") as a, h5py.File(tmp_path / f"g{n}.h5", "r") as b:
+            for k in ("test_loss", "test_loss_stderr", "test_bm", "test_bm_stderr", "test_acc"):
+                np.testing.assert_array_equal(a[k][...], b[k][...], err_msg=f"{k} in a group of {n}")
