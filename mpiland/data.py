@@ -140,7 +140,7 @@ def _stream_of(obj: DataLoader[Any] | Dataset[Any], spec: DataSpec, split: str, 
                             "dataset a __len__") from None
         dataset = Subset(dataset, _subset_indices(n, spec, split).tolist())
         if isinstance(obj, DataLoader):  # the loader's settings over the subset (the caller's loader untouched)
-            obj = DataLoader(dataset, batch_size=obj.batch_size, drop_last=obj.drop_last, **_loader_options(obj))
+            obj = DataLoader(dataset, batch_size=obj.batch_size, drop_last=obj.drop_last, **loader_options(obj))
         else:
             obj = dataset
     if isinstance(obj, DataLoader):
@@ -271,7 +271,7 @@ def own_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-def _loader_options(loader: DataLoader[Any]) -> dict[str, Any]:
+def loader_options(loader: DataLoader[Any]) -> dict[str, Any]:
     """The settings of ``loader`` that a copy over the same dataset keeps, with persistent workers."""
     workers = int(loader.num_workers)
     # Its own generator: iterating a loader draws a base seed, which must come from neither the global RNG
@@ -292,7 +292,7 @@ def stream_loader(loader: DataLoader[Any], name: str) -> Stream:
     split does not depend on order, and fixed batches keep values reproducible);
     workers persist across grid points.
     """
-    options = _loader_options(loader)
+    options = loader_options(loader)
     dataset = loader.dataset
     shuffled = isinstance(loader.sampler, RandomSampler)
     if shuffled:
@@ -304,9 +304,9 @@ def stream_loader(loader: DataLoader[Any], name: str) -> Stream:
         # generator of its own, and that draw is used at every point: the same samples everywhere, and the
         # caller's random state untouched.
         if sampler is not None and not isinstance(sampler, SequentialSampler):
-            sampler = _drawn_once(sampler)
+            sampler = drawn_once(sampler)
         if batch_sampler is not None and loader.batch_size is None:
-            batch_sampler = _drawn_once(batch_sampler)
+            batch_sampler = drawn_once(batch_sampler)
     if isinstance(dataset, IterableDataset):
         own = DataLoader(dataset, batch_size=loader.batch_size, drop_last=loader.drop_last, **options)
     elif loader.batch_sampler is None:  # automatic batching off: the dataset yields batches
@@ -319,7 +319,7 @@ def stream_loader(loader: DataLoader[Any], name: str) -> Stream:
     return Stream(name, own)
 
 
-def _drawn_once(sampler: Any) -> list[Any]:
+def drawn_once(sampler: Any) -> list[Any]:
     """The indices (or batches of indices) ``sampler`` yields, drawn once under a seeded random state."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

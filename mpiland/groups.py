@@ -18,16 +18,13 @@ and a rank that fails ends the whole job as any failing rank does.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from .comm import Backoff, Comm
 from .errors import SettingsError
 from .protocol import ChunkResult, EvaluateChunk, Outcome
 from .shard import Shard
-
-log = logging.getLogger("mpiland")
 
 TAG_CHUNK = 21
 """Leader → follower: the next chunk (or tuple of chunks) to evaluate, None when the round is over."""
@@ -58,10 +55,6 @@ class PointGroups:
 
     size: int
     """Ranks per group (G)."""
-    count: int
-    """Number of groups."""
-    index: int
-    """This rank's group."""
     group: Comm
     leaders: Comm | None
     """The leaders' communicator (the protocol runs on it); None on followers."""
@@ -104,7 +97,6 @@ class PointGroups:
         chunks = points = 0
         stopped = False
         backoff = Backoff()
-        status: Any = None
 
         def poll() -> bool:
             nonlocal stopped
@@ -113,7 +105,7 @@ class PointGroups:
             return stop
 
         while True:
-            if not group.Iprobe(source=0, tag=TAG_CHUNK, status=status):
+            if not group.Iprobe(source=0, tag=TAG_CHUNK):
                 backoff.wait()
                 continue
             backoff.reset()
@@ -135,5 +127,4 @@ def make_groups(comm: Comm, size: int) -> PointGroups | None:
     rank = comm.Get_rank()
     group = comm.Split(rank // size, rank)
     leaders = comm.Split(0 if rank % size == 0 else MPI.UNDEFINED, rank)
-    return PointGroups(size, comm.Get_size() // size, rank // size, group,
-                       None if leaders == MPI.COMM_NULL else leaders)
+    return PointGroups(size, group, None if leaders == MPI.COMM_NULL else leaders)

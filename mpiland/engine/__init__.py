@@ -411,7 +411,7 @@ class Evaluator:
         sums: list[list[torch.Tensor]] = [[] for _ in sets]
         objects: list[list[list[np.ndarray]]] = [[] for _ in sets]
         curv: list[list[dict[str, np.ndarray]]] = [[] for _ in sets]
-        waiting: list[list[tuple[int, list[tuple[str, list[Outputs]]]]]] = [[] for _ in sets]
+        waiting: list[list[tuple[int, list[list[Outputs]]]]] = [[] for _ in sets]
         seconds = np.zeros(n)
         start = done = 0
         t0 = t_start = time.perf_counter()
@@ -616,9 +616,9 @@ Outputs = tuple[int, torch.Tensor, torch.Tensor]
 """One batch's number in its split, the outputs (k, batch, ...) of the points set, and its targets."""
 
 
-def _outputs(ev: Evaluator, d: Placed, k: int) -> tuple[str, list[Outputs]]:
+def _outputs(ev: Evaluator, d: Placed, k: int) -> list[Outputs]:
     """The outputs of the k points now set on every batch of a split this rank evaluates, with the targets."""
-    return d.name, [(i, _forward(ev, k, x), y) for i, x, y in indexed_batches(d, ev.batch_size, ev.device, ev.shard)]
+    return [(i, _forward(ev, k, x), y) for i, x, y in indexed_batches(d, ev.batch_size, ev.device, ev.shard)]
 
 
 def _split_sums(ev: Evaluator, d: Placed, k: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -627,14 +627,14 @@ def _split_sums(ev: Evaluator, d: Placed, k: int) -> tuple[torch.Tensor, np.ndar
     return _sums(ev, d.name, batches, k)
 
 
-def _window_sums(ev: Evaluator, passes: list[tuple[int, list[tuple[str, list[Outputs]]]]]
+def _window_sums(ev: Evaluator, passes: list[tuple[int, list[list[Outputs]]]]
                  ) -> tuple[torch.Tensor, list[np.ndarray]]:
     """Sums (splits × 1+metrics × points × sums) and update/compute metric values of several passes at once:
     each batch's outputs of all their points, stacked, go through the epilogue once."""
     k = sum(n for n, _ in passes)
     parts = []
     for j, d in enumerate(ev.data):
-        batches = zip(*(outs[j][1] for _, outs in passes))
+        batches = zip(*(outs[j] for _, outs in passes))
         parts.append(_sums(ev, d.name, ((b[0][0], _stack_points([o for _, o, _ in b]), b[0][2]) for b in batches), k))
     return torch.stack([p[0] for p in parts]), [p[1] for p in parts]
 

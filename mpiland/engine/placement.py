@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from ..data import Inputs, Split, Stream, own_generator
+from ..data import Inputs, Split, Stream, drawn_once, loader_options
 from ..digest import update_batch
 from ..errors import DataError
 from ..shard import Shard
@@ -125,8 +125,12 @@ class BatchSplit:
             yield from self.kept
             return
         for x, y in self.stream.batches():
-            x = _cast(x, self.dtype, self.channels_last)
-            yield to_device(x, device, non_blocking=True), y.to(device, non_blocking=True)
+            yield self.on_device(x, y, device)
+
+    def on_device(self, x: Inputs, y: torch.Tensor, device: torch.device) -> tuple[Inputs, torch.Tensor]:
+        """A batch read from the loader, cast to the model's dtype and layout, on ``device``."""
+        cast = _cast(x, self.dtype, self.channels_last)
+        return to_device(cast, device, non_blocking=True), y.to(device, non_blocking=True)
 
     def first_batch(self, _batch_size: int, _device: torch.device) -> tuple[Inputs, torch.Tensor]:
         """The loader's first batch, on the device (kept from set-up: probes never read the loader again)."""
@@ -154,14 +158,12 @@ def indexed_batches(d: "DeviceSplit | BatchSplit", batch_size: int, device: torc
         return
     if isinstance(d, BatchSplit) and not d.kept and d.own is not None:
         for i, (x, y) in zip(d.own_indices, d.own.batches()):
-            x = _cast(x, d.dtype, d.channels_last)
-            yield i, to_device(x, device, non_blocking=True), y.to(device, non_blocking=True)
+            yield (i, *d.on_device(x, y, device))
         return
     if isinstance(d, BatchSplit) and not d.kept:
         for i, (x, y) in enumerate(d.stream.batches()):
             if shard.mine(i):
-                x = _cast(x, d.dtype, d.channels_last)
-                yield i, to_device(x, device, non_blocking=True), y.to(device, non_blocking=True)
+                yield (i, *d.on_device(x, y, device))
         return
     for i, (x, y) in enumerate(d.batches(batch_size, device)):
         if shard.mine(i):
@@ -175,15 +177,9 @@ def shard_stream(d: BatchSplit, shard: Shard) -> None:
     loader = d.stream.loader
     if d.kept or isinstance(loader.dataset, IterableDataset):
         return
-    options: dict[str, Any] = {"num_workers": loader.num_workers, "collate_fn": loader.collate_fn,
-                               "generator": own_generator(), "pin_memory": loader.pin_memory,
-                               "timeout": loader.timeout, "worker_init_fn": loader.worker_init_fn,
-                               "multiprocessing_context": loader.multiprocessing_context}
-    if loader.num_workers:
-        options.update(persistent_workers=True, prefetch_factor=loader.prefetch_factor)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # as Stream.batches reads it: the same batches the whole split has
-        batches = list(loader.batch_sampler) if loader.batch_sampler is not None else list(loader.sampler)
+    options = loader_options(loader)
+    # Drawn as Stream.batches reads the loader: the same batches the whole split has.
+    batches = drawn_once(loader.batch_sampler if loader.batch_sampler is not None else loader.sampler)
     indices = [i for i in range(len(batches)) if shard.mine(i)]
     mine = [batches[i] for i in indices]
     own = (DataLoader(loader.dataset, batch_sampler=mine, **options) if loader.batch_sampler is not None
