@@ -68,16 +68,18 @@ class Chunks:
     """Pending points in consecutive chunks; ``bounds[c]:bounds[c+1]`` index chunk c in ``pending``.
 
     Chunks are made of whole *blocks*: runs of ``block`` consecutive grid indices,
-    the groups that go through one batched forward pass. Blocks are fixed by the
-    grid, not by the number of ranks or by what an earlier run finished, so a point
-    is always evaluated in the same company and its value does not depend on the
-    launch (a block is written whole, so resuming never splits one).
+    a multiple of ``passes``, the points that go through one batched forward pass
+    (blocks longer than a pass hold whole warm-start chains, :func:`chain_block`).
+    Blocks are fixed by the grid, not by the number of ranks or by what an earlier run
+    finished, so a point is always evaluated in the same company and its value does not
+    depend on the launch (a block is written whole, so resuming never splits one).
     """
 
     pending: np.ndarray
     bounds: np.ndarray
     block: int = 1
     size: int = 1
+    passes: int = 1
 
     def __len__(self) -> int:
         return len(self.bounds) - 1
@@ -89,24 +91,48 @@ class Chunks:
         return self.pending[self.bounds[chunk]: self.bounds[chunk + 1]]
 
     def groups(self, points: np.ndarray) -> list[slice]:
-        """Slices of ``points`` (a chunk's indices) that share a block: one forward pass each."""
-        ids = points // self.block
+        """Slices of ``points`` (a chunk's indices) that share a pass block: one forward pass each."""
+        ids = points // self.passes
         cuts = np.flatnonzero(ids[1:] != ids[:-1]) + 1
         edges = [0, *cuts.tolist(), len(points)]
         return [slice(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def make_chunks(done: np.ndarray, n_ranks: int, chunk_size: int = 0, block: int = 1) -> Chunks:
-    """Chunks over the points not yet done (``done`` is the grid-shaped mask), in whole blocks."""
+def make_chunks(done: np.ndarray, n_ranks: int, chunk_size: int = 0, block: int = 1, passes: int = 0) -> Chunks:
+    """Chunks over the points not yet done (``done`` is the grid-shaped mask), in whole blocks; ``passes``:
+    the points per forward pass (0: ``block``), which ``block`` must be a multiple of."""
+    passes = passes or block
+    if block % passes:
+        raise ValueError(f"block = {block} is not a multiple of the points per pass ({passes})")
     pending = np.flatnonzero(np.asarray(done).reshape(-1) == 0).astype(np.int64)
     size = chunk_size if chunk_size > 0 else auto_chunk_size(len(pending), n_ranks)
     if len(pending) == 0:
-        return Chunks(pending, np.zeros(1, dtype=np.int64), block, size)
+        return Chunks(pending, np.zeros(1, dtype=np.int64), block, size, passes)
     ids = pending // block
     block_starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     per_chunk = max(1, math.ceil(size / block))
     bounds = np.r_[block_starts[::per_chunk], len(pending)].astype(np.int64)
-    return Chunks(pending, bounds, block, per_chunk * block)
+    return Chunks(pending, bounds, block, per_chunk * block, passes)
+
+
+def chain_block(passes: int, row: int, chain: int) -> int:
+    """The block of a grid whose curvature is warm-started along chains: chains of at most ``chain``
+    points of a row of ``row`` points, rounded up to whole passes of ``passes`` points."""
+    if passes < 1 or row < 1 or chain < 1:
+        raise ValueError(f"passes, row and chain must be positive, got {passes}, {row}, {chain}")
+    return passes * math.ceil(min(row, chain) / passes)
+
+
+def chain_links(points: np.ndarray, row: int, block: int) -> np.ndarray:
+    """Per point of ``points`` (sorted flat indices, as a chunk holds them), whether it continues the
+    warm-start chain of the point before it: that point is its left neighbour in the same grid row of
+    ``row`` points and in the same block. The first point of a row, of a block, or after a gap (a point
+    done earlier, or one refinement skips) begins a chain."""
+    p = np.asarray(points, dtype=np.int64)
+    links = np.zeros(len(p), dtype=bool)
+    if len(p) > 1:
+        links[1:] = (p[1:] == p[:-1] + 1) & (p[1:] // block == p[:-1] // block) & (p[1:] % row != 0)
+    return links
 
 
 def row_runs(points: np.ndarray, shape: tuple[int, ...]) -> list[tuple[int, int, int, int, int]]:

@@ -262,6 +262,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "seed": _int,
         "trace_samples": lambda k, v: _int(k, v, 0),
         "warm_start": _bool,
+        "chain": lambda k, v: _int(k, v, 1),
         "spectrum": _choice(SPECTRUM),
         "spectrum_probes": lambda k, v: _int(k, v, 1),
         "spectrum_steps": lambda k, v: _int(k, v, 2),

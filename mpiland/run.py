@@ -35,7 +35,7 @@ from .directions import CurvatureInputs, Directions, make_directions
 from .engine import EngineOptions, Evaluator, resolve_loss
 from .engine.losses import LossFn
 from .errors import CheckpointError, GridError, ModelError, SettingsError, SurfaceFileError
-from .grid import Chunks, Grid, make_chunks, resolve_grid
+from .grid import Chunks, Grid, chain_block, chain_links, make_chunks, resolve_grid
 from .launch import Placement, check_launch, place
 from .layout import ParamLayout, state_vector
 from .models import base_checkpoint, build_model, load_checkpoint, read_state_dict, save_checkpoint
@@ -418,7 +418,7 @@ def _mark_skipped(path: Path, skipped: np.ndarray) -> None:
 
 
 def _first_points(plan: Plan | None, losses: np.ndarray | None, have: np.ndarray | None, k: int) -> int:
-    """Rank 0: the passes of ``k`` points the first round needs at least (chunks hold whole blocks of k
+    """Rank 0: the blocks of ``k`` points the first round needs at least (chunks hold whole blocks of k
     consecutive points, :func:`~mpiland.grid.make_chunks`): what an automatic group size is chosen for."""
     if have is None:
         return 0
@@ -500,7 +500,10 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
     # Rank 0's view of the refinement metric, from the file and then from every delivered chunk.
     losses = _stored_losses(path, done, metric) if plan is not None and rank == 0 else None
     have = (done.reshape(-1) == 1) if rank == 0 else None
-    passes = _first_points(plan, losses, have, evaluator.points_per_pass)
+    chained = evaluator.curvature is not None and job.hessian.enabled and evaluator.curvature.warm_start
+    row = grid.shape[-1]
+    block = chain_block(evaluator.points_per_pass, row, job.hessian.chain) if chained else evaluator.points_per_pass
+    passes = _first_points(plan, losses, have, block)
     n_groups, groups = _point_groups(comm, job, evaluator, passes)
     if rank == 0:
         log.info("%d rank(s); rank 0 on %s with %d thread(s); writer %s; data %s; %d point(s) per pass%s",
@@ -520,9 +523,11 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
 
     label = "(with Hessian eigenvalues) " if job.hessian.enabled else ""
     if rank == 0 and job.hessian.enabled:
-        log.info("curvature at every point: λmax and λmin by Lanczos (tol %g, at most %d HVPs) on %s; "
+        log.info("curvature at every point: λmax and λmin by Lanczos (tol %g, at most %d HVPs) on %s%s; "
                  "expect each point to cost tens of loss evaluations", job.hessian.tol, job.hessian.max_iter,
-                 ", ".join(job.hessian.splits))
+                 ", ".join(job.hessian.splits),
+                 f", warm-started along chains of up to {min(row, job.hessian.chain)} points of a row (blocks of "
+                 f"{block}, each evaluated whole by one rank)" if chained else "")
     bar: Progress | None = None
     evaluated = 0
     chunks: Chunks = make_chunks(np.ones(0, dtype=np.uint8), size)
@@ -531,7 +536,8 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
         points = chunks.points(chunk)
         coords = grid.coords(points)
         # poll() is asked before each pass: once it says stop, only the points before it are returned
-        values, seconds = evaluator.evaluate_points(coords, chunks.groups(points), poll)
+        links = chain_links(points, row, chunks.block) if chained else None
+        values, seconds = evaluator.evaluate_points(coords, chunks.groups(points), poll, links)
         n = len(seconds)
         result = ChunkResult(chunk, points[:n], {m: values[m] for m in metrics}, seconds, n < len(points))
         if plan is not None:
@@ -583,8 +589,8 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
             pending, round_label = todo
             mask = np.ones(grid.size, dtype=np.uint8)
             mask[pending] = 0
-            chunks = make_chunks(mask.reshape(grid.shape), n_groups, job.run.chunk_size,
-                                 block=evaluator.points_per_pass)
+            chunks = make_chunks(mask.reshape(grid.shape), n_groups, job.run.chunk_size, block=block,
+                                 passes=evaluator.points_per_pass)
             if rank == 0:
                 log.info("%d points pending in %d chunks of %d", len(chunks.pending), len(chunks), chunks.size)
                 total = grid.size if plan is None else len(pending)

@@ -133,6 +133,7 @@ class HessianSpec:
     seed: int = 0
     trace_samples: int = 100
     warm_start: bool = False
+    chain: int = 16
     spectrum: str = "none"
     spectrum_probes: int = 8
     spectrum_steps: int = 60

@@ -3,7 +3,7 @@ import pytest
 from mpiland.comm import SelfComm
 from mpiland.launch import check_launch, local_rank_and_size, resolve_device, threads_per_rank
 from mpiland.errors import LaunchError
-from mpiland.grid import Grid, auto_chunk_size, make_chunks, row_runs
+from mpiland.grid import Grid, auto_chunk_size, chain_block, chain_links, make_chunks, row_runs
 from mpiland.spec import Axis, GridSpec
 
 import numpy as np
@@ -83,3 +83,22 @@ def test_chunks_are_whole_blocks_fixed_by_the_grid():
         c = make_chunks(np.zeros(20, dtype=np.uint8), n_ranks, block=4)
         blocks = {tuple(c.points(i)[g]) for i in range(len(c)) for g in c.groups(c.points(i))}
         assert blocks == {tuple(range(b, b + 4)) for b in range(0, 20, 4)}
+
+
+def test_warm_start_chains_are_fixed_by_the_grid():
+    """Chains: runs of one row, at most hessian.chain long, in blocks of whole passes; a chunk holds whole
+    blocks, so one rank evaluates a chain in order whatever the launch."""
+    assert chain_block(1, 11, 16) == 11 and chain_block(1, 51, 16) == 16 and chain_block(4, 11, 16) == 12
+    assert chain_block(16, 11, 16) == 16 and chain_block(3, 2, 16) == 3
+    with pytest.raises(ValueError):
+        chain_block(0, 11, 16)
+    # a 3 × 5 grid in blocks of 4: links break at a row start, a block start and a gap
+    points = np.array([0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11])
+    np.testing.assert_array_equal(chain_links(points, 5, 4), [0, 1, 1, 1, 0, 0, 1, 1, 0, 0, 1])
+    for n_ranks in (1, 2, 5):
+        c = make_chunks(np.zeros((3, 5), dtype=np.uint8), n_ranks, block=4, passes=2)
+        assert all(c.points(i)[0] % 4 == 0 for i in range(len(c)))  # chunks start at a block
+        passes = [tuple(c.points(i)[g]) for i in range(len(c)) for g in c.groups(c.points(i))]
+        assert passes == [(j, j + 1) for j in range(0, 14, 2)] + [(14,)]
+    with pytest.raises(ValueError, match="multiple"):
+        make_chunks(np.zeros(6, dtype=np.uint8), 1, block=3, passes=2)

@@ -86,6 +86,7 @@ TABLE = {
     "hessian.seed": (1, "keep", "only used with curvature"),
     "hessian.trace_samples": (3, "keep", "only used with curvature"),
     "hessian.warm_start": (True, "keep", "only used with curvature"),
+    "hessian.chain": (4, "keep", "only used by a warm-started curvature"),
     "hessian.spectrum": ("origin", "refuse", "a spectrum stored in the file (then every hessian key counts)"),
     "hessian.spectrum_probes": (3, "keep", "only used with a spectrum"),
     "hessian.spectrum_steps": (9, "keep", "only used with a spectrum"),
@@ -143,6 +144,7 @@ def test_each_job_key_keeps_or_refuses_the_file(tmp_path, key):
     ("directions.compare_line", False, BEZIER),
     ("hessian.tol", 0.1, {"hessian.enabled": True}),
     ("hessian.warm_start", True, {"hessian.enabled": True}),
+    ("hessian.chain", 4, {"hessian.enabled": True, "hessian.warm_start": True}),
 ])
 def test_conditional_keys_count_where_they_change_values(tmp_path, key, value, context):
     path = write_job(tmp_path, directions="seed = 3")

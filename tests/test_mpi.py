@@ -147,9 +147,10 @@ def test_model_path_with_comparison_line_is_identical_across_sizes(tmp_path):
         assert a.attrs["test_loss_barrier"] == b.attrs["test_loss_barrier"]
 
 
-def test_hessian_eigenvalues_are_identical_across_sizes(tmp_path):
+@pytest.mark.parametrize("warm", ["", "warm_start = true\nchain = 2\n"], ids=["cold", "warm-chains"])
+def test_hessian_eigenvalues_are_identical_across_sizes(tmp_path, warm):
     job = write_job(tmp_path, grid="x = [-1.0, 1.0, 4]\ny = [-1.0, 1.0, 3]",
-                    extra="points_per_pass = 1\n[hessian]\nenabled = true\nsubset = 60\ntrace_samples = 10\n")
+                    extra="points_per_pass = 1\n[hessian]\nenabled = true\nsubset = 60\ntrace_samples = 10\n" + warm)
     assert cli("run", str(job), "--output", str(tmp_path / "one.h5")).returncode == 0
     proc = mpirun(2, "run", str(job), "--output", str(tmp_path / "two.h5"), "--chunk-size", "2")
     assert proc.returncode == 0, proc.stderr

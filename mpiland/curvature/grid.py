@@ -12,35 +12,29 @@ eigenvalues and λmax per parameter group at a point (:meth:`Curvature.spectrum`
 The Hessian is that of the mean loss over the split's samples (or a seeded subset
 of ``hessian.subset`` of them), in eval mode, over the parameters only.
 
-Warm start (``hessian.warm_start``, ``Curvature(warm_start=True)``): every point's Lanczos run starts from
-one vector computed at the origin θ* (:func:`~.linalg.warm_start`: the unit sum of
-θ*'s λmax and λmin Ritz vectors plus, with the same weight, the seeded random start
-of a cold run) instead of the random vector alone. A point's value must depend only
-on the grid and the job, never on which rank evaluated it, in what order, or whether
-the run was resumed, so the start is not "the previous point this rank evaluated";
-θ* is the one point every rank computes the same vectors at (each rank does, once
-per split, before its first point: one Lanczos run). The random half keeps every
-eigenvector in the start, so λmin is still found where θ*'s vectors say nothing
-about it. The stop rule is unchanged (each value within tol of an eigenvalue); only
-how soon it is met changes.
+Warm start (``hessian.warm_start``, ``Curvature(warm_start=True)``): a point's Lanczos run
+starts from the previous point of its chain (:func:`~.linalg.start_from`: the unit sum of that
+point's λmax and λmin Ritz vectors plus, with the same weight, the seeded random start of a cold
+run) instead of the random vector alone. A point's value must depend only on the grid and the job,
+never on which rank evaluated it, in what order, or whether the run was resumed, so the chains are
+fixed by the grid: runs of consecutive points of one grid row, at most ``hessian.chain`` long,
+which the chunks keep whole (:func:`mpiland.grid.chain_block`, :func:`mpiland.grid.chain_links`)
+and one rank evaluates in order; the first point of a chain starts cold. The random half keeps
+every eigenvector in the start, so a λmin whose eigenvector is new at this point is still found.
+The stop rule is unchanged (each value within tol of an eigenvalue); only how soon it is met
+changes.
 
-Measured on ``jobs/curvature.toml`` (121 points of ±0.5 along θ*'s top two
-eigenvectors, tol 1e-3), HVPs per point: the demo CNN as the job trains it, 21.8
-cold, 19.0 warm (1.14×), plus 27 once per rank and split; an earlier checkpoint of
-the same job, 21.7 and 18.9. Two Ritz vectors per end: 20.6 and 18.4 (3, 5, 8 per
-end on the earlier one: 18.7, 19.1, 19.7); λmin's vector weighted twice: 18.9 on
-the current one. On 36 of the points of the earlier one (cold 21.5–21.8): block
-Lanczos from [u_max, u_min], 28.2 (a block of four: 40.6); even the exact
-eigenvectors of the adjacent grid point, had they been free, 14.8 (1.45×), and those
-two points away 16.4, so no grid-defined neighbour scheme
-(anchor points whose vectors every rank that needs them computes) reaches 2×, and
-with more ranks each pays for the anchors again. The limit is λmin: its Ritz
-residual falls by a roughly constant factor per step from any start that is not
-already its eigenvector (θ*'s vector overlaps a point's λmin vector by about 0.1 on
-this grid, a random one by 0.01; the adjacent point's by 0.94, and still about 13
-steps remain), while λmax converges in 5–10 steps either way. A smallest-residual
-vector of the same Krylov space (refined Ritz) certifies λmin no sooner (within
-0.3 steps).
+Measured on ``jobs/curvature.toml`` (121 points of ±0.5 along θ*'s top two eigenvectors, rows of
+11, tol 1e-3), HVPs per point: 21.8 cold, 16.1 along the rows (1.35×; 15.5 at a chained point).
+The bound of any start: even the exact eigenvectors of the adjacent grid point, had they been
+free, took 14.8 (1.47×); the pure Ritz vectors without the random half 15.7, a linear
+extrapolation from the two previous points 15.9; a start from θ*'s Ritz vectors at every point
+(one Lanczos run per rank and split first) 19.0. Block Lanczos from [u_max, u_min] took 28.2. The
+limit is λmin: its Ritz residual falls by a roughly constant factor per step from any start that
+is not already its eigenvector (the adjacent point's λmin vector overlaps this point's by about
+0.94, θ*'s by 0.1, a random one by 0.01, and still about 13 steps remain from the adjacent one),
+while λmax converges in 5–10 steps either way. A smallest-residual vector of the same Krylov
+space (refined Ritz) certifies λmin no sooner (within 0.3 steps).
 """
 
 from __future__ import annotations
@@ -53,7 +47,7 @@ import torch
 from ..layout import ParamLayout
 from ..shard import Shard
 from ..spec import HessianSpec
-from .linalg import directional_curvature, extreme_eigenvalues, hutchinson_trace, warm_start
+from .linalg import directional_curvature, extreme_eigenpairs, hutchinson_trace, start_from
 from .operator import HessianOperator, LossFn
 from .spectrum import HessianSpectrum, hessian_spectrum, module_groups
 
@@ -82,16 +76,14 @@ def hessian_batches(inputs: torch.Tensor, targets: torch.Tensor, spec: HessianSp
 
 
 WARM_START = False
-"""The default of ``hessian.warm_start``: off, since it saves 1.14× of the HVPs on the demo job and costs one
-Lanczos run per rank and split first, which pays only on grids of more than a few hundred points per rank."""
-
+"""The default of ``hessian.warm_start``: off. Chained starts take 1.35× fewer HVPs on the demo job, but a chain
+is evaluated by one rank in order, so chunks hold whole chains and a small grid over many ranks balances worse."""
 
 class Curvature:
     """Hessian operators of one model replica, one per split, over its parameters (a prefix of the flat buffer).
 
-    ``warm_start``: start each point's Lanczos run from the vector :meth:`set_origin`
-    computed at θ* (see the module docstring); then :meth:`set_origin` must be called
-    with θ* in the flat buffer before the first :meth:`at_point`.
+    ``warm_start``: a point that :meth:`at_point` is told is ``linked`` starts from the
+    vectors of the point evaluated before it on the same ``chain`` (see the module docstring).
     """
 
     def __init__(self, model: torch.nn.Module, splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
@@ -104,8 +96,7 @@ class Curvature:
                                           hessian_batches(x, y, spec, batch_size, device, model_dtype), loss_fn, dtype)
                     for name, (x, y) in splits.items() if name in spec.splits}
         self.warm_start = warm_start
-        self.starts: dict[str, torch.Tensor] = {}
-        self.setup_hvps = 0
+        self.previous: dict[tuple[int, str], torch.Tensor] = {}
 
     def use_shard(self, shard: Shard | None) -> None:
         """Sum every HVP over a point group's shards of the batches (:mod:`mpiland.shard`): each rank
@@ -117,34 +108,26 @@ class Curvature:
         """The parameter part of the flat buffer (buffers of a states layout follow it)."""
         return flat[: self.layout.numel]
 
-    @property
-    def needs_origin(self) -> bool:
-        """Whether :meth:`set_origin` is still to be called before the points (warm start, not yet computed)."""
-        return self.warm_start and self.spec.enabled and not self.starts and bool(self.ops)
+    def at_point(self, flat: torch.Tensor, linked: bool = False, chain: int = 0) -> dict[str, float]:
+        """λmax, λmin and |λmin/λmax| per split at the point now in ``flat``.
 
-    def set_origin(self, flat: torch.Tensor) -> None:
-        """Compute each split's warm start at the point now in ``flat`` (θ*, with its BatchNorm statistics).
-
-        Every rank computes the same vectors (the same HVPs at the same point, seeded
-        with ``hessian.seed``), so the values at the points do not depend on the rank,
-        the order or a resume. Its HVPs are counted in :attr:`setup_hvps`.
+        With ``warm_start``, ``linked``: the point is the next of the chain ``chain`` (one per coefficient
+        set of a path's variants), whose previous point this object evaluated last on that chain; its
+        Lanczos runs start from that point's vectors. Unlinked points start cold and begin a chain.
         """
-        theta = self.theta(flat)
-        for name, op in self.ops.items():
-            before = op.hvps
-            self.starts[name] = warm_start(op, theta=theta, tol=self.spec.tol, max_iter=self.spec.max_iter,
-                                           seed=self.spec.seed)
-            op.clear_cache()
-            self.setup_hvps += op.hvps - before
-
-    def at_point(self, flat: torch.Tensor) -> dict[str, float]:
-        """λmax, λmin and |λmin/λmax| per split at the point now in ``flat``."""
-        if self.warm_start and not self.starts and self.ops:
-            raise RuntimeError("Curvature(warm_start=True): call set_origin at θ* before the first point")
         out: dict[str, float] = {}
         for name, op in self.ops.items():
-            res = extreme_eigenvalues(op, theta=self.theta(flat), tol=self.spec.tol, max_iter=self.spec.max_iter,
-                                      seed=self.spec.seed, start=self.starts.get(name))
+            key = (chain, name)
+            start = None
+            if self.warm_start and linked:
+                start = self.previous.get(key)
+                if start is None:
+                    raise RuntimeError(f"Curvature.at_point: linked = True, but chain {chain} has no previous point "
+                                       f"on split {name!r}; the first point of a chain is not linked")
+            res, run = extreme_eigenpairs(op, theta=self.theta(flat), tol=self.spec.tol, max_iter=self.spec.max_iter,
+                                          seed=self.spec.seed, start=start)
+            if self.warm_start:
+                self.previous[key] = start_from(run, self.spec.seed)
             op.clear_cache()
             ratio = abs(res.lam_min / res.lam_max) if res.lam_max != 0 else math.nan
             out.update({f"{name}_hess_max": res.lam_max, f"{name}_hess_min": res.lam_min,
@@ -152,7 +135,7 @@ class Curvature:
         return out
 
     def hvps(self) -> int:
-        """HVPs so far on every split, :attr:`setup_hvps` included."""
+        """HVPs so far on every split."""
         return sum(op.hvps for op in self.ops.values())
 
     @property

@@ -289,6 +289,18 @@ def lanczos(matvec: MatVec, n: int, k_iter: int, tol: float = 1e-3, seed: int = 
                          basis[:m], residual, m, converged)
 
 
+def extreme_eigenpairs(op: Operator, theta: torch.Tensor | None = None, n: int | None = None, *, tol: float = 1e-3,
+                       max_iter: int = 100, seed: int = 0, floor: float = FLOOR, dtype: torch.dtype | None = None,
+                       device: torch.device | str | None = None,
+                       start: torch.Tensor | None = None) -> tuple[ExtremeEigenvalues, LanczosResult]:
+    """:func:`extreme_eigenvalues` with its Lanczos run, whose Ritz vectors give a neighbour's start
+    (:func:`start_from`)."""
+    matvec, n, dtype, device = _bind(op, theta, n, dtype, device)
+    result = lanczos(matvec, n, max_iter, tol, seed, dtype, device, which=EXTREMES, floor=floor, start=start)
+    values = result.ritz_values()
+    return ExtremeEigenvalues(float(values[-1]), float(values[0]), result.iterations, result.converged), result
+
+
 def extreme_eigenvalues(op: Operator, theta: torch.Tensor | None = None, n: int | None = None, *, tol: float = 1e-3,
                         max_iter: int = 100, seed: int = 0, floor: float = FLOOR, dtype: torch.dtype | None = None,
                         device: torch.device | str | None = None,
@@ -298,44 +310,50 @@ def extreme_eigenvalues(op: Operator, theta: torch.Tensor | None = None, n: int 
     Stops when both Ritz pairs' residuals are at most tol relative (see :func:`lanczos`),
     so each value is within about tol·|λ| of an eigenvalue, or after ``max_iter``
     HVPs; ``converged`` says which. Deterministic for a seed (and ``start``).
-    ``start``: the first Lanczos vector (:func:`warm_start`); None: the seeded random one.
-    The stop rule is the same either way: a start only changes how soon it is met.
+    ``start``: the first Lanczos vector (:func:`start_from`, :func:`warm_start`); None: the seeded
+    random one. The stop rule is the same either way: a start only changes how soon it is met.
     """
-    matvec, n, dtype, device = _bind(op, theta, n, dtype, device)
-    result = lanczos(matvec, n, max_iter, tol, seed, dtype, device, which=EXTREMES, floor=floor, start=start)
-    values = result.ritz_values()
-    return ExtremeEigenvalues(float(values[-1]), float(values[0]), result.iterations, result.converged)
+    return extreme_eigenpairs(op, theta, n, tol=tol, max_iter=max_iter, seed=seed, floor=floor, dtype=dtype,
+                              device=device, start=start)[0]
 
 
 WARM_PER_END = 1
-"""Ritz vectors per end of the spectrum in a :func:`warm_start` (1 and 2 measured best of 1, 2, 3, 5, 8; 1 on
-both trained demo CNNs tried, see :mod:`mpiland.curvature.grid`)."""
+"""Ritz vectors per end of the spectrum in a warm start (:func:`start_from`; 1 and 2 measured best of 1, 2, 3,
+5, 8 from θ*'s vectors on both trained demo CNNs tried, see :mod:`mpiland.curvature.grid`)."""
+
+
+def start_from(result: LanczosResult, seed: int = 0, per_end: int = WARM_PER_END) -> torch.Tensor:
+    """A Lanczos start vector for :func:`extreme_eigenvalues` at points near the one ``result`` ran at.
+
+    The unit sum of the Ritz vectors of the ``per_end`` largest and ``per_end``
+    smallest Ritz values of ``result`` (by default λmax's and λmin's), plus the seeded
+    random unit vector that a cold start would use, with the same weight; normalised,
+    in the run's dtype on its device. The random half keeps every eigenvector in the
+    start, so a point whose extreme eigenvectors are far from these costs about what a
+    cold start costs (and a new λmin orthogonal to them is still found); the warm half
+    gives a nearby point's Ritz vectors a head start at both ends (λmin as well as
+    λmax). Deterministic for the run and ``seed``.
+    """
+    if per_end < 1:
+        raise ValueError(f"per_end must be positive, got {per_end}")
+    basis = result.basis
+    warm = result.extreme_vectors(per_end).double().sum(dim=0)
+    cold = _random_unit(torch.Generator().manual_seed(seed), basis.shape[1], torch.float64, basis.device)
+    norm = float(warm.norm())
+    q = cold + warm / norm if norm > 0 else cold
+    return (q / q.norm()).to(basis.dtype)
 
 
 def warm_start(op: Operator, theta: torch.Tensor | None = None, n: int | None = None, *, tol: float = 1e-3,
                max_iter: int = 100, seed: int = 0, floor: float = FLOOR, per_end: int = WARM_PER_END,
                dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-    """A Lanczos start vector for :func:`extreme_eigenvalues` at points near θ, from one Lanczos run at θ.
-
-    The unit sum of the Ritz vectors of the ``per_end`` largest and ``per_end``
-    smallest Ritz values at θ (by default λmax's and λmin's; the run stops as
-    :func:`extreme_eigenvalues` does, at ``tol``), plus the seeded random unit vector
-    that a cold start would use, with the same weight; normalised, in the operator's
-    dtype on its device. The random
-    half keeps every eigenvector in the start, so a point whose extreme eigenvectors
-    are far from θ's costs about what a cold start costs; the warm half gives the
-    Ritz vectors of a nearby point a head start at both ends (λmin as well as λmax).
-    Deterministic for θ, the operator and ``seed``. Costs one Lanczos run (its HVPs).
-    """
+    """A Lanczos start vector for points near θ from one Lanczos run at θ (stopped as
+    :func:`extreme_eigenvalues` stops, at ``tol``): :func:`start_from` that run. Costs the run's HVPs."""
     if per_end < 1:
         raise ValueError(f"per_end must be positive, got {per_end}")
-    matvec, n, dtype, device = _bind(op, theta, n, dtype, device)
-    result = lanczos(matvec, n, max_iter, tol, seed, dtype, device, which=EXTREMES, floor=floor)
-    warm = result.extreme_vectors(per_end).double().sum(dim=0)
-    cold = _random_unit(torch.Generator().manual_seed(seed), n, torch.float64, device)
-    norm = float(warm.norm())
-    q = cold + warm / norm if norm > 0 else cold
-    return (q / q.norm()).to(dtype)
+    _, result = extreme_eigenpairs(op, theta, n, tol=tol, max_iter=max_iter, seed=seed, floor=floor, dtype=dtype,
+                                   device=device)
+    return start_from(result, seed, per_end)
 
 
 def top_eigenvectors(matvec: Operator, n: int | None = None, k: int = 2, *, theta: torch.Tensor | None = None,

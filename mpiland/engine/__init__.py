@@ -373,26 +373,30 @@ class Evaluator:
         return k, parts
 
     def evaluate_points(self, coords: np.ndarray, groups: list[slice] | None = None,
-                        stop: Callable[[], bool] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                        stop: Callable[[], bool] | None = None,
+                        links: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Evaluate each row of grid ``coords`` (n × dims); return metric arrays and per-point seconds.
 
         ``groups``: consecutive slices of ``coords`` from 0, one forward pass each (at
         most points_per_pass points; by default passes of points_per_pass). ``stop``:
-        asked before each pass; once it says True the arrays cover only the points
-        evaluated. Every variant of the path (the path, its comparison line) is
-        evaluated at each point; its metrics carry the variant's prefix and the seconds add up.
+        asked before each pass that does not continue a chain; once it says True the arrays
+        cover only the points evaluated. ``links``: per point, whether a warm-started
+        curvature takes its start from the point before it (:func:`mpiland.grid.chain_links`);
+        None: every point starts cold. Every variant of the path (the path, its comparison
+        line) is evaluated at each point; its metrics carry the variant's prefix and the seconds add up.
         """
         variants = self.directions.variants
-        values, seconds = self._evaluate([self.directions.coefficients(coords, v) for v in variants], groups, stop)
+        values, seconds = self._evaluate([self.directions.coefficients(coords, v) for v in variants], groups, stop,
+                                         links)
         return {v + m: a for v, part in zip(variants, values) for m, a in part.items()}, seconds
 
     def evaluate_coefficients(self, coefficients: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Evaluate origin + basis · c for each row c of ``coefficients`` (n × m), in passes of points_per_pass."""
-        values, seconds = self._evaluate([coefficients], None, None)
+        values, seconds = self._evaluate([coefficients], None, None, None)
         return values[0], seconds
 
-    def _evaluate(self, sets: list[np.ndarray], groups: list[slice] | None,
-                  stop: Callable[[], bool] | None) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    def _evaluate(self, sets: list[np.ndarray], groups: list[slice] | None, stop: Callable[[], bool] | None,
+                  links: np.ndarray | None) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
         """Metric arrays per coefficient set (each n × m, the same points) and per-point seconds.
 
         Passes run as the groups say; their outputs wait, up to :attr:`epilogue_points`
@@ -429,7 +433,8 @@ class Evaluator:
             start, t0 = done, t1
 
         for g in groups:
-            if stop is not None and stop():
+            # a chain is evaluated whole: stopping inside it would start its rest cold on resume
+            if stop is not None and not (links is not None and curvature and links[g.start]) and stop():
                 break
             for i, coefficients in enumerate(sets):
                 group = coefficients[g]
@@ -440,7 +445,7 @@ class Evaluator:
                     sums[i].append(torch.stack([p[0] for p in parts]))
                     objects[i].append([p[1] for p in parts])
                 if curvature:
-                    curv[i].append(_curvature(self, group))
+                    curv[i].append(_curvature(self, group, links[g] if links is not None else None, i))
             done = g.stop
             if done - start >= window:
                 close_window()
@@ -535,25 +540,21 @@ def _spectrum_record(result: HessianSpectrum, label: str, coordinates: np.ndarra
                     hvps=result.hvps, seconds=result.seconds)
 
 
-def _curvature(ev: Evaluator, coefficients: np.ndarray) -> dict[str, np.ndarray]:
+def _curvature(ev: Evaluator, coefficients: np.ndarray, links: np.ndarray | None, chain: int
+               ) -> dict[str, np.ndarray]:
     """Hessian extreme eigenvalues at each point of a group (one point at a time: HVPs need autograd).
 
     After a one-point pass the model already holds the point (and its recomputed
     BatchNorm statistics); a batched pass wrote its K×n buffer, so each point is set here.
-    A warm-started curvature first gets its start vectors at the origin (coefficients 0:
-    θ*, the same on every rank and in every resume), before this rank's first point.
+    ``links``: whether each point continues the chain of the point before it (warm start),
+    ``chain``: the coefficient set's number, one chain of starts per set.
     """
     assert ev.curvature is not None
-    moved = False
-    if ev.curvature.needs_origin:
-        ev.set_point(np.zeros(ev.directions.dims))
-        ev.curvature.set_origin(ev.flat)
-        moved = True
     rows = []
-    for c in coefficients:
-        if moved or ev.params.rows is not None:
+    for j, c in enumerate(coefficients):
+        if ev.params.rows is not None:
             ev.set_point(c)
-        rows.append(ev.curvature.at_point(ev.flat))
+        rows.append(ev.curvature.at_point(ev.flat, bool(links is not None and links[j]), chain))
     return {m: np.array([r[m] for r in rows]) for m in rows[0]}
 
 

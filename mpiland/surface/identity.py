@@ -93,9 +93,11 @@ def settings_that_count(job: Job) -> dict[str, Any]:
     if job.grid.auto:
         out["grid.margin"] = d["grid"]["margin"]
     if job.hessian.enabled or job.directions.kind == "hessian" or job.hessian.spectrum != "none":
-        # the spectrum keys only with a spectrum, so files made before they existed still resume
+        # the spectrum keys only with a spectrum and the chain only with a warm start, so files made before
+        # they existed still resume (a warm-started file made before chains is refused: its starts were θ*'s)
         out.update({f"hessian.{k}": v for k, v in d["hessian"].items()
-                    if not k.startswith("spectrum") or job.hessian.spectrum != "none"})
+                    if (not k.startswith("spectrum") or job.hessian.spectrum != "none")
+                    and (k != "chain" or job.hessian.warm_start)})
     out["run.autocast"] = job.run.autocast
     return json.loads(json.dumps(out, sort_keys=True, default=list))
 
