@@ -6,7 +6,6 @@ The same comm cases run under ``mpiexec -n 2`` in test_mpi.py.
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 
 import pytest

@@ -4,8 +4,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
-import time
 
 import h5py
 import pytest

@@ -6,7 +6,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from mpiland.data import Split, digits_split
 from mpiland.demo import digits_cnn
