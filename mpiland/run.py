@@ -430,20 +430,21 @@ def _first_points(plan: Plan | None, losses: np.ndarray | None, have: np.ndarray
     return len(np.unique(np.asarray(pending) // max(k, 1)))
 
 
-def _point_groups(comm: Comm, job: Job, evaluator: Evaluator, points: int) -> tuple[int, PointGroups | None]:
+def _point_groups(comm: Comm, job: Job, evaluator: Evaluator, blocks: int, block: int
+                  ) -> tuple[int, PointGroups | None]:
     """The number of groups the coordinator hands chunks to, and this rank's point group (None for groups of
     one rank), with the engine set to evaluate its shard (:mod:`mpiland.groups`)."""
     size = comm.Get_size()
     requested = job.run.group_size
-    g = comm.bcast(agree(comm, lambda: ranks_per_group(requested, size, points)
+    g = comm.bcast(agree(comm, lambda: ranks_per_group(requested, size, blocks)
                          if comm.Get_rank() == 0 else None), root=0)
     groups = make_groups(comm, g)
     if groups is not None:
         agree(comm, lambda: evaluator.use_shard(groups.shard))
     if comm.Get_rank() == 0 and (g > 1 or requested == 0):
         log.info("point groups: %d group(s) of %d rank(s)%s%s", size // g, g,
-                 f" (automatic: the smallest size that leaves no group without one of the {points} pass(es) "
-                 f"of {evaluator.points_per_pass} point(s) to evaluate)"
+                 f" (automatic: the smallest size that leaves no group without one of the {blocks} block(s) "
+                 f"of {block} point(s) to evaluate)"
                  if requested == 0 else "",
                  f"; rank r of a group evaluates the batches b with b mod {g} = r at the group's points" if g > 1 else "")
     return size // g, groups
@@ -503,8 +504,8 @@ def _run(job: Job, build: Builder, comm: Comm, progress: str | None, stop: StopF
     chained = evaluator.curvature is not None and job.hessian.enabled and evaluator.curvature.warm_start
     row = grid.shape[-1]
     block = chain_block(evaluator.points_per_pass, row, job.hessian.chain) if chained else evaluator.points_per_pass
-    passes = _first_points(plan, losses, have, block)
-    n_groups, groups = _point_groups(comm, job, evaluator, passes)
+    blocks = _first_points(plan, losses, have, block)
+    n_groups, groups = _point_groups(comm, job, evaluator, blocks, block)
     if rank == 0:
         log.info("%d rank(s); rank 0 on %s with %d thread(s); writer %s; data %s; %d point(s) per pass%s",
                  size, placement.device, placement.threads, writer_kind,

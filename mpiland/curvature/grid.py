@@ -25,7 +25,7 @@ The stop rule is unchanged (each value within tol of an eigenvalue); only how so
 changes.
 
 Measured on ``jobs/curvature.toml`` (121 points of ±0.5 along θ*'s top two eigenvectors, rows of
-11, tol 1e-3), HVPs per point: 21.8 cold, 16.1 along the rows (1.35×; 15.5 at a chained point).
+11, tol 1e-3), HVPs per point: 21.8 cold, 16.2 along the rows (1.35×; 15.8 at a chained point).
 The bound of any start: even the exact eigenvectors of the adjacent grid point, had they been
 free, took 14.8 (1.47×); the pure Ritz vectors without the random half 15.7, a linear
 extrapolation from the two previous points 15.9; a start from θ*'s Ritz vectors at every point
@@ -78,6 +78,7 @@ def hessian_batches(inputs: torch.Tensor, targets: torch.Tensor, spec: HessianSp
 WARM_START = False
 """The default of ``hessian.warm_start``: off. Chained starts take 1.35× fewer HVPs on the demo job, but a chain
 is evaluated by one rank in order, so chunks hold whole chains and a small grid over many ranks balances worse."""
+
 
 class Curvature:
     """Hessian operators of one model replica, one per split, over its parameters (a prefix of the flat buffer).
