@@ -64,9 +64,10 @@ def test_groups_of_one_two_and_three_ranks_give_the_one_rank_file_bit_for_bit(tm
 
 @pytest.mark.mpi
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
-def test_curvature_in_a_group_sums_the_shards_hvps_and_matches_one_rank(tmp_path):
-    job = write_job(tmp_path, grid="x = [-1.0, 1.0, 2]\ny = [-1.0, 1.0, 2]", data=TWO_SPLITS,
-                    extra="points_per_pass = 1\n[hessian]\nenabled = true\nsubset = 100\ntrace_samples = 4\n")
+@pytest.mark.parametrize("warm", ["", "warm_start = true\n"], ids=["cold", "warm-chains"])
+def test_curvature_in_a_group_sums_the_shards_hvps_and_matches_one_rank(tmp_path, warm):
+    job = write_job(tmp_path, grid="x = [-1.0, 1.0, 2]\ny = [-1.0, 1.0, 3]", data=TWO_SPLITS,
+                    extra="points_per_pass = 1\n[hessian]\nenabled = true\nsubset = 100\ntrace_samples = 4\n" + warm)
     assert cli("run", str(job), "--output", str(tmp_path / "one.h5")).returncode == 0
     proc = mpirun(3, "run", str(job), "--output", str(tmp_path / "three.h5"), "--group-size", "3")
     assert proc.returncode == 0, proc.stderr
